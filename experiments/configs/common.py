@@ -1,0 +1,60 @@
+"""Shared argument parsing for experiment configs: ``path.py:key=value,flag,...``.
+
+Arguments:
+  dataset=NAME      mnist | fashion_mnist | svhn_cropped | cifar10
+  protocol=NAME     per_class | split | permuted
+  smoke             tiny models, a few steps and a data subset (tests, notebooks)
+  demo              the README's demo schedule (minutes on a 2-core CPU)
+"""
+
+from gmcl.config import PROTOCOLS, base_config
+from gmcl.data.sources import DATASETS
+
+ARGUMENTS = ("dataset", "protocol", "smoke", "demo")
+
+
+def parse_args(arg: str | None) -> dict:
+  """``"dataset=mnist,smoke"`` -> ``{"dataset": "mnist", "smoke": True}``."""
+  out = {}
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in ARGUMENTS:
+      raise ValueError(f"Unknown config argument {key!r}; valid arguments: {list(ARGUMENTS)}.")
+    out[key] = value.strip() if value else True
+  if "dataset" in out and out["dataset"] not in DATASETS:
+    raise ValueError(f"Unknown dataset {out['dataset']!r}; valid choices: {sorted(DATASETS)}.")
+  if "protocol" in out and out["protocol"] not in PROTOCOLS:
+    raise ValueError(f"Unknown protocol {out['protocol']!r}; valid choices: {list(PROTOCOLS)}.")
+  return out
+
+
+def make_config(method: str, arg: str | None, method_defaults=None):
+  """The base config for ``method``: base values, then ``method_defaults(c)``, then arguments."""
+  args = parse_args(arg)
+  c = base_config()
+  c.method = method
+  if method_defaults is not None:
+    method_defaults(c)
+  c.data.dataset = args.get("dataset", "mnist")
+  c.data.protocol = args.get("protocol", "per_class")
+  if c.data.dataset in ("svhn_cropped", "cifar10"):
+    c.model.classifier = "cnn"
+  if args.get("smoke"):
+    apply_smoke(c)
+  return c, args
+
+
+def apply_smoke(c) -> None:
+  """Shrinks everything so a whole run takes seconds: for tests and notebooks."""
+  c.data.train_limit = 256
+  c.data.test_limit = 2000
+  c.model.classifier_hidden = (64,)
+  c.model.generator_features = 8
+  c.model.critic_features = 8
+  c.model.z_dim = 16
+  c.train.batch_size = 16
+  c.train.solver_steps = 20
+  c.train.generator_steps = 4
+  c.train.n_critic = 2
+  c.eval.samples_per_class = 4

@@ -1,0 +1,27 @@
+"""Runs a continual-learning experiment.
+
+  python -m experiments.main --config experiments/configs/dgr.py:dataset=mnist --workdir runs/dgr
+  python -m experiments.main --config experiments/configs/sft.py:smoke --workdir /tmp/sft \
+      --config.train.solver_steps=200
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:args]).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Where results.json, timings.json and sample grids go.")
+flags.DEFINE_bool("progress", True, "Show a progress bar per task.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from gmcl import loop  # pylint: disable=import-outside-toplevel
+  loop.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,150 @@
+"""The base experiment config and its validation.
+
+Experiment configs (``experiments/configs/*.py``) start from :func:`base_config`
+and change values; :func:`validate_config` runs before any training and names
+the key and the valid range of anything wrong.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+PROTOCOLS = ("per_class", "split", "permuted")
+CHUNK_MODES = ("auto", "unroll", "scan")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = "dgr"
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = "mnist"
+  c.data.data_dir = ""  # TFDS data dir; "" = TFDS's default
+  c.data.manual_dir = ""  # folder with the original archives; "" = none
+  c.data.protocol = "per_class"  # per_class | split | permuted
+  c.data.class_order = ""  # e.g. "3,1,4,..."; "" = 0..K-1
+  c.data.classes_per_task = 2  # split protocol
+  c.data.num_tasks = 10  # permuted protocol
+  c.data.permutation_seed = 0
+  c.data.pad_to = 32  # 0 keeps 28x28
+  c.data.value_range = (-1.0, 1.0)
+  c.data.train_limit = 0  # >0: keep the first N training examples of each task (smoke runs)
+  c.data.test_limit = 0  # >0: keep the first N test examples (smoke runs)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.classifier = "mlp"  # mlp | cnn
+  c.model.classifier_hidden = (400, 400)
+  c.model.z_dim = 128
+  c.model.conditional = False
+  c.model.generator_features = 64
+  c.model.critic_features = 64
+  c.model.critic_layers = 3
+  c.model.kernel_size = 5
+  c.model.output_activation = "tanh"
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 64
+  c.train.solver_steps = 1000
+  c.train.generator_steps = 1000
+  c.train.solver_lr = 1e-3
+  c.train.solver_b1 = 0.9
+  c.train.solver_b2 = 0.999
+  c.train.gan_lr = 1e-4
+  c.train.gan_b1 = 0.5
+  c.train.gan_b2 = 0.9
+  c.train.weight_decay = 0.0
+  c.train.n_critic = 5
+  c.train.gp_weight = 10.0
+  c.train.reset_optimizers = False
+  c.train.chunk_steps = 1  # K steps per compiled call
+  c.train.chunk_mode = "auto"  # auto: unroll on CPU, scan on GPU/TPU
+
+  c.dgr = ml_collections.ConfigDict()
+  c.dgr.replay_ratio = "balanced"  # "balanced" (r = 1/t) or a number in [0, 1]
+  c.dgr.targets = "hard"  # hard | soft
+  c.dgr.temperature = 2.0
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 1000
+  c.eval.samples_per_class = 10  # columns of the sample grid
+  c.eval.save_samples = True
+  return c
+
+
+def _check_keys(config, reference, prefix=""):
+  for key in config.keys():
+    path = f"{prefix}{key}"
+    if key not in reference:
+      raise ValueError(f"Unknown config key {path!r}; valid keys here: {sorted(reference.keys())}.")
+    if isinstance(reference[key], ml_collections.ConfigDict):
+      if not isinstance(config[key], ml_collections.ConfigDict):
+        raise ValueError(f"Config key {path!r} must be a section with keys "
+                         f"{sorted(reference[key].keys())}.")
+      _check_keys(config[key], reference[key], path + ".")
+
+
+def _require(ok: bool, key: str, value, valid: str):
+  if not ok:
+    raise ValueError(f"config.{key}={value!r} is invalid; valid: {valid}.")
+
+
+def parse_class_order(value: str, num_classes: int):
+  if not value:
+    return None
+  try:
+    order = [int(v) for v in str(value).split(",")]
+  except ValueError:
+    raise ValueError(f"config.data.class_order={value!r}; valid: comma-separated integers, "
+                     f"a permutation of 0..{num_classes - 1}.") from None
+  _require(sorted(order) == list(range(num_classes)), "data.class_order", value,
+           f"a permutation of 0..{num_classes - 1}")
+  return order
+
+
+def validate_config(config) -> None:
+  """Raises ValueError naming the key and the valid values of anything wrong."""
+  from gmcl.data.sources import DATASETS  # pylint: disable=import-outside-toplevel
+  from gmcl.methods import METHODS  # pylint: disable=import-outside-toplevel
+  from gmcl.methods.dgr import parse_replay_ratio  # pylint: disable=import-outside-toplevel
+  from gmcl.models.classifiers import CLASSIFIERS  # pylint: disable=import-outside-toplevel
+  _check_keys(config, base_config())
+  _require(config.method in METHODS, "method", config.method, str(sorted(METHODS)))
+  d, m, t = config.data, config.model, config.train
+  _require(d.dataset in DATASETS, "data.dataset", d.dataset, str(sorted(DATASETS)))
+  _require(d.protocol in PROTOCOLS, "data.protocol", d.protocol, str(list(PROTOCOLS)))
+  num_classes = DATASETS[d.dataset].num_classes
+  parse_class_order(d.class_order, num_classes)
+  if d.protocol == "split":
+    _require(1 <= d.classes_per_task <= num_classes and num_classes % d.classes_per_task == 0,
+             "data.classes_per_task", d.classes_per_task,
+             f"a divisor of the {num_classes} classes (fewer classes than tasks is impossible)")
+  if d.protocol == "permuted":
+    _require(d.num_tasks >= 1, "data.num_tasks", d.num_tasks, ">= 1")
+  size = DATASETS[d.dataset].image_shape[0]
+  _require(d.pad_to == 0 or d.pad_to >= size, "data.pad_to", d.pad_to,
+           f"0 (no padding) or >= {size}")
+  _require(len(d.value_range) == 2 and d.value_range[1] > d.value_range[0], "data.value_range",
+           d.value_range, "(low, high) with high > low")
+  _require(d.train_limit >= 0, "data.train_limit", d.train_limit, ">= 0")
+  _require(d.test_limit >= 0, "data.test_limit", d.test_limit, ">= 0")
+  _require(m.classifier in CLASSIFIERS, "model.classifier", m.classifier, str(sorted(CLASSIFIERS)))
+  _require(m.z_dim >= 1, "model.z_dim", m.z_dim, ">= 1")
+  _require(m.output_activation in ("tanh", "sigmoid", "none"), "model.output_activation",
+           m.output_activation, "'tanh', 'sigmoid' or 'none'")
+  _require(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")
+  _require(t.solver_steps >= 0, "train.solver_steps", t.solver_steps, ">= 0")
+  _require(t.generator_steps >= 0, "train.generator_steps", t.generator_steps, ">= 0")
+  _require(t.n_critic >= 1, "train.n_critic", t.n_critic, ">= 1")
+  _require(t.gp_weight >= 0, "train.gp_weight", t.gp_weight, ">= 0")
+  for key in ("solver_lr", "gan_lr"):
+    _require(t[key] > 0, f"train.{key}", t[key], "> 0")
+  for key in ("solver_b1", "solver_b2", "gan_b1", "gan_b2"):
+    _require(0 <= t[key] < 1, f"train.{key}", t[key], "[0, 1)")
+  _require(t.chunk_steps >= 1, "train.chunk_steps", t.chunk_steps, ">= 1")
+  _require(t.chunk_mode in CHUNK_MODES, "train.chunk_mode", t.chunk_mode, str(list(CHUNK_MODES)))
+  parse_replay_ratio(config.dgr.replay_ratio)
+  _require(config.dgr.targets in ("hard", "soft"), "dgr.targets", config.dgr.targets,
+           "'hard' or 'soft'")
+  _require(config.dgr.temperature > 0, "dgr.temperature", config.dgr.temperature, "> 0")
+  _require(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, ">= 1")

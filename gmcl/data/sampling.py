@@ -1,0 +1,51 @@
+"""On-device batch sampling.
+
+A task's examples are copied to the device once, padded to a fixed ``capacity``
+so that every task of a sequence has the same array shapes and a step compiles
+once. A step samples indices uniformly from the first ``count`` rows by PRNG key,
+so no batch crosses from host to device during training.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+
+@struct.dataclass
+class TaskArrays:
+  """Examples of one task on the device: rows ``[0, count)`` are real, the rest padding."""
+  x: jax.Array  # (capacity, H, W, C) float32
+  y: jax.Array  # (capacity,) int32
+  count: jax.Array  # () int32
+
+
+def task_arrays(x: np.ndarray, y: np.ndarray, capacity: Optional[int] = None,
+                device=None) -> TaskArrays:
+  """Pads ``(x, y)`` to ``capacity`` rows and puts them on ``device``."""
+  n = x.shape[0]
+  if n == 0:
+    raise ValueError("task_arrays: a task needs at least one example, got 0.")
+  if y.shape != (n,):
+    raise ValueError(f"task_arrays: y of shape {y.shape} does not match x of shape {x.shape}.")
+  capacity = n if capacity is None else capacity
+  if capacity < n:
+    raise ValueError(f"task_arrays: capacity={capacity} is smaller than the {n} examples.")
+  xp = np.zeros((capacity,) + x.shape[1:], np.float32)
+  xp[:n] = x
+  yp = np.zeros((capacity,), np.int32)
+  yp[:n] = y
+  put = (lambda a: jax.device_put(a, device)) if device is not None else jnp.asarray
+  return TaskArrays(x=put(xp), y=put(yp), count=put(np.int32(n)))
+
+
+def sample_batch(data: TaskArrays, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """Samples ``batch_size`` examples uniformly, with replacement, from the real rows."""
+  chex.assert_rank(data.x, 4)
+  idx = jax.random.randint(key, (batch_size,), 0, data.count)
+  return data.x[idx], data.y[idx]

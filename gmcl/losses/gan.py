@@ -1,0 +1,61 @@
+"""GAN losses: Wasserstein with gradient penalty (WGAN-GP) and AC-GAN's auxiliary term."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from gmcl.losses.classification import softmax_cross_entropy
+
+
+def wasserstein_critic_loss(*, real_scores: jax.Array, fake_scores: jax.Array) -> jax.Array:
+  """Per-example critic loss ``D(x~) - D(x)`` (Gulrajani et al., 2017, Alg. 1, line 7, without GP).
+
+  Its mean is the negative of the critic's estimate of the Wasserstein-1 distance.
+  """
+  chex.assert_equal_shape([real_scores, fake_scores])
+  return fake_scores - real_scores
+
+
+def wasserstein_generator_loss(*, fake_scores: jax.Array) -> jax.Array:
+  """Per-example generator loss ``-D(G(z))`` (Gulrajani et al., 2017, Alg. 1, line 11)."""
+  return -fake_scores
+
+
+def gradient_penalty(*, critic_fn: Callable[[jax.Array], jax.Array], real: jax.Array,
+                     fake: jax.Array, key: jax.Array, target_norm: float = 1.0) -> jax.Array:
+  """Per-example gradient penalty ``(||grad_x^ D(x^)||_2 - 1)^2`` (Gulrajani et al., 2017, Eq. 3).
+
+  ``x^ = eps * x + (1 - eps) * x~`` with ``eps ~ U[0, 1]`` drawn per example.
+  The caller multiplies by lambda (10 in the paper) and reduces.
+
+  Args:
+    critic_fn: maps a batch of images to per-example scores (B,). It must not mix
+      examples (no batch norm), since the input gradient is taken of the sum.
+    real: (B, ...) real images.
+    fake: (B, ...) generated images (the penalty's gradient flows into them too,
+      as in the reference implementations).
+    key: PRNG key for eps.
+    target_norm: the norm the penalty pulls towards (1 in the paper).
+
+  Returns:
+    (B,) penalties.
+  """
+  chex.assert_equal_shape([real, fake])
+  eps = jax.random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1), dtype=real.dtype)
+  interpolates = eps * real + (1.0 - eps) * fake
+  grads = jax.grad(lambda x: jnp.sum(critic_fn(x)))(interpolates)
+  norms = jnp.sqrt(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=-1) + 1e-12)
+  return jnp.square(norms - target_norm)
+
+
+def auxiliary_classifier_loss(*, logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """AC-GAN's per-example class log-likelihood term, as a cross-entropy (Odena et al., 2017, Eq. 2).
+
+  Both the critic (on real and generated images) and the generator (on generated
+  images) minimise it.
+  """
+  return softmax_cross_entropy(logits=logits, labels=labels)

@@ -1,0 +1,18 @@
+"""Continual-learning methods, each a set of pure transitions behind one interface."""
+
+from gmcl.methods.base import Method, ModelState, Phase, run_chunk, step_key
+from gmcl.methods.classifier import ClassifierMethod, make_joint, make_sft
+from gmcl.methods.dgr import DGR, make_dgr
+
+METHODS = {"sft": make_sft, "joint": make_joint, "dgr": make_dgr}
+
+
+def build_method(name: str, config, image_shape, num_classes) -> Method:
+  """Builds the method ``name`` from a config; lists the valid names otherwise."""
+  if name not in METHODS:
+    raise ValueError(f"Unknown method {name!r}; valid choices: {sorted(METHODS)}.")
+  return METHODS[name](config, image_shape, num_classes)
+
+
+__all__ = ["ClassifierMethod", "DGR", "METHODS", "Method", "ModelState", "Phase",
+           "build_method", "run_chunk", "step_key"]

@@ -1,0 +1,160 @@
+"""The method interface the task loop drives, and the compiled K-step chunk.
+
+A method is a value with pure transitions over a ``flax.struct`` state:
+
+    state = method.init(key)
+    for t, task in enumerate(sequence):
+      state = method.begin_task(state, t, active_classes)
+      for phase in method.phases():                # e.g. ("generator", "solver") for DGR
+        for i in range(phase.num_steps):
+          state, metrics = phase.step(state, data, step_key(key, t, phase, i))
+      state = method.end_task(state)               # takes the frozen snapshots
+      logits = method.predict(state, x_test)
+
+Every state has a ``frozen`` field: the snapshots of the previous task's models
+(G_{t-1}, C_{t-1}), or None before the first task ends. Chunks never donate it and
+never differentiate it.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from gmcl.data.sampling import TaskArrays
+from gmcl.types import Metrics, PRNGKey
+
+State = Any
+StepFn = Callable[[State, TaskArrays, PRNGKey], tuple[State, Metrics]]
+
+
+@struct.dataclass
+class ModelState:
+  """Parameters, optimiser state and (for batch-norm models) running statistics of one network."""
+  params: Any
+  opt_state: optax.OptState
+  batch_stats: Any = None
+
+  def variables(self) -> dict:
+    v = {"params": self.params}
+    if self.batch_stats is not None:
+      v["batch_stats"] = self.batch_stats
+    return v
+
+
+def apply_gradients(model: ModelState, grads, tx: optax.GradientTransformation) -> ModelState:
+  updates, opt_state = tx.update(grads, model.opt_state, model.params)
+  return model.replace(params=optax.apply_updates(model.params, updates), opt_state=opt_state)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """A stretch of training within a task: ``num_steps`` calls of ``step``."""
+  name: str
+  num_steps: int
+  step: StepFn
+
+
+class Method(abc.ABC):
+  """Base class of continual-learning methods (see the module docstring).
+
+  Attributes:
+    name: registry name.
+    data_mode: "current" (train on the current task's data) or "cumulative"
+      (all data seen so far: the joint-training upper bound).
+    has_generator: whether :meth:`sample` returns images.
+  """
+  name: str = ""
+  data_mode: str = "current"
+  has_generator: bool = False
+
+  @abc.abstractmethod
+  def init(self, key: PRNGKey) -> State:
+    """The state before the first task."""
+
+  @abc.abstractmethod
+  def begin_task(self, state: State, task_index: int, active_classes: np.ndarray) -> State:
+    """Prepares ``state`` for task ``task_index``; ``active_classes`` is a boolean (K,) mask."""
+
+  @abc.abstractmethod
+  def phases(self) -> Sequence[Phase]:
+    """The training phases of one task, in order."""
+
+  @abc.abstractmethod
+  def end_task(self, state: State) -> State:
+    """Ends a task: takes the frozen snapshots used by the next one."""
+
+  @abc.abstractmethod
+  def predict(self, state: State, x: jax.Array) -> jax.Array:
+    """Logits (B, K) with classes not yet seen masked out."""
+
+  def sample(self, state: State, key: PRNGKey, labels: jax.Array) -> Optional[jax.Array]:
+    """Images from the current generator (conditional ones use ``labels``), or None."""
+    del state, key, labels
+    return None
+
+
+def step_key(run_key: PRNGKey, task_index: int, phase_index: int) -> PRNGKey:
+  """The key of a phase; step i of it uses ``fold_in(phase_key, i)``."""
+  return jax.random.fold_in(jax.random.fold_in(run_key, task_index), phase_index)
+
+
+def _mean_metrics(metrics_list: Sequence[Metrics]) -> Metrics:
+  return jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *metrics_list)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_chunk(step: StepFn, num_steps: int, mode: str):
+  """jit of ``num_steps`` steps; the live state (argument 0) is donated, the snapshot is not."""
+
+  def chunk(live, frozen, data, phase_key, start):
+    state = live.replace(frozen=frozen)
+    keys = jax.vmap(lambda i: jax.random.fold_in(phase_key, i))(start + jnp.arange(num_steps))
+    if mode == "scan":
+      state, metrics = jax.lax.scan(lambda s, k: step(s, data, k), state, keys)
+      metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+    else:  # "unroll": a Python loop inside one jit (faster than scan on XLA:CPU)
+      collected = []
+      for i in range(num_steps):
+        state, m = step(state, data, keys[i])
+        collected.append(m)
+      metrics = _mean_metrics(collected)
+    return state.replace(frozen=None), metrics
+
+  return jax.jit(chunk, donate_argnums=(0,))
+
+
+CHUNK_MODES = ("unroll", "scan")
+
+
+def run_chunk(step: StepFn, state: State, data: TaskArrays, phase_key: PRNGKey, start: int,
+              num_steps: int, mode: str = "unroll") -> tuple[State, Metrics]:
+  """Runs steps ``start .. start+num_steps-1`` of a phase in one compiled call.
+
+  Step i uses ``fold_in(phase_key, i)``, so any split of a phase into chunks gives
+  the same result as single steps. The snapshot ``state.frozen`` is passed as a
+  separate, non-donated argument. Metrics are averaged over the chunk.
+  """
+  if mode not in CHUNK_MODES:
+    raise ValueError(f"chunk mode {mode!r}; valid choices: {CHUNK_MODES}.")
+  if num_steps < 1:
+    raise ValueError(f"num_steps={num_steps} must be >= 1.")
+  fn = _compiled_chunk(step, num_steps, mode)
+  live, metrics = fn(state.replace(frozen=None), state.frozen, data, phase_key,
+                     jnp.asarray(start, jnp.int32))
+  return live.replace(frozen=state.frozen), metrics
+
+
+def adam(lr: float, b1: float, b2: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """Adam with optional L2 weight decay added to the gradient (torch.optim.Adam's weight_decay)."""
+  if weight_decay:
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr, b1=b1, b2=b2))
+  return optax.adam(lr, b1=b1, b2=b2)

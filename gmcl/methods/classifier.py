@@ -1,0 +1,103 @@
+"""Classifier-only baselines: sequential fine-tuning (``sft``) and joint training (``joint``).
+
+``sft`` trains one classifier on each task in turn (the lower bound: it forgets).
+``joint`` trains it on all real data seen so far at every task (the upper bound).
+Both train one head over all classes seen so far (class-incremental "active
+classes"): the softmax runs over seen classes only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from gmcl.data.sampling import TaskArrays, sample_batch
+from gmcl.losses.classification import mask_logits, softmax_cross_entropy
+from gmcl.methods.base import Method, ModelState, Phase, adam, apply_gradients
+from gmcl.models.classifiers import make_classifier
+
+
+@struct.dataclass
+class ClassifierState:
+  solver: ModelState
+  active: jax.Array  # (K,) bool: classes seen so far
+  frozen: Any = None  # no snapshot for these baselines
+
+
+class ClassifierMethod(Method):
+  """A classifier trained on the current task (``sft``) or all data so far (``joint``)."""
+
+  def __init__(self, config, image_shape: tuple[int, int, int], num_classes: int,
+               name: str = "sft"):
+    self.config = config
+    self.name = name
+    self.data_mode = "cumulative" if name == "joint" else "current"
+    self.image_shape = tuple(image_shape)
+    self.num_classes = num_classes
+    model_cfg, train_cfg = config.model, config.train
+    encoder_kwargs = {"hidden": tuple(model_cfg.classifier_hidden)} \
+        if model_cfg.classifier == "mlp" else {}
+    self.classifier = make_classifier(model_cfg.classifier, num_classes, **encoder_kwargs)
+    self.solver_tx = adam(train_cfg.solver_lr, train_cfg.solver_b1, train_cfg.solver_b2,
+                          train_cfg.weight_decay)
+    self.batch_size = train_cfg.batch_size
+
+  # -- state ---------------------------------------------------------------------------------
+
+  def _init_solver(self, key) -> ModelState:
+    params = self.classifier.init(key, jnp.zeros((1,) + self.image_shape))["params"]
+    return ModelState(params=params, opt_state=self.solver_tx.init(params))
+
+  def init(self, key) -> ClassifierState:
+    return ClassifierState(solver=self._init_solver(key),
+                           active=jnp.zeros((self.num_classes,), bool))
+
+  def begin_task(self, state, task_index: int, active_classes: np.ndarray):
+    state = state.replace(active=jnp.asarray(active_classes, bool))
+    if self.config.train.reset_optimizers:
+      state = state.replace(solver=state.solver.replace(
+          opt_state=self.solver_tx.init(state.solver.params)))
+    return state
+
+  def end_task(self, state):
+    return state
+
+  def phases(self):
+    return (Phase("solver", self.config.train.solver_steps, self.solver_step),)
+
+  # -- steps ---------------------------------------------------------------------------------
+
+  def replay_objective(self, params, state, real_losses: jax.Array, key) -> tuple[jax.Array, dict]:
+    """The solver objective given per-example losses on real data; DGR adds replay here."""
+    del params, state, key
+    return jnp.mean(real_losses), {}
+
+  def solver_step(self, state, data: TaskArrays, key):
+    """One optimiser step of the classifier on a sampled batch (plus replay, in subclasses)."""
+    k_batch, k_replay = jax.random.split(key)
+    x, y = sample_batch(data, k_batch, self.batch_size)
+
+    def loss_fn(params):
+      logits = self.classifier.apply({"params": params}, x)
+      real = softmax_cross_entropy(logits=logits, labels=y, where=state.active)
+      loss, extra = self.replay_objective(params, state, real, k_replay)
+      acc = jnp.mean(jnp.argmax(mask_logits(logits, state.active), -1) == y)
+      return loss, dict(extra, solver_loss=loss, solver_real_loss=jnp.mean(real), train_acc=acc)
+
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.solver.params)
+    return state.replace(solver=apply_gradients(state.solver, grads, self.solver_tx)), metrics
+
+  def predict(self, state, x: jax.Array) -> jax.Array:
+    return mask_logits(self.classifier.apply({"params": state.solver.params}, x), state.active)
+
+
+def make_sft(config, image_shape, num_classes) -> ClassifierMethod:
+  return ClassifierMethod(config, image_shape, num_classes, name="sft")
+
+
+def make_joint(config, image_shape, num_classes) -> ClassifierMethod:
+  return ClassifierMethod(config, image_shape, num_classes, name="joint")

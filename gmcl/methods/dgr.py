@@ -1,0 +1,258 @@
+"""Deep Generative Replay (Shin, Lee, Kim & Kim, NeurIPS 2017).
+
+A scholar is a generator G and a solver C. For task t > 1, with the frozen
+snapshots G_{t-1}, C_{t-1} of the previous scholar:
+
+* the generator learns the mixture ``r * D_t + (1 - r) * G_{t-1}``: a WGAN-GP
+  critic sees real current data with weight r and G_{t-1}'s samples with weight
+  1 - r (as the reference PyTorch code does);
+* the solver minimises ``r * L(C_t(x), y) + (1 - r) * L(C_t(x'), C_{t-1}(x'))``
+  on real ``(x, y)`` and replayed ``x' ~ G_{t-1}`` (Sec. 3.2), with hard (argmax)
+  or soft targets (``config.dgr.targets``).
+
+Defaults follow the common implementations: WGAN-GP with lambda = 10 and 5 critic
+steps per generator step, Adam(1e-4, 0.5, 0.9) for the GAN; the paper uses an
+unconditional generator, and ``config.model.conditional`` makes it an AC-GAN
+whose replay draws classes uniformly from those seen before.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from gmcl.data.sampling import TaskArrays, sample_batch
+from gmcl.losses.gan import (auxiliary_classifier_loss, gradient_penalty, wasserstein_critic_loss,
+                             wasserstein_generator_loss)
+from gmcl.losses.replay import dgr_solver_objective, replay_loss
+from gmcl.methods.base import ModelState, Phase, adam, apply_gradients
+from gmcl.methods.classifier import ClassifierMethod
+from gmcl.models.critics import DCGANCritic
+from gmcl.models.generators import DCGANGenerator
+
+
+@struct.dataclass
+class DGRSnapshot:
+  """The frozen scholar of task t-1: parameter pytrees only, never differentiated."""
+  solver_params: Any
+  generator_params: Any
+  generator_batch_stats: Any
+  active: jax.Array  # (K,) classes seen up to task t-1
+
+
+@struct.dataclass
+class DGRState:
+  solver: ModelState
+  generator: ModelState
+  critic: ModelState
+  active: jax.Array  # (K,) bool
+  ratio: jax.Array  # () float32: r, the weight of real data in this task
+  frozen: Optional[DGRSnapshot] = None
+
+
+def parse_replay_ratio(value) -> Optional[float]:
+  """``"balanced"`` -> None (r = 1/t); a number in [0, 1] -> that number."""
+  if isinstance(value, str) and value.strip() == "balanced":
+    return None
+  try:
+    r = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"dgr.replay_ratio={value!r}; valid: 'balanced' (r = 1/t) or a number "
+                     "in [0, 1].") from None
+  if not 0.0 <= r <= 1.0:
+    raise ValueError(f"dgr.replay_ratio={r} is outside [0, 1].")
+  return r
+
+
+class DGR(ClassifierMethod):
+  """Deep Generative Replay; see the module docstring."""
+  has_generator = True
+
+  def __init__(self, config, image_shape, num_classes):
+    super().__init__(config, image_shape, num_classes, name="dgr")
+    m, tr, d = config.model, config.train, config.dgr
+    self.conditional = bool(m.conditional)
+    self.z_dim = m.z_dim
+    self.generator = DCGANGenerator(
+        image_shape=self.image_shape, num_classes=num_classes if self.conditional else 0,
+        base_features=m.generator_features, kernel_size=m.kernel_size,
+        output_activation=m.output_activation)
+    self.critic = DCGANCritic(num_classes=num_classes if self.conditional else 0,
+                              base_features=m.critic_features, num_layers=m.critic_layers,
+                              kernel_size=m.kernel_size)
+    self.gan_tx = adam(tr.gan_lr, tr.gan_b1, tr.gan_b2, tr.weight_decay)
+    self.n_critic = tr.n_critic
+    self.gp_weight = tr.gp_weight
+    self.fixed_ratio = parse_replay_ratio(d.replay_ratio)
+    self.targets = d.targets
+    self.temperature = d.temperature
+
+  # -- state ---------------------------------------------------------------------------------
+
+  def init(self, key) -> DGRState:
+    k_s, k_g, k_c = jax.random.split(key, 3)
+    z = jnp.zeros((2, self.z_dim))
+    labels = jnp.zeros((2,), jnp.int32) if self.conditional else None
+    g_vars = self.generator.init(k_g, z, labels, train=False)
+    c_params = self.critic.init(k_c, jnp.zeros((2,) + self.image_shape))["params"]
+    return DGRState(
+        solver=self._init_solver(k_s),
+        generator=ModelState(params=g_vars["params"], opt_state=self.gan_tx.init(g_vars["params"]),
+                             batch_stats=g_vars["batch_stats"]),
+        critic=ModelState(params=c_params, opt_state=self.gan_tx.init(c_params)),
+        active=jnp.zeros((self.num_classes,), bool),
+        ratio=jnp.ones((), jnp.float32))
+
+  def begin_task(self, state, task_index, active_classes):
+    state = super().begin_task(state, task_index, active_classes)
+    r = 1.0 / (task_index + 1) if self.fixed_ratio is None else self.fixed_ratio
+    state = state.replace(ratio=jnp.asarray(r, jnp.float32))
+    if self.config.train.reset_optimizers:
+      state = state.replace(
+          generator=state.generator.replace(opt_state=self.gan_tx.init(state.generator.params)),
+          critic=state.critic.replace(opt_state=self.gan_tx.init(state.critic.params)))
+    return state
+
+  def end_task(self, state: DGRState) -> DGRState:
+    """Snapshots G_t and C_t; they become G_{t-1} and C_{t-1} of the next task."""
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)
+    return state.replace(frozen=DGRSnapshot(
+        solver_params=copy(state.solver.params), generator_params=copy(state.generator.params),
+        generator_batch_stats=copy(state.generator.batch_stats), active=jnp.copy(state.active)))
+
+  def phases(self):
+    tr = self.config.train
+    return (Phase("generator", tr.generator_steps, self.generator_step),
+            Phase("solver", tr.solver_steps, self.solver_step))
+
+  # -- sampling ------------------------------------------------------------------------------
+
+  def _generate(self, params, batch_stats, z, labels, train: bool):
+    variables = {"params": params, "batch_stats": batch_stats}
+    if train:
+      images, updates = self.generator.apply(variables, z, labels, train=True,
+                                             mutable=["batch_stats"])
+      return images, updates["batch_stats"]
+    return self.generator.apply(variables, z, labels, train=False), batch_stats
+
+  def _replay_batch(self, frozen: DGRSnapshot, key, n: int):
+    """x' ~ G_{t-1} (eval mode) and, when conditional, classes drawn uniformly from old ones."""
+    k_z, k_y = jax.random.split(key)
+    z = jax.random.normal(k_z, (n, self.z_dim))
+    labels = None
+    if self.conditional:
+      labels = jax.random.categorical(k_y, jnp.where(frozen.active, 0.0, -jnp.inf), shape=(n,))
+    images, _ = self._generate(jax.lax.stop_gradient(frozen.generator_params),
+                               frozen.generator_batch_stats, z, labels, train=False)
+    return jax.lax.stop_gradient(images), labels
+
+  def sample(self, state, key, labels):
+    z = jax.random.normal(key, (labels.shape[0], self.z_dim))
+    images, _ = self._generate(state.generator.params, state.generator.batch_stats, z,
+                               labels if self.conditional else None, train=False)
+    return images
+
+  # -- solver --------------------------------------------------------------------------------
+
+  def replay_objective(self, params, state: DGRState, real_losses, key):
+    if state.frozen is None:  # first task: nothing to replay (static, so compiled separately)
+      return jnp.mean(real_losses), {}
+    x_rep, _ = self._replay_batch(state.frozen, key, self.batch_size)
+    teacher = self.classifier.apply({"params": jax.lax.stop_gradient(state.frozen.solver_params)},
+                                    x_rep)
+    student = self.classifier.apply({"params": params}, x_rep)
+    rep = replay_loss(logits=student, teacher_logits=teacher, mode=self.targets,
+                      temperature=self.temperature, where=state.active,
+                      teacher_where=state.frozen.active)
+    loss = dgr_solver_objective(real_losses=real_losses, replay_losses=rep, ratio=state.ratio)
+    return loss, {"solver_replay_loss": jnp.mean(rep)}
+
+  # -- generator -----------------------------------------------------------------------------
+
+  def _fake_batch(self, state: DGRState, key, labels_real, labels_replay, train=True):
+    """G_t's samples for the real term (labels of real data) and, if replaying, the replay term."""
+    n = self.batch_size
+    if self.conditional and labels_replay is not None:
+      labels = jnp.concatenate([labels_real, labels_replay])
+      z = jax.random.normal(key, (2 * n, self.z_dim))
+    else:
+      labels = labels_real if self.conditional else None
+      z = jax.random.normal(key, (n, self.z_dim))
+    return z, labels
+
+  def generator_step(self, state: DGRState, data: TaskArrays, key):
+    """One WGAN-GP iteration: ``n_critic`` critic updates, then one generator update."""
+    n, replaying = self.batch_size, state.frozen is not None
+    r = state.ratio if replaying else 1.0
+    keys = jax.random.split(key, self.n_critic + 1)
+    critic = state.critic
+    metrics = {}
+
+    def split_fakes(images, labels):
+      if self.conditional and replaying:
+        return (images[:n], labels[:n]), (images[n:], labels[n:])
+      return (images, labels), (images, labels)  # unconditional: one fake batch serves both terms
+
+    def critic_term(c_params, real, real_labels, fake, fake_labels, k_gp):
+      critic_fn = lambda im: self.critic.apply({"params": c_params}, im)
+      s_real, a_real = critic_fn(real)
+      s_fake, a_fake = critic_fn(fake)
+      gp = gradient_penalty(critic_fn=lambda im: critic_fn(im)[0], real=real, fake=fake, key=k_gp)
+      w = jnp.mean(wasserstein_critic_loss(real_scores=s_real, fake_scores=s_fake))
+      loss = w + self.gp_weight * jnp.mean(gp)
+      if self.conditional:
+        loss += jnp.mean(auxiliary_classifier_loss(logits=a_real, labels=real_labels))
+        loss += jnp.mean(auxiliary_classifier_loss(logits=a_fake, labels=fake_labels))
+      return loss, (-w, jnp.mean(gp))
+
+    for i in range(self.n_critic):
+      k_x, k_rep, k_z, k_gp1, k_gp2 = jax.random.split(keys[i], 5)
+      x, y = sample_batch(data, k_x, n)
+      x_rep, y_rep = self._replay_batch(state.frozen, k_rep, n) if replaying else (None, None)
+      z, labels = self._fake_batch(state, k_z, y, y_rep)
+      fakes, _ = self._generate(state.generator.params, state.generator.batch_stats, z, labels,
+                                train=True)
+      fakes = jax.lax.stop_gradient(fakes)
+      (f_real, l_real), (f_rep, l_rep) = split_fakes(fakes, labels)
+
+      def critic_loss(c_params):
+        loss, (w_dist, gp) = critic_term(c_params, x, y, f_real, l_real, k_gp1)
+        if replaying:
+          rep_loss, _ = critic_term(c_params, x_rep, y_rep, f_rep, l_rep, k_gp2)
+          loss = r * loss + (1.0 - r) * rep_loss
+        return loss, {"critic_loss": loss, "wasserstein_estimate": w_dist, "gradient_penalty": gp}
+
+      grads, metrics = jax.grad(critic_loss, has_aux=True)(critic.params)
+      critic = apply_gradients(critic, grads, self.gan_tx)
+
+    k_x, k_rep, k_z = jax.random.split(keys[-1], 3)
+    _, y = sample_batch(data, k_x, n)
+    y_rep = self._replay_batch(state.frozen, k_rep, n)[1] if replaying else None
+    z, labels = self._fake_batch(state, k_z, y, y_rep)
+
+    def generator_loss(g_params):
+      images, new_stats = self._generate(g_params, state.generator.batch_stats, z, labels,
+                                         train=True)
+      scores, logits = self.critic.apply({"params": critic.params}, images)
+      per_example = wasserstein_generator_loss(fake_scores=scores)
+      if self.conditional:
+        per_example += auxiliary_classifier_loss(logits=logits, labels=labels)
+      if self.conditional and replaying:
+        loss = r * jnp.mean(per_example[:n]) + (1.0 - r) * jnp.mean(per_example[n:])
+      else:
+        loss = jnp.mean(per_example)
+      return loss, new_stats
+
+    (g_loss, new_stats), grads = jax.value_and_grad(generator_loss, has_aux=True)(
+        state.generator.params)
+    generator = apply_gradients(state.generator, grads, self.gan_tx).replace(batch_stats=new_stats)
+    metrics = dict(metrics, generator_loss=g_loss)
+    return state.replace(generator=generator, critic=critic), metrics
+
+
+def make_dgr(config, image_shape, num_classes) -> DGR:
+  return DGR(config, image_shape, num_classes)

@@ -26,6 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.class_order = ""  # e.g. "3,1,4,..."; "" = 0..K-1
   c.data.classes_per_task = 2  # split protocol
   c.data.num_tasks = 10  # permuted protocol
+  c.data.max_tasks = 0  # >0: keep only the first N tasks of the sequence
   c.data.permutation_seed = 0
   c.data.pad_to = 32  # 0 keeps 28x28
   c.data.value_range = (-1.0, 1.0)
@@ -37,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.classifier_hidden = (400, 400)
   c.model.z_dim = 128
   c.model.conditional = False
+  c.model.gan = "dcgan"  # dcgan | mlp
   c.model.generator_features = 64
   c.model.critic_features = 64
   c.model.critic_layers = 3
@@ -126,9 +128,11 @@ def validate_config(config) -> None:
            f"0 (no padding) or >= {size}")
   _require(len(d.value_range) == 2 and d.value_range[1] > d.value_range[0], "data.value_range",
            d.value_range, "(low, high) with high > low")
+  _require(d.max_tasks >= 0, "data.max_tasks", d.max_tasks, ">= 0 (0 keeps every task)")
   _require(d.train_limit >= 0, "data.train_limit", d.train_limit, ">= 0")
   _require(d.test_limit >= 0, "data.test_limit", d.test_limit, ">= 0")
   _require(m.classifier in CLASSIFIERS, "model.classifier", m.classifier, str(sorted(CLASSIFIERS)))
+  _require(m.gan in ("dcgan", "mlp"), "model.gan", m.gan, "'dcgan' or 'mlp'")
   _require(m.z_dim >= 1, "model.z_dim", m.z_dim, ">= 1")
   _require(m.output_activation in ("tanh", "sigmoid", "none"), "model.output_activation",
            m.output_activation, "'tanh', 'sigmoid' or 'none'")

@@ -29,25 +29,29 @@ from gmcl.methods.base import run_chunk, step_key
 
 @dataclasses.dataclass
 class Data:
-  """Preprocessed arrays of one dataset and its task sequence."""
+  """Preprocessed arrays of one dataset (the task sequence comes from the config)."""
   x_train: np.ndarray
   y_train: np.ndarray
   x_test: np.ndarray
   y_test: np.ndarray
-  sequence: TaskSequence
   image_shape: tuple[int, int, int]
   num_classes: int
 
 
 def build_sequence(config, image_shape, num_classes: int) -> TaskSequence:
+  """The task sequence a config asks for, cut to ``data.max_tasks`` tasks when that is > 0."""
   d = config.data
   order = parse_class_order(d.class_order, num_classes)
   if d.protocol == "per_class":
-    return per_class_tasks(num_classes, order)
-  if d.protocol == "split":
-    return split_tasks(num_classes, d.classes_per_task, order)
-  return permuted_tasks(d.num_tasks, image_shape[0] * image_shape[1], num_classes,
-                        seed=d.permutation_seed)
+    seq = per_class_tasks(num_classes, order)
+  elif d.protocol == "split":
+    seq = split_tasks(num_classes, d.classes_per_task, order)
+  else:
+    seq = permuted_tasks(d.num_tasks, image_shape[0] * image_shape[1], num_classes,
+                         seed=d.permutation_seed)
+  if d.max_tasks:
+    seq = dataclasses.replace(seq, tasks=seq.tasks[:d.max_tasks])
+  return seq
 
 
 def load_data(config) -> Data:
@@ -63,22 +67,22 @@ def load_data(config) -> Data:
   prep = lambda x: preprocess_images(x, pad_to=d.pad_to or None, value_range=tuple(d.value_range))
   x_tr, x_te = prep(x_tr), prep(x_te)
   image_shape = tuple(x_tr.shape[1:])
-  return Data(x_tr, y_tr, x_te, y_te, build_sequence(config, image_shape, info.num_classes),
-              image_shape, info.num_classes)
+  return Data(x_tr, y_tr, x_te, y_te, image_shape, info.num_classes)
 
 
-def _task_sizes(data: Data, limit: int) -> list[int]:
+def _task_sizes(data: Data, sequence: TaskSequence, limit: int) -> list[int]:
   sizes = []
-  for task in data.sequence:
+  for task in sequence:
     n = (int(np.sum(np.isin(data.y_train, task.classes)))
-         if data.sequence.scenario == "class_incremental" else data.y_train.shape[0])
+         if sequence.scenario == "class_incremental" else data.y_train.shape[0])
     sizes.append(min(n, limit) if limit else n)
   return sizes
 
 
-def training_examples(data: Data, t: int, cumulative: bool, limit: int = 0):
+def training_examples(data: Data, sequence: TaskSequence, t: int, cumulative: bool,
+                      limit: int = 0):
   """Task t's training examples (or tasks 0..t's, for joint training), each task cut to ``limit``."""
-  parts = [task_examples(data.x_train, data.y_train, data.sequence, i)
+  parts = [task_examples(data.x_train, data.y_train, sequence, i)
            for i in (range(t + 1) if cumulative else (t,))]
   if limit:
     parts = [(x[:limit], y[:limit]) for x, y in parts]
@@ -164,11 +168,11 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   data = data or load_data(config)
-  seq, t_cfg = data.sequence, config.train
+  seq, t_cfg = build_sequence(config, data.image_shape, data.num_classes), config.train
   method = build_method(config.method, config, data.image_shape, data.num_classes)
   chunk_mode = resolve_chunk_mode(t_cfg.chunk_mode)
   cumulative = method.data_mode == "cumulative"
-  sizes = _task_sizes(data, config.data.train_limit)
+  sizes = _task_sizes(data, seq, config.data.train_limit)
   capacity = max(np.cumsum(sizes)) if cumulative else max(sizes)
 
   run_key = jax.random.PRNGKey(config.seed)
@@ -185,7 +189,7 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
   for t, task in enumerate(seq):
     task_start = time.time()
     state = method.begin_task(state, t, seq.active_mask(t))
-    x, y = training_examples(data, t, cumulative, config.data.train_limit)
+    x, y = training_examples(data, seq, t, cumulative, config.data.train_limit)
     arrays = task_arrays(x, y, capacity)
     phases = [p for p in method.phases() if p.num_steps > 0]
     total = sum(p.num_steps for p in phases)

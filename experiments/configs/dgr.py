@@ -21,7 +21,8 @@ def defaults(c):
 
 def get_config(arg=None):
   c, args = make_config("dgr", arg, defaults)
-  if args.get("demo"):
+  if args.get("demo"):  # a couple of minutes on a 2-core CPU: the fully connected GAN
+    c.model.gan = "mlp"
     c.train.generator_steps = 300
     c.train.solver_steps = 500
   return c

@@ -31,8 +31,7 @@ from gmcl.losses.gan import (auxiliary_classifier_loss, gradient_penalty, wasser
 from gmcl.losses.replay import dgr_solver_objective, replay_loss
 from gmcl.methods.base import ModelState, Phase, adam, apply_gradients
 from gmcl.methods.classifier import ClassifierMethod
-from gmcl.models.critics import DCGANCritic
-from gmcl.models.generators import DCGANGenerator
+from gmcl.models import make_gan
 
 
 @struct.dataclass
@@ -77,13 +76,11 @@ class DGR(ClassifierMethod):
     m, tr, d = config.model, config.train, config.dgr
     self.conditional = bool(m.conditional)
     self.z_dim = m.z_dim
-    self.generator = DCGANGenerator(
-        image_shape=self.image_shape, num_classes=num_classes if self.conditional else 0,
-        base_features=m.generator_features, kernel_size=m.kernel_size,
+    self.generator, self.critic = make_gan(
+        m.gan, self.image_shape, num_classes if self.conditional else 0,
+        generator_features=m.generator_features, critic_features=m.critic_features,
+        critic_layers=m.critic_layers, kernel_size=m.kernel_size,
         output_activation=m.output_activation)
-    self.critic = DCGANCritic(num_classes=num_classes if self.conditional else 0,
-                              base_features=m.critic_features, num_layers=m.critic_layers,
-                              kernel_size=m.kernel_size)
     self.gan_tx = adam(tr.gan_lr, tr.gan_b1, tr.gan_b2, tr.weight_decay)
     self.n_critic = tr.n_critic
     self.gp_weight = tr.gp_weight

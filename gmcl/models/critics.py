@@ -37,3 +37,20 @@ class DCGANCritic(nn.Module):
     score = nn.Dense(1, name="wgan_head")(x)[:, 0]
     logits = nn.Dense(self.num_classes, name="aux_head")(x) if self.num_classes else None
     return score, logits
+
+
+class MLPCritic(nn.Module):
+  """Image -> [Dense -> LeakyReLU(0.2)] * len(hidden) -> (score, auxiliary logits); no normalisation."""
+  num_classes: int = 0
+  hidden: tuple[int, ...] = (512, 256)
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, Optional[jax.Array]]:
+    if x.ndim != 4:
+      raise ValueError(f"MLPCritic: x must be (batch, H, W, C), got shape {x.shape}.")
+    x = x.reshape(x.shape[0], -1)
+    for width in self.hidden:
+      x = nn.leaky_relu(nn.Dense(width)(x), 0.2)
+    score = nn.Dense(1, name="wgan_head")(x)[:, 0]
+    logits = nn.Dense(self.num_classes, name="aux_head")(x) if self.num_classes else None
+    return score, logits

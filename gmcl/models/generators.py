@@ -7,6 +7,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _OUTPUT_ACTIVATIONS = {"tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "none": lambda x: x}
 
@@ -70,3 +71,36 @@ class DCGANGenerator(nn.Module):
       if not last:
         x = nn.relu(norm()(x))
     return _OUTPUT_ACTIVATIONS[self.output_activation](x)
+
+
+class MLPGenerator(nn.Module):
+  """z (and optionally a one-hot class) -> [Dense -> BN -> ReLU] * len(hidden) -> Dense -> image.
+
+  A fully connected generator: on a CPU it trains an order of magnitude faster
+  than the DCGAN one at 28x28 (all work is matrix multiplication), which makes
+  10-task MNIST studies affordable there.
+  """
+  image_shape: tuple[int, int, int] = (28, 28, 1)
+  num_classes: int = 0
+  hidden: tuple[int, ...] = (256, 512)
+  output_activation: str = "tanh"
+
+  @nn.compact
+  def __call__(self, z: jax.Array, labels: Optional[jax.Array] = None, *,
+               train: bool = True) -> jax.Array:
+    if z.ndim != 2:
+      raise ValueError(f"MLPGenerator: z must be (batch, z_dim), got shape {z.shape}.")
+    if self.output_activation not in _OUTPUT_ACTIVATIONS:
+      raise ValueError(f"output_activation={self.output_activation!r}; valid: "
+                       f"{sorted(_OUTPUT_ACTIVATIONS)}.")
+    if self.num_classes:
+      if labels is None or labels.shape != z.shape[:1]:
+        raise ValueError(f"MLPGenerator: a conditional generator needs labels of shape "
+                         f"{z.shape[:1]}, got {None if labels is None else labels.shape}.")
+      z = jnp.concatenate([z, jax.nn.one_hot(labels, self.num_classes, dtype=z.dtype)], -1)
+    x = z
+    for width in self.hidden:
+      x = nn.Dense(width)(x)
+      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x))
+    x = nn.Dense(int(np.prod(self.image_shape)))(x)
+    return _OUTPUT_ACTIVATIONS[self.output_activation](x).reshape((z.shape[0],) + self.image_shape)

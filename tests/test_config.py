@@ -1,0 +1,49 @@
+import pytest
+
+from experiments.configs import common, dgr, joint, sft
+from gmcl.config import base_config, validate_config
+
+
+@pytest.mark.parametrize("module", [dgr, sft, joint])
+def test_shipped_configs_validate(module):
+  for arg in ("", "smoke", "demo", "dataset=fashion_mnist,protocol=split"):
+    validate_config(module.get_config(arg))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: setattr(c, "method", "ewc"), r"config.method='ewc'.*\['dgr', 'joint', 'sft'\]"),
+    (lambda c: setattr(c.data, "dataset", "imagenet"), r"data.dataset='imagenet'.*mnist"),
+    (lambda c: setattr(c.data, "protocol", "blurry"), r"data.protocol='blurry'.*per_class"),
+    (lambda c: setattr(c.train, "n_critic", 0), r"train.n_critic=0.*>= 1"),
+    (lambda c: setattr(c.dgr, "replay_ratio", "1.5"), r"replay_ratio=1.5 is outside \[0, 1\]"),
+    (lambda c: setattr(c.dgr, "replay_ratio", "half"), r"replay_ratio='half'.*balanced"),
+    (lambda c: setattr(c.dgr, "targets", "fuzzy"), r"dgr.targets='fuzzy'"),
+    (lambda c: (setattr(c.data, "protocol", "split"), setattr(c.data, "classes_per_task", 20)),
+     r"classes_per_task=20.*fewer classes than tasks"),
+    (lambda c: setattr(c.data, "class_order", "0,1,2"), r"class_order.*permutation of 0..9"),
+    (lambda c: setattr(c.model, "classifier", "resnet"), r"model.classifier='resnet'.*cnn"),
+    (lambda c: setattr(c.model, "gan", "vae"), r"model.gan='vae'"),
+    (lambda c: setattr(c.train, "chunk_mode", "fast"), r"train.chunk_mode='fast'"),
+])
+def test_bad_values_name_the_key_and_the_valid_range(mutate, message):
+  c = base_config()
+  mutate(c)
+  with pytest.raises(ValueError, match=message):
+    validate_config(c)
+
+
+def test_unknown_key_is_refused():
+  c = base_config()
+  c.train.learning_rate = 0.1
+  with pytest.raises(ValueError, match=r"Unknown config key 'train.learning_rate'.*solver_lr"):
+    validate_config(c)
+
+
+def test_config_arguments():
+  assert common.parse_args("dataset=mnist,smoke") == {"dataset": "mnist", "smoke": True}
+  with pytest.raises(ValueError, match=r"Unknown config argument 'fast'.*'smoke'"):
+    common.parse_args("fast")
+  with pytest.raises(ValueError, match=r"Unknown dataset 'emnist'.*cifar10"):
+    common.parse_args("dataset=emnist")
+  smoke = dgr.get_config("smoke")
+  assert smoke.model.generator_features < dgr.get_config("").model.generator_features

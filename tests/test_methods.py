@@ -1,0 +1,175 @@
+"""Pure transitions of the methods: chunks, jit, snapshots, replay wiring."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import dgr as dgr_config
+from gmcl.data.sampling import task_arrays
+from gmcl.methods import build_method
+from gmcl.methods.base import run_chunk
+
+SHAPE = (32, 32, 1)
+
+
+def _config(**model):
+  c = dgr_config.get_config("smoke")
+  c.model.gan = "mlp"
+  for k, v in model.items():
+    c.model[k] = v
+  return c
+
+
+def _data(classes, n=64, seed=0):
+  rng = np.random.default_rng(seed)
+  y = rng.choice(classes, size=n).astype(np.int32)
+  x = rng.uniform(-1, 1, (n,) + SHAPE).astype(np.float32)
+  x += y[:, None, None, None] * 0.1  # something to learn
+  return task_arrays(np.clip(x, -1, 1), y, capacity=2 * n)
+
+
+def _copy(tree):
+  return jax.tree.map(jnp.copy, tree)
+
+
+def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def _state_at_second_task(method, steps=2):
+  """A state that has finished task 0 (so it holds snapshots) and begun task 1."""
+  state = method.init(jax.random.PRNGKey(0))
+  state = method.begin_task(state, 0, np.arange(10) < 1)
+  data0 = _data([0])
+  for phase in method.phases():
+    for i in range(steps):
+      state, _ = run_chunk(phase.step, state, data0, jax.random.PRNGKey(1), i, 1)
+  state = method.end_task(state)
+  return method.begin_task(state, 1, np.arange(10) < 2)
+
+
+@pytest.fixture(scope="module")
+def dgr_method():
+  return build_method("dgr", _config(), SHAPE, 10)
+
+
+@pytest.mark.parametrize("phase_index", [0, 1], ids=["generator", "solver"])
+@pytest.mark.parametrize("mode", ["unroll", "scan"])
+def test_k_step_chunk_equals_single_steps(dgr_method, phase_index, mode):
+  method = dgr_method
+  base = _state_at_second_task(method)
+  phase = method.phases()[phase_index]
+  data, key = _data([1]), jax.random.PRNGKey(7)
+  single = _copy(base)
+  for i in range(4):
+    single, _ = run_chunk(phase.step, single, data, key, i, 1, "unroll")
+  chunked, _ = run_chunk(phase.step, _copy(base), data, key, 0, 4, mode)
+  split, _ = run_chunk(phase.step, _copy(base), data, key, 0, 1, mode)
+  split, _ = run_chunk(phase.step, split, data, key, 1, 3, mode)
+  _assert_trees_close(single, chunked)
+  _assert_trees_close(single, split)
+  # The chunk really trained: parameters moved.
+  moved = jax.tree.leaves(chunked.solver.params if phase_index else chunked.generator.params)
+  before = jax.tree.leaves(base.solver.params if phase_index else base.generator.params)
+  assert any(not np.allclose(a, b) for a, b in zip(moved, before))
+
+
+@pytest.mark.parametrize("phase_index", [0, 1], ids=["generator", "solver"])
+def test_jit_equals_no_jit(dgr_method, phase_index):
+  method = dgr_method
+  state = _state_at_second_task(method)
+  step = method.phases()[phase_index].step
+  data, key = _data([1]), jax.random.PRNGKey(3)
+  jitted, m_jit = jax.jit(step)(_copy(state), data, key)
+  with jax.disable_jit():
+    eager, m_eager = step(_copy(state), data, key)
+  _assert_trees_close(m_jit, m_eager, rtol=1e-4, atol=1e-6)
+  # Parameters: Adam divides by sqrt(v), so a bias whose gradient is zero up to rounding
+  # (a Dense bias before batch norm) takes a rounding-sized step of either sign; 1e-4 is the
+  # GAN learning rate, so atol=2e-4 still catches any real difference in an update.
+  _assert_trees_close(jitted, eager, rtol=1e-4, atol=2e-4)
+
+
+def test_snapshot_gets_no_gradient_and_stays_frozen(dgr_method):
+  method = dgr_method
+  state = _state_at_second_task(method)
+  frozen_before = _copy(state.frozen)
+  data, key = _data([1]), jax.random.PRNGKey(5)
+
+  for phase in method.phases():
+    def new_params_sum(frozen, phase=phase):
+      new_state, _ = phase.step(state.replace(frozen=frozen), data, key)
+      trained = new_state.generator if phase.name == "generator" else new_state.solver
+      return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(trained.params))
+
+    grads = jax.grad(new_params_sum)(state.frozen)
+    for name in ("generator_params", "solver_params"):
+      for g in jax.tree.leaves(getattr(grads, name)):
+        np.testing.assert_array_equal(np.asarray(g), 0.0)
+
+  # Train for a few chunks: the live models move, the snapshot does not (and is not donated).
+  trained = state
+  for phase in method.phases():
+    trained, _ = run_chunk(phase.step, trained, data, key, 0, 3)
+  _assert_trees_close(trained.frozen, frozen_before, rtol=0, atol=0)
+  assert not np.allclose(jax.tree.leaves(trained.solver.params)[0],
+                         jax.tree.leaves(frozen_before.solver_params)[0])
+
+
+def test_solver_loss_is_the_dgr_mixture(dgr_method):
+  method = dgr_method
+  state = _state_at_second_task(method)
+  assert float(state.ratio) == pytest.approx(0.5)  # balanced: r = 1/t with t = 2
+  _, metrics = method.solver_step(state, _data([1]), jax.random.PRNGKey(2))
+  r = float(state.ratio)
+  np.testing.assert_allclose(
+      float(metrics["solver_loss"]),
+      r * float(metrics["solver_real_loss"]) + (1 - r) * float(metrics["solver_replay_loss"]),
+      rtol=1e-5)
+  first = method.begin_task(method.init(jax.random.PRNGKey(0)), 0, np.arange(10) < 1)
+  _, m0 = method.solver_step(first, _data([0]), jax.random.PRNGKey(2))
+  assert "solver_replay_loss" not in m0  # nothing to replay in the first task
+
+
+def test_fixed_replay_ratio_and_soft_targets():
+  c = _config()
+  c.dgr.replay_ratio = "0.3"
+  c.dgr.targets = "soft"
+  method = build_method("dgr", c, SHAPE, 10)
+  state = method.begin_task(method.init(jax.random.PRNGKey(0)), 4, np.arange(10) < 5)
+  assert float(state.ratio) == pytest.approx(0.3)
+
+
+def test_conditional_replay_draws_only_old_classes():
+  method = build_method("dgr", _config(conditional=True), SHAPE, 10)
+  state = _state_at_second_task(method, steps=1)
+  state = method.end_task(method.begin_task(state, 1, np.arange(10) < 3))  # old: {0, 1, 2}
+  images, labels = method._replay_batch(state.frozen, jax.random.PRNGKey(0), 512)  # pylint: disable=protected-access
+  assert images.shape == (512,) + SHAPE
+  assert set(np.asarray(labels).tolist()) == {0, 1, 2}
+  # And the conditional generator step runs with replay (AC-GAN terms included).
+  state = method.begin_task(state, 3, np.arange(10) < 4)
+  _, metrics = method.generator_step(state, _data([3]), jax.random.PRNGKey(1))
+  assert np.isfinite(float(metrics["critic_loss"]))
+
+
+def test_dcgan_dgr_steps_run():
+  method = build_method("dgr", dgr_config.get_config("smoke"), SHAPE, 10)
+  state = _state_at_second_task(method, steps=1)
+  new, metrics = method.generator_step(state, _data([1]), jax.random.PRNGKey(0))
+  assert np.isfinite(float(metrics["generator_loss"]))
+  assert not np.allclose(jax.tree.leaves(new.generator.params)[0],
+                         jax.tree.leaves(state.generator.params)[0])
+
+
+def test_sft_predictions_are_masked_to_seen_classes():
+  method = build_method("sft", _config(), SHAPE, 10)
+  state = method.begin_task(method.init(jax.random.PRNGKey(0)), 2, np.arange(10) < 3)
+  logits = method.predict(state, jnp.zeros((4,) + SHAPE))
+  assert set(np.asarray(jnp.argmax(logits, -1)).tolist()) <= {0, 1, 2}
+  assert method.data_mode == "current"
+  assert build_method("joint", _config(), SHAPE, 10).data_mode == "cumulative"
+  with pytest.raises(ValueError, match="Unknown method 'ewc'"):
+    build_method("ewc", _config(), SHAPE, 10)

@@ -1,0 +1,21 @@
+"""The quickstart notebook runs top to bottom (in smoke mode)."""
+
+import os
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quickstart_notebook_executes(tmp_path, monkeypatch):
+  monkeypatch.setenv("GMCL_SMOKE", "1")
+  monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", "quickstart.ipynb"), as_version=4)
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": str(tmp_path)}}).execute()
+  outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                    for o in cell.get("outputs", []))
+  assert "A_t  DGR:" in outputs and "forgetting" in outputs
+  assert (tmp_path / "runs" / "notebook_dgr" / "results.json").exists()

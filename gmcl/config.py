@@ -8,6 +8,7 @@ the key and the valid range of anything wrong.
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 PROTOCOLS = ("per_class", "split", "permuted")
 CHUNK_MODES = ("auto", "unroll", "scan")
@@ -63,7 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.chunk_mode = "auto"  # auto: unroll on CPU, scan on GPU/TPU
 
   c.dgr = ml_collections.ConfigDict()
-  c.dgr.replay_ratio = "balanced"  # "balanced" (r = 1/t) or a number in [0, 1]
+  # "balanced" (r = 1/t) or a number in [0, 1]; typed `object` so both kinds can be assigned.
+  c.dgr.replay_ratio = config_dict.FieldReference("balanced", field_type=object)
   c.dgr.targets = "hard"  # hard | soft
   c.dgr.temperature = 2.0
 
@@ -128,6 +130,15 @@ def validate_config(config) -> None:
            f"0 (no padding) or >= {size}")
   _require(len(d.value_range) == 2 and d.value_range[1] > d.value_range[0], "data.value_range",
            d.value_range, "(low, high) with high > low")
+  if config.method == "dgr" and m.gan == "dcgan":
+    _require((d.pad_to or size) in (28, 32, 64), "data.pad_to", d.pad_to,
+             f"an image size the DCGAN generator supports: 28, 32 or 64 (images are {size})")
+  low, high = d.value_range
+  reachable = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}.get(m.output_activation)
+  if config.method == "dgr" and reachable is not None:
+    _require(reachable[0] <= low and high <= reachable[1], "model.output_activation",
+             m.output_activation, f"an activation whose range covers data.value_range={tuple(d.value_range)}"
+             " ('tanh' for (-1, 1), 'sigmoid' for (0, 1), or 'none')")
   _require(d.max_tasks >= 0, "data.max_tasks", d.max_tasks, ">= 0 (0 keeps every task)")
   _require(d.train_limit >= 0, "data.train_limit", d.train_limit, ">= 0")
   _require(d.test_limit >= 0, "data.test_limit", d.test_limit, ">= 0")

@@ -36,6 +36,13 @@ class Data:
   y_test: np.ndarray
   image_shape: tuple[int, int, int]
   num_classes: int
+  source: tuple = ()  # the data settings it was loaded with: see data_settings()
+
+
+def data_settings(config) -> tuple:
+  """The config values that decide the arrays of :func:`load_data`."""
+  d = config.data
+  return (d.dataset, int(d.pad_to), tuple(float(v) for v in d.value_range), int(d.test_limit))
 
 
 def build_sequence(config, image_shape, num_classes: int) -> TaskSequence:
@@ -67,7 +74,7 @@ def load_data(config) -> Data:
   prep = lambda x: preprocess_images(x, pad_to=d.pad_to or None, value_range=tuple(d.value_range))
   x_tr, x_te = prep(x_tr), prep(x_te)
   image_shape = tuple(x_tr.shape[1:])
-  return Data(x_tr, y_tr, x_te, y_te, image_shape, info.num_classes)
+  return Data(x_tr, y_tr, x_te, y_te, image_shape, info.num_classes, data_settings(config))
 
 
 def _task_sizes(data: Data, sequence: TaskSequence, limit: int) -> list[int]:
@@ -89,7 +96,8 @@ def training_examples(data: Data, sequence: TaskSequence, t: int, cumulative: bo
   return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def sample_grid(method, state, key, classes, columns: int, predict_fn=None) -> Optional[np.ndarray]:
+def sample_grid(method, state, key, classes, columns: int, predict_fn=None,
+                sample_fn=None) -> Optional[np.ndarray]:
   """A (rows = seen classes) x columns grid of generated images, or None without a generator.
 
   A conditional generator is asked for each class; an unconditional one draws a
@@ -98,14 +106,16 @@ def sample_grid(method, state, key, classes, columns: int, predict_fn=None) -> O
   """
   if not method.has_generator:
     return None
+  sample_fn = sample_fn or method.sample
   classes = list(classes)
   if getattr(method, "conditional", False):
     labels = jnp.repeat(jnp.asarray(classes, jnp.int32), columns)
-    images = np.asarray(method.sample(state, key, labels))
+    labels = jnp.pad(labels, (0, columns * method.num_classes - labels.shape[0]))  # fixed size
+    images = np.asarray(sample_fn(state, key, labels))[:len(classes) * columns]
     rows = images.reshape(len(classes), columns, *images.shape[1:])
   else:
-    pool = 20 * columns * len(classes)
-    images = np.asarray(method.sample(state, key, jnp.zeros((pool,), jnp.int32)))
+    pool = 20 * columns * method.num_classes  # fixed size: one compile for every task
+    images = np.asarray(sample_fn(state, key, jnp.zeros((pool,), jnp.int32)))
     labels = np.asarray(jnp.argmax(predict_fn(jnp.asarray(images)), -1))
     rows = np.full((len(classes), columns) + images.shape[1:], np.min(images), images.dtype)
     for r, c in enumerate(classes):
@@ -168,6 +178,9 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   data = data or load_data(config)
+  if data.source and data.source != data_settings(config):
+    raise ValueError(f"run(data=...): the data were loaded with (dataset, pad_to, value_range, "
+                     f"test_limit) = {data.source}, the config asks for {data_settings(config)}.")
   seq, t_cfg = build_sequence(config, data.image_shape, data.num_classes), config.train
   method = build_method(config.method, config, data.image_shape, data.num_classes)
   chunk_mode = resolve_chunk_mode(t_cfg.chunk_mode)
@@ -179,6 +192,7 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
   init_key, train_key, sample_key = jax.random.split(run_key, 3)
   state = method.init(init_key)
   predict = jax.jit(method.predict)
+  sample = jax.jit(method.sample)
   R = np.full((len(seq), len(seq)), np.nan)
   accuracies, task_log, timings = [], [], []
   results = {}
@@ -191,7 +205,7 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
     state = method.begin_task(state, t, seq.active_mask(t))
     x, y = training_examples(data, seq, t, cumulative, config.data.train_limit)
     arrays = task_arrays(x, y, capacity)
-    phases = [p for p in method.phases() if p.num_steps > 0]
+    phases = list(method.phases())
     total = sum(p.num_steps for p in phases)
     bar = None
     if progress:
@@ -199,7 +213,9 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
       bar = tqdm(total=total, desc=f"task {t + 1}/{len(seq)} {list(task.classes)[:5]}",
                  leave=False, dynamic_ncols=True)
     last_metrics = {}
-    for p_index, phase in enumerate(phases):
+    for p_index, phase in enumerate(phases):  # index before skipping: keys never depend on it
+      if phase.num_steps == 0:
+        continue
       phase_key = step_key(train_key, t, p_index)
       done = 0
       while done < phase.num_steps:
@@ -221,10 +237,12 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
     scores = evaluation.evaluate_after_task(lambda xb: predict(state, xb), data.x_test,
                                             data.y_test, seq, t, config.eval.batch_size)
     R[t] = scores["row"]
+    if seq.scenario == "class_incremental":
+      R[t, t + 1:] = np.nan  # unseen classes are masked: nothing was measured there
     accuracies.append(scores["A"])
     if config.eval.save_samples:
       grid = sample_grid(method, state, jax.random.fold_in(sample_key, t), seq.seen_classes(t),
-                         config.eval.samples_per_class, lambda xb: predict(state, xb))
+                         config.eval.samples_per_class, lambda xb: predict(state, xb), sample)
       if grid is not None:
         save_grid(grid, os.path.join(workdir, f"samples_task{t + 1:02d}.png"),
                   tuple(config.data.value_range))

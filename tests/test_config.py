@@ -24,6 +24,10 @@ def test_shipped_configs_validate(module):
     (lambda c: setattr(c.model, "classifier", "resnet"), r"model.classifier='resnet'.*cnn"),
     (lambda c: setattr(c.model, "gan", "vae"), r"model.gan='vae'"),
     (lambda c: setattr(c.train, "chunk_mode", "fast"), r"train.chunk_mode='fast'"),
+    (lambda c: setattr(c.model, "output_activation", "sigmoid"),
+     r"model.output_activation='sigmoid'.*covers data.value_range=\(-1.0, 1.0\)"),
+    (lambda c: setattr(c.data, "pad_to", 30), r"data.pad_to=30.*28, 32 or 64"),
+    (lambda c: setattr(c.dgr, "replay_ratio", -0.1), r"replay_ratio=-0.1 is outside"),
 ])
 def test_bad_values_name_the_key_and_the_valid_range(mutate, message):
   c = base_config()

@@ -59,7 +59,8 @@ def test_mnist_folder_check_names_the_problem(tmp_path):
     offline.check_mnist_folder(str(tmp_path))
 
 
-def test_unavailable_mnist_says_what_to_run(tmp_path):
+def test_unavailable_mnist_says_what_to_run(tmp_path, monkeypatch):
+  monkeypatch.delenv("GMCL_MNIST_DIR", raising=False)
   with pytest.raises(sources.DatasetUnavailableError) as err:
     sources.prepare_dataset("mnist", data_dir=str(tmp_path), source="manual")
   text = str(err.value)
@@ -71,7 +72,8 @@ def test_unavailable_mnist_says_what_to_run(tmp_path):
     sources.dataset_info("emnist")
 
 
-def test_prepare_cli_reports_errors_with_exit_code(tmp_path, capsys):
+def test_prepare_cli_reports_errors_with_exit_code(tmp_path, capsys, monkeypatch):
+  monkeypatch.delenv("GMCL_MNIST_DIR", raising=False)
   code = prepare.main(["mnist", "--data_dir", str(tmp_path), "--source", "manual"])
   assert code == 2
   assert "python -m gmcl.data.prepare mnist" in capsys.readouterr().err

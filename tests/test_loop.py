@@ -39,6 +39,8 @@ def test_results_json_holds_the_accuracy_table(baseline_runs):
   assert on_disk["tasks"] == [[0], [1], [2]]
   R = np.array(on_disk["accuracy_matrix"], dtype=float)
   assert R.shape == (3, 3)
+  assert np.isnan(R[0, 1]) and np.isnan(R[1, 2])  # classes not yet seen: nothing measured
+  assert not np.any(np.isnan(np.tril(R)))
   assert on_disk["A"][0] == 1.0  # one seen class: the head can only say "0"
   assert on_disk["config"]["method"] == "sft"
   assert os.path.exists(os.path.join(workdir, "timings.json"))
@@ -73,7 +75,8 @@ def test_chunked_loop_gives_the_same_results(mnist_data, tmp_path):
     runs.append(loop.run(c, str(tmp_path / f"k{k}"), data=mnist_data, progress=False,
                          log=lambda s: None))
   # The same steps with the same keys: the same accuracies (up to a rare float tie at argmax).
-  np.testing.assert_allclose(runs[0]["accuracy_matrix"], runs[1]["accuracy_matrix"], atol=1e-3)
+  np.testing.assert_allclose(np.array(runs[0]["accuracy_matrix"], float),
+                             np.array(runs[1]["accuracy_matrix"], float), atol=1e-3)
 
 
 def test_permuted_mnist_is_domain_incremental(mnist_data, tmp_path):

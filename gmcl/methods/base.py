@@ -5,9 +5,10 @@ A method is a value with pure transitions over a ``flax.struct`` state:
     state = method.init(key)
     for t, task in enumerate(sequence):
       state = method.begin_task(state, t, active_classes)
-      for phase in method.phases():                # e.g. ("generator", "solver") for DGR
+      for p, phase in enumerate(method.phases()):  # e.g. ("generator", "solver") for DGR
         for i in range(phase.num_steps):
-          state, metrics = phase.step(state, data, step_key(key, t, phase, i))
+          key_i = jax.random.fold_in(step_key(key, t, p), i)
+          state, metrics = phase.step(state, data, key_i)
       state = method.end_task(state)               # takes the frozen snapshots
       logits = method.predict(state, x_test)
 

@@ -11,7 +11,8 @@ snapshots G_{t-1}, C_{t-1} of the previous scholar:
   or soft targets (``config.dgr.targets``).
 
 Defaults follow the common implementations: WGAN-GP with lambda = 10 and 5 critic
-steps per generator step, Adam(1e-4, 0.5, 0.9) for the GAN; the paper uses an
+steps per generator step, Adam(1e-4, 0.5, 0.9) for the GAN (the reference DGR code's
+betas; WGAN-GP's Algorithm 1 uses beta1 = 0: set ``train.gan_b1 = 0.0``); the paper uses an
 unconditional generator, and ``config.model.conditional`` makes it an AC-GAN
 whose replay draws classes uniformly from those seen before.
 """
@@ -219,12 +220,15 @@ class DGR(ClassifierMethod):
       def critic_loss(c_params):
         loss, (w_dist, gp) = critic_term(c_params, x, y, f_real, l_real, k_gp1)
         if replaying:
-          rep_loss, _ = critic_term(c_params, x_rep, y_rep, f_rep, l_rep, k_gp2)
+          rep_loss, (rep_w, rep_gp) = critic_term(c_params, x_rep, y_rep, f_rep, l_rep, k_gp2)
           loss = r * loss + (1.0 - r) * rep_loss
+          w_dist, gp = r * w_dist + (1.0 - r) * rep_w, r * gp + (1.0 - r) * rep_gp
         return loss, {"critic_loss": loss, "wasserstein_estimate": w_dist, "gradient_penalty": gp}
 
-      grads, metrics = jax.grad(critic_loss, has_aux=True)(critic.params)
+      grads, m = jax.grad(critic_loss, has_aux=True)(critic.params)
       critic = apply_gradients(critic, grads, self.gan_tx)
+      # Averaged over the critic iterations; replay terms weighted by 1 - r like the loss.
+      metrics = {k: metrics.get(k, 0.0) + v / self.n_critic for k, v in m.items()}
 
     k_x, k_rep, k_z = jax.random.split(keys[-1], 3)
     _, y = sample_batch(data, k_x, n)

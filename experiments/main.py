@@ -13,6 +13,8 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:a
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where results.json, timings.json and sample grids go.")
 flags.DEFINE_bool("progress", True, "Show a progress bar per task.")
+flags.DEFINE_bool("resume", True, "Continue from the workdir's checkpoints, if it has any.")
+flags.DEFINE_bool("overwrite", False, "Start afresh even if the workdir holds a finished run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -20,7 +22,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from gmcl import loop  # pylint: disable=import-outside-toplevel
-  loop.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
+  loop.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress, resume=FLAGS.resume,
+           overwrite=FLAGS.overwrite)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.dgr.targets = "hard"  # hard | soft
   c.dgr.temperature = 2.0
 
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.enabled = True
+  c.checkpoint.every_steps = 1000  # also at every task boundary; 0: only there
+  c.checkpoint.keep = 2  # newest checkpoints kept (orbax LatestN preservation policy)
+
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 1000
   c.eval.samples_per_class = 10  # columns of the sample grid
@@ -162,4 +167,7 @@ def validate_config(config) -> None:
   _require(config.dgr.targets in ("hard", "soft"), "dgr.targets", config.dgr.targets,
            "'hard' or 'soft'")
   _require(config.dgr.temperature > 0, "dgr.temperature", config.dgr.temperature, "> 0")
+  _require(config.checkpoint.every_steps >= 0, "checkpoint.every_steps",
+           config.checkpoint.every_steps, ">= 0 (0: only at task boundaries)")
+  _require(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, ">= 1")
   _require(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, ">= 1")

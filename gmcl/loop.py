@@ -3,6 +3,7 @@
 ``run(config, workdir)`` loads the data once, builds the task sequence and the
 method, trains task after task, evaluates after each, writes ``results.json``
 (atomically, after every task) and a grid of generated samples per seen class.
+With checkpointing on (the default), a killed run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from typing import Callable, Optional
 
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmcl import evaluation
+from gmcl.checkpoint import RunCheckpointer
 from gmcl.config import parse_class_order, validate_config
 from gmcl.data import sources
 from gmcl.data.sampling import task_arrays
@@ -161,9 +164,61 @@ def _host_metrics(metrics) -> dict:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
+class RunInterrupted(RuntimeError):
+  """Raised by :func:`run` when ``stop_after_steps`` is reached (tests of resume use it)."""
+
+
+def _results_payload(config, seq, record) -> dict:
+  R = np.array([[np.nan if v is None else v for v in row] for row in record["R"]], dtype=float)
+  t = len(record["A"])
+  return {
+      "method": config.method, "dataset": config.data.dataset,
+      "protocol": config.data.protocol, "scenario": seq.scenario, "seed": config.seed,
+      "tasks": [list(task.classes) for task in seq],
+      "A": record["A"], "accuracy_matrix": record["R"],
+      "average_forgetting": evaluation.average_forgetting(R[:t, :t]) if t else 0.0,
+      "backward_transfer": evaluation.backward_transfer(R[:t, :t]) if t else 0.0,
+      "completed_tasks": t, "per_task": record["per_task"], "config": config.to_dict(),
+  }
+
+
+def _finished_run(workdir: str) -> Optional[int]:
+  """The number of tasks of a finished run in ``workdir``, or None."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      results = json.load(f)
+  except (OSError, ValueError):
+    return None
+  done, total = results.get("completed_tasks"), len(results.get("tasks", []))
+  return done if total and done == total else None
+
+
+def _config_differences(saved: dict, current: dict, prefix="") -> list[str]:
+  keys = sorted(set(saved) | set(current))
+  out = []
+  for k in keys:
+    if prefix == "" and k == "checkpoint":
+      continue  # checkpoint settings may change between a run and its resumption
+    a, b = saved.get(k), current.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _config_differences(a, b, f"{prefix}{k}.")
+    elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
+      out.append(f"{prefix}{k}: {a!r} in the checkpoint, {b!r} now")
+  return out
+
+
 def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = True,
-        log: Callable[[str], None] = print) -> dict:
+        log: Callable[[str], None] = print, resume: bool = True, overwrite: bool = False,
+        stop_after_steps: Optional[int] = None) -> dict:
   """Trains ``config.method`` on the task sequence and writes ``workdir/results.json``.
+
+  With ``config.checkpoint.enabled``, the run is checkpointed every
+  ``checkpoint.every_steps`` training steps and at every task boundary, and a run
+  whose workdir holds checkpoints continues from the newest good one: on the CPU
+  its results.json is byte for byte that of an uninterrupted run.
 
   Args:
     config: an experiment config (see :func:`gmcl.config.base_config`).
@@ -171,17 +226,31 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
     data: preloaded :class:`Data` (tests and notebooks reuse one load).
     progress: show a progress bar per task.
     log: where per-task lines go.
+    resume: continue from the workdir's checkpoints if it has any; False refuses
+      a workdir that has some (unless ``overwrite``).
+    overwrite: start afresh even if the workdir holds a finished run or checkpoints.
+    stop_after_steps: raise :class:`RunInterrupted` once this many training steps
+      have run in this call (after the checkpoint due at that step, if any).
 
   Returns:
     The results dictionary written to ``results.json``.
   """
   validate_config(config)
+  finished = _finished_run(workdir)
+  if finished is not None and not overwrite:
+    raise FileExistsError(
+        f"{workdir} holds a finished run ({finished} tasks in results.json). Pass overwrite=True "
+        "(--overwrite) to train again there, or choose another workdir.")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if overwrite and os.path.isdir(ckpt_dir):
+    shutil.rmtree(ckpt_dir)
   os.makedirs(workdir, exist_ok=True)
   data = data or load_data(config)
   if data.source and data.source != data_settings(config):
     raise ValueError(f"run(data=...): the data were loaded with (dataset, pad_to, value_range, "
                      f"test_limit) = {data.source}, the config asks for {data_settings(config)}.")
-  seq, t_cfg = build_sequence(config, data.image_shape, data.num_classes), config.train
+  seq, t_cfg, c_cfg = build_sequence(config, data.image_shape, data.num_classes), config.train, \
+      config.checkpoint
   method = build_method(config.method, config, data.image_shape, data.num_classes)
   chunk_mode = resolve_chunk_mode(t_cfg.chunk_mode)
   cumulative = method.data_mode == "cumulative"
@@ -191,44 +260,88 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
   run_key = jax.random.PRNGKey(config.seed)
   init_key, train_key, sample_key = jax.random.split(run_key, 3)
   state = method.init(init_key)
+  # Where the run stands: `begun` says whether begin_task has run for `task`.
+  pos = {"task": 0, "phase": 0, "step": 0, "global_step": 0, "begun": False}
+  record = {"A": [], "R": [], "per_task": [], "timings": [], "metrics": {}, "seconds": 0.0}
+  ckpt = RunCheckpointer(ckpt_dir, keep=c_cfg.keep) if c_cfg.enabled else None
+  if ckpt is not None and ckpt.steps():
+    if not resume:
+      raise FileExistsError(f"{ckpt_dir} holds checkpoints {ckpt.steps()}; resume, or pass "
+                            "overwrite=True (--overwrite) to start afresh.")
+
+    def template(meta):
+      tmpl = method.init(init_key)
+      return method.end_task(tmpl) if meta["position"]["task"] > 0 else tmpl
+
+    restored = ckpt.restore_latest(template, warn=log)
+    if restored is not None:
+      step, state, meta = restored
+      diffs = _config_differences(meta["config"], config.to_dict())
+      if diffs:
+        raise ValueError(f"The checkpoints in {ckpt_dir} were written with another config:\n  "
+                         + "\n  ".join(diffs) + "\nUse the same config, or overwrite=True.")
+      pos, record = meta["position"], meta["record"]
+      log(f"Resuming from checkpoint {step}: task {pos['task'] + 1}, phase {pos['phase']}, "
+          f"step {pos['step']}.")
+
+  def save(state):
+    if ckpt is not None:
+      record["seconds"] += time.time() - clock[0]
+      clock[0] = time.time()
+      ckpt.save(pos["global_step"], state, {"position": dict(pos), "record": record,
+                                            "config": config.to_dict()})
+
   predict = jax.jit(method.predict)
   sample = jax.jit(method.sample)
-  R = np.full((len(seq), len(seq)), np.nan)
-  accuracies, task_log, timings = [], [], []
-  results = {}
-  start_time = time.time()
+  clock = [time.time()]
+  steps_this_call = 0
   log(f"gmcl: method={config.method} dataset={config.data.dataset} protocol={config.data.protocol} "
       f"tasks={len(seq)} backend={jax.default_backend()} chunk={t_cfg.chunk_steps} ({chunk_mode})")
 
-  for t, task in enumerate(seq):
+  for t in range(pos["task"], len(seq)):
+    task = seq[t]
     task_start = time.time()
-    state = method.begin_task(state, t, seq.active_mask(t))
+    if not pos["begun"]:
+      state = method.begin_task(state, t, seq.active_mask(t))
+      pos.update(task=t, phase=0, step=0, begun=True)
+      record["metrics"] = {}
     x, y = training_examples(data, seq, t, cumulative, config.data.train_limit)
     arrays = task_arrays(x, y, capacity)
     phases = list(method.phases())
-    total = sum(p.num_steps for p in phases)
     bar = None
     if progress:
       from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-      bar = tqdm(total=total, desc=f"task {t + 1}/{len(seq)} {list(task.classes)[:5]}",
+      bar = tqdm(total=sum(p.num_steps for p in phases), desc=f"task {t + 1}/{len(seq)}",
                  leave=False, dynamic_ncols=True)
-    last_metrics = {}
-    for p_index, phase in enumerate(phases):  # index before skipping: keys never depend on it
-      if phase.num_steps == 0:
-        continue
+      bar.update(sum(p.num_steps for p in phases[:pos["phase"]]) + pos["step"])
+    for p_index in range(pos["phase"], len(phases)):  # the index keys the phase, skipped or not
+      phase = phases[p_index]
       phase_key = step_key(train_key, t, p_index)
-      done = 0
+      done = pos["step"]
       while done < phase.num_steps:
         k = min(t_cfg.chunk_steps, phase.num_steps - done)
         state, metrics = run_chunk(phase.step, state, arrays, phase_key, done, k, chunk_mode)
         done += k
+        steps_this_call += k
+        pos.update(step=done, global_step=pos["global_step"] + k)
         if bar is not None:
           bar.update(k)
-      last_metrics.update({f"{phase.name}/{k}": v for k, v in _host_metrics(metrics).items()})
-      bad = [k for k, v in last_metrics.items() if not np.isfinite(v)]
-      if bad:
-        raise FloatingPointError(f"Non-finite metrics after task {t + 1}, phase {phase.name}: "
-                                 f"{ {k: last_metrics[k] for k in bad} }.")
+        every = c_cfg.every_steps
+        if every and pos["global_step"] // every > (pos["global_step"] - k) // every \
+            and done < phase.num_steps:
+          save(state)
+        if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+          if bar is not None:
+            bar.close()
+          raise RunInterrupted(f"stopped after {steps_this_call} steps (task {t + 1}, "
+                               f"phase {phase.name}, step {done}).")
+      if phase.num_steps:
+        record["metrics"].update(
+            {f"{phase.name}/{k}": v for k, v in _host_metrics(metrics).items()})
+        bad = {k: v for k, v in record["metrics"].items() if not np.isfinite(v)}
+        if bad:
+          raise FloatingPointError(f"Non-finite metrics in task {t + 1}, phase {phase.name}: {bad}.")
+      pos.update(phase=p_index + 1, step=0)
     if bar is not None:
       bar.close()
     state = method.end_task(state)
@@ -236,38 +349,33 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
 
     scores = evaluation.evaluate_after_task(lambda xb: predict(state, xb), data.x_test,
                                             data.y_test, seq, t, config.eval.batch_size)
-    R[t] = scores["row"]
+    row = [float(v) for v in scores["row"]]
     if seq.scenario == "class_incremental":
-      R[t, t + 1:] = np.nan  # unseen classes are masked: nothing was measured there
-    accuracies.append(scores["A"])
+      row[t + 1:] = [None] * (len(seq) - t - 1)  # unseen classes are masked: nothing measured
+    record["R"].append(row)
+    record["A"].append(scores["A"])
+    record["per_task"].append({"task": t + 1, "classes": list(task.classes), "A": scores["A"],
+                               "metrics": dict(record["metrics"])})
+    record["timings"].append({"task": t + 1, "train_seconds": train_time})
     if config.eval.save_samples:
       grid = sample_grid(method, state, jax.random.fold_in(sample_key, t), seq.seen_classes(t),
                          config.eval.samples_per_class, lambda xb: predict(state, xb), sample)
       if grid is not None:
         save_grid(grid, os.path.join(workdir, f"samples_task{t + 1:02d}.png"),
                   tuple(config.data.value_range))
-    task_log.append({"task": t + 1, "classes": list(task.classes), "A": scores["A"],
-                     "metrics": last_metrics})
-    timings.append({"task": t + 1, "train_seconds": train_time,
-                    "seconds_since_start": time.time() - start_time})
     log(f"task {t + 1:2d}/{len(seq)} classes={list(task.classes)} A_{t + 1}={100 * scores['A']:.2f}% "
-        f"train {train_time:.1f}s " + " ".join(f"{k}={v:.4g}" for k, v in sorted(last_metrics.items())))
-    results = {
-        "method": config.method, "dataset": config.data.dataset,
-        "protocol": config.data.protocol, "scenario": seq.scenario, "seed": config.seed,
-        "tasks": [list(task.classes) for task in seq],
-        "A": accuracies, "accuracy_matrix": [[None if np.isnan(v) else float(v) for v in row]
-                                             for row in R[:t + 1]],
-        "average_forgetting": evaluation.average_forgetting(R[:t + 1, :t + 1]),
-        "backward_transfer": evaluation.backward_transfer(R[:t + 1, :t + 1]),
-        "completed_tasks": t + 1, "per_task": task_log, "config": config.to_dict(),
-    }
+        f"train {train_time:.1f}s " + " ".join(f"{k}={v:.4g}" for k, v in sorted(record["metrics"].items())))
+    pos.update(task=t + 1, phase=0, step=0, begun=False)
+    results = _results_payload(config, seq, record)
     # Timings live apart from results.json, so that a seeded run's results are reproducible byte
-    # for byte.
+    # for byte (and equal after a resume).
     write_json(os.path.join(workdir, "results.json"), results)
     write_json(os.path.join(workdir, "timings.json"), {
         "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-        "wall_seconds": time.time() - start_time, "per_task": timings})
-  log(evaluation.format_table(accuracies, f"{config.method} on {config.data.dataset} "
+        "wall_seconds": record["seconds"] + time.time() - clock[0], "per_task": record["timings"]})
+    save(state)  # the task boundary: snapshots taken, scores written
+  if ckpt is not None:
+    ckpt.close()
+  log(evaluation.format_table(record["A"], f"{config.method} on {config.data.dataset} "
                               f"({config.data.protocol}): accuracy over seen classes, %"))
-  return results
+  return _results_payload(config, seq, record)

@@ -1,0 +1,80 @@
+"""Checkpoints of a run with orbax: the train state, the snapshots and where the run stands.
+
+A checkpoint holds, under one orbax step number (the global training-step count):
+
+* ``state``: the method's whole state, live models and frozen snapshots (G_{t-1},
+  C_{t-1}) alike, as a pytree (``StandardSave``);
+* ``meta`` (JSON): the position in the task sequence (task, phase, step within
+  the phase), the scores and metrics so far, and the config it was written with.
+
+PRNG keys are not state here: every step's key is ``fold_in`` of the run key (from
+``config.seed``) and the step's position, so a resumed run draws the same keys.
+
+Writes are synchronous and atomic (orbax writes a temporary folder and renames it),
+so a run killed mid-write leaves the previous checkpoint intact; a checkpoint that
+fails to restore is skipped with a warning and the one before it is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+
+class RunCheckpointer:
+  """An orbax ``CheckpointManager`` around one run's ``workdir/checkpoints``."""
+
+  def __init__(self, directory: str, *, keep: int = 2):
+    if keep < 1:
+      raise ValueError(f"checkpoint keep={keep} must be >= 1.")
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=pp.LatestN(keep),
+        enable_async_checkpointing=False,  # small states; a synchronous write is simplest to reason about
+        create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict) -> None:
+    """Writes ``state`` and ``meta`` under ``step`` (a step that exists is replaced)."""
+    if step in self.manager.all_steps():
+      self.manager.delete(step)
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave(meta)), force=True)
+    self.manager.wait_until_finished()
+
+  def restore_latest(self, template_for: Callable[[dict], Any],
+                     warn: Callable[[str], None] = logging.warning
+                     ) -> Optional[tuple[int, Any, dict]]:
+    """Restores the newest checkpoint that reads back whole, or returns None if there is none.
+
+    Args:
+      template_for: maps a checkpoint's ``meta`` to a state of the right structure
+        (its values are ignored; shapes, dtypes and pytree structure are used).
+      warn: where a skipped checkpoint is reported.
+
+    Returns:
+      ``(step, state, meta)``.
+    """
+    for step in reversed(self.steps()):
+      try:
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                template_for(meta))
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract)))["state"]
+        return step, restored, meta
+      except Exception as e:  # pylint: disable=broad-except
+        warn(f"Checkpoint {step} in {self.directory} cannot be restored ({type(e).__name__}: "
+             f"{str(e)[:200]}); trying the one before it.")
+    return None
+
+  def close(self) -> None:
+    self.manager.close()

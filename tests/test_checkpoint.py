@@ -1,0 +1,87 @@
+"""Checkpoint and exact resume: an interrupted run continues to the same results.json, byte for byte."""
+
+import glob
+import logging
+import os
+
+import pytest
+
+from experiments.configs import dgr, sft
+from gmcl import loop
+
+
+def _config(module, **train):
+  c = module.get_config("smoke")
+  c.model.gan = "mlp"
+  c.data.max_tasks = 3 if module is sft else 2
+  c.checkpoint.every_steps = 7
+  for k, v in train.items():
+    c.train[k] = v
+  return c
+
+
+def _read(path):
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def _quiet(_):
+  pass
+
+
+@pytest.mark.parametrize("module, stops", [(sft, [25, 20]), (dgr, [27])], ids=["sft", "dgr"])
+def test_interrupted_run_resumes_to_identical_results(mnist_data, tmp_path, module, stops):
+  c = _config(module)
+  whole = loop.run(c, str(tmp_path / "whole"), data=mnist_data, progress=False, log=_quiet)
+  parts = str(tmp_path / "parts")
+  lines = []
+  for stop in stops:  # interrupted mid-phase, possibly several times
+    with pytest.raises(loop.RunInterrupted):
+      loop.run(c, parts, data=mnist_data, progress=False, log=lines.append, stop_after_steps=stop)
+  resumed = loop.run(c, parts, data=mnist_data, progress=False, log=lines.append)
+  assert any(line.startswith("Resuming from checkpoint") for line in lines)
+  assert resumed == whole
+  assert _read(os.path.join(parts, "results.json")) == _read(str(tmp_path / "whole" / "results.json"))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(mnist_data, tmp_path):
+  c = _config(sft)
+  whole = loop.run(c, str(tmp_path / "whole"), data=mnist_data, progress=False, log=_quiet)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(loop.RunInterrupted):
+    loop.run(c, workdir, data=mnist_data, progress=False, log=_quiet, stop_after_steps=30)
+  steps = sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(workdir, "checkpoints", "*"))
+                 if os.path.basename(p).isdigit())
+  assert len(steps) == 2
+  latest = os.path.join(workdir, "checkpoints", str(steps[-1]), "state")
+  for path in glob.glob(os.path.join(latest, "**", "*"), recursive=True):
+    if os.path.isfile(path):
+      with open(path, "wb") as f:
+        f.write(b"half-written")
+  lines = []
+  resumed = loop.run(c, workdir, data=mnist_data, progress=False, log=lines.append)
+  assert any(f"Checkpoint {steps[-1]}" in line and "cannot be restored" in line for line in lines)
+  assert any(f"Resuming from checkpoint {steps[0]}" in line for line in lines)
+  assert resumed == whole
+
+
+def test_finished_run_is_not_overwritten(mnist_data, tmp_path):
+  c = _config(sft, solver_steps=5)
+  loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=_quiet)
+  before = _read(str(tmp_path / "results.json"))
+  with pytest.raises(FileExistsError, match="holds a finished run.*overwrite"):
+    loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=_quiet)
+  assert _read(str(tmp_path / "results.json")) == before
+  again = loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=_quiet, overwrite=True)
+  assert again["completed_tasks"] == 3
+
+
+def test_resume_with_another_config_is_refused(mnist_data, tmp_path):
+  c = _config(sft)
+  with pytest.raises(loop.RunInterrupted):
+    loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=_quiet, stop_after_steps=10)
+  c.train.solver_lr = 0.5
+  with pytest.raises(ValueError, match=r"train.solver_lr: 0.001 in the checkpoint, 0.5 now"):
+    loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=_quiet)
+  with pytest.raises(FileExistsError, match="holds checkpoints"):
+    loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=_quiet, resume=False)

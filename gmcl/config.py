@@ -69,6 +69,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.dgr.targets = "hard"  # hard | soft
   c.dgr.temperature = 2.0
 
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.mode = "none"  # none | jit (device mesh, NamedSharding) | pmap
+  c.parallel.num_devices = 0  # 0: every local device
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.enabled = True
   c.checkpoint.every_steps = 1000  # also at every task boundary; 0: only there
@@ -167,6 +171,10 @@ def validate_config(config) -> None:
   _require(config.dgr.targets in ("hard", "soft"), "dgr.targets", config.dgr.targets,
            "'hard' or 'soft'")
   _require(config.dgr.temperature > 0, "dgr.temperature", config.dgr.temperature, "> 0")
+  _require(config.parallel.mode in ("none", "jit", "pmap"), "parallel.mode", config.parallel.mode,
+           "'none', 'jit' or 'pmap'")
+  _require(config.parallel.num_devices >= 0, "parallel.num_devices", config.parallel.num_devices,
+           ">= 0 (0: every local device)")
   _require(config.checkpoint.every_steps >= 0, "checkpoint.every_steps",
            config.checkpoint.every_steps, ">= 0 (0: only at task boundaries)")
   _require(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, ">= 1")

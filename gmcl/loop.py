@@ -28,6 +28,7 @@ from gmcl.data.tasks import (TaskSequence, per_class_tasks, permuted_tasks, prep
                              split_tasks, task_examples)
 from gmcl.methods import build_method
 from gmcl.methods.base import run_chunk, step_key
+from gmcl.parallel import make_parallel
 
 
 @dataclasses.dataclass
@@ -251,7 +252,8 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
                      f"test_limit) = {data.source}, the config asks for {data_settings(config)}.")
   seq, t_cfg, c_cfg = build_sequence(config, data.image_shape, data.num_classes), config.train, \
       config.checkpoint
-  method = build_method(config.method, config, data.image_shape, data.num_classes)
+  parallel = make_parallel(config.parallel.mode, config.parallel.num_devices)
+  method = build_method(config.method, config, data.image_shape, data.num_classes, parallel)
   chunk_mode = resolve_chunk_mode(t_cfg.chunk_mode)
   cumulative = method.data_mode == "cumulative"
   sizes = _task_sizes(data, seq, config.data.train_limit)
@@ -296,7 +298,8 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
   clock = [time.time()]
   steps_this_call = 0
   log(f"gmcl: method={config.method} dataset={config.data.dataset} protocol={config.data.protocol} "
-      f"tasks={len(seq)} backend={jax.default_backend()} chunk={t_cfg.chunk_steps} ({chunk_mode})")
+      f"tasks={len(seq)} backend={jax.default_backend()} chunk={t_cfg.chunk_steps} ({chunk_mode}) "
+      f"parallel={parallel.mode} x{parallel.num_devices}")
 
   for t in range(pos["task"], len(seq)):
     task = seq[t]
@@ -320,7 +323,8 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
       done = pos["step"]
       while done < phase.num_steps:
         k = min(t_cfg.chunk_steps, phase.num_steps - done)
-        state, metrics = run_chunk(phase.step, state, arrays, phase_key, done, k, chunk_mode)
+        state, metrics = run_chunk(phase.step, state, arrays, phase_key, done, k, chunk_mode,
+                                   parallel)
         done += k
         steps_this_call += k
         pos.update(step=done, global_step=pos["global_step"] + k)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import chex
 import jax
@@ -26,7 +26,8 @@ def wasserstein_generator_loss(*, fake_scores: jax.Array) -> jax.Array:
 
 
 def gradient_penalty(*, critic_fn: Callable[[jax.Array], jax.Array], real: jax.Array,
-                     fake: jax.Array, key: jax.Array, target_norm: float = 1.0) -> jax.Array:
+                     fake: jax.Array, key: Optional[jax.Array] = None,
+                     epsilon: Optional[jax.Array] = None, target_norm: float = 1.0) -> jax.Array:
   """Per-example gradient penalty ``(||grad_x^ D(x^)||_2 - 1)^2`` (Gulrajani et al., 2017, Eq. 3).
 
   ``x^ = eps * x + (1 - eps) * x~`` with ``eps ~ U[0, 1]`` drawn per example.
@@ -38,14 +39,20 @@ def gradient_penalty(*, critic_fn: Callable[[jax.Array], jax.Array], real: jax.A
     real: (B, ...) real images.
     fake: (B, ...) generated images (the penalty's gradient flows into them too,
       as in the reference implementations).
-    key: PRNG key for eps.
+    key: PRNG key for eps (give ``key`` or ``epsilon``).
+    epsilon: (B,) interpolation weights in [0, 1], instead of drawing them.
     target_norm: the norm the penalty pulls towards (1 in the paper).
 
   Returns:
     (B,) penalties.
   """
   chex.assert_equal_shape([real, fake])
-  eps = jax.random.uniform(key, (real.shape[0],) + (1,) * (real.ndim - 1), dtype=real.dtype)
+  if (key is None) == (epsilon is None):
+    raise ValueError("gradient_penalty: give exactly one of key and epsilon.")
+  if epsilon is None:
+    epsilon = jax.random.uniform(key, (real.shape[0],), dtype=real.dtype)
+  chex.assert_shape(epsilon, real.shape[:1])
+  eps = epsilon.reshape((real.shape[0],) + (1,) * (real.ndim - 1)).astype(real.dtype)
   interpolates = eps * real + (1.0 - eps) * fake
   grads = jax.grad(lambda x: jnp.sum(critic_fn(x)))(interpolates)
   norms = jnp.sqrt(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=-1) + 1e-12)

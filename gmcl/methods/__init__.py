@@ -7,11 +7,16 @@ from gmcl.methods.dgr import DGR, make_dgr
 METHODS = {"sft": make_sft, "joint": make_joint, "dgr": make_dgr}
 
 
-def build_method(name: str, config, image_shape, num_classes) -> Method:
-  """Builds the method ``name`` from a config; lists the valid names otherwise."""
+def build_method(name: str, config, image_shape, num_classes, parallel=None) -> Method:
+  """Builds the method ``name`` from a config; lists the valid names otherwise.
+
+  ``parallel`` (a :class:`gmcl.parallel.Parallel`) selects data-parallel steps; the
+  same object must then be given to ``run_chunk``.
+  """
+  from gmcl.parallel import Parallel  # pylint: disable=import-outside-toplevel
   if name not in METHODS:
     raise ValueError(f"Unknown method {name!r}; valid choices: {sorted(METHODS)}.")
-  return METHODS[name](config, image_shape, num_classes)
+  return METHODS[name](config, image_shape, num_classes, parallel or Parallel())
 
 
 __all__ = ["ClassifierMethod", "DGR", "METHODS", "Method", "ModelState", "Phase",

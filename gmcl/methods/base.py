@@ -30,7 +30,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from gmcl.data.sampling import TaskArrays
+from gmcl.data.sampling import TaskArrays, sample_batch
+from gmcl.parallel import Parallel
 from gmcl.types import Metrics, PRNGKey
 
 State = Any
@@ -76,6 +77,34 @@ class Method(abc.ABC):
   name: str = ""
   data_mode: str = "current"
   has_generator: bool = False
+  parallel: Parallel = Parallel()
+
+  # -- data parallelism: every per-example random draw is global, then sliced (see gmcl.parallel)
+
+  def local(self, x: jax.Array) -> jax.Array:
+    """This device's rows of a global-batch array (pmap), or the array constrained to the
+    batch sharding (jit over a mesh), or the array itself (one device)."""
+    if self.parallel.mode == "pmap":
+      b = x.shape[0] // self.parallel.num_devices
+      return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(self.parallel.axis_name) * b, b)
+    if self.parallel.mode == "jit":
+      return jax.lax.with_sharding_constraint(x, self.parallel.batch_sharding())
+    return x
+
+  def local_size(self, n: int) -> int:
+    """Rows of a global batch of ``n`` that one step invocation sees (n / devices under pmap)."""
+    return n // self.parallel.num_devices if self.parallel.mode == "pmap" else n
+
+  def cross_device_mean(self, tree):
+    """``lax.pmean`` over devices under pmap (gradients, metrics); the identity otherwise."""
+    if self.parallel.mode == "pmap":
+      return jax.lax.pmean(tree, self.parallel.axis_name)
+    return tree
+
+  def sample_batch(self, data: TaskArrays, key: PRNGKey, batch_size: int):
+    """A global batch drawn by ``key``, of which this device keeps its rows."""
+    x, y = sample_batch(data, key, batch_size)
+    return self.local(x), self.local(y)
 
   @abc.abstractmethod
   def init(self, key: PRNGKey) -> State:
@@ -113,8 +142,12 @@ def _mean_metrics(metrics_list: Sequence[Metrics]) -> Metrics:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_chunk(step: StepFn, num_steps: int, mode: str):
-  """jit of ``num_steps`` steps; the live state (argument 0) is donated, the snapshot is not."""
+def _compiled_chunk(step: StepFn, num_steps: int, mode: str, parallel: Parallel):
+  """jit of ``num_steps`` steps; the live state (argument 0) is donated, the snapshot is not.
+
+  Under ``parallel.mode == "jit"`` the outputs are replicated over the mesh; under
+  ``"pmap"`` the chunk runs once per device (no donation: inputs are broadcast).
+  """
 
   def chunk(live, frozen, data, phase_key, start):
     state = live.replace(frozen=frozen)
@@ -130,6 +163,11 @@ def _compiled_chunk(step: StepFn, num_steps: int, mode: str):
       metrics = _mean_metrics(collected)
     return state.replace(frozen=None), metrics
 
+  if parallel.mode == "pmap":
+    return jax.pmap(chunk, axis_name=parallel.axis_name, in_axes=(None, None, None, None, 0),
+                    devices=list(parallel.devices))
+  if parallel.mode == "jit":
+    return jax.jit(chunk, donate_argnums=(0,), out_shardings=parallel.replicated())
   return jax.jit(chunk, donate_argnums=(0,))
 
 
@@ -137,21 +175,30 @@ CHUNK_MODES = ("unroll", "scan")
 
 
 def run_chunk(step: StepFn, state: State, data: TaskArrays, phase_key: PRNGKey, start: int,
-              num_steps: int, mode: str = "unroll") -> tuple[State, Metrics]:
+              num_steps: int, mode: str = "unroll",
+              parallel: Parallel = Parallel()) -> tuple[State, Metrics]:
   """Runs steps ``start .. start+num_steps-1`` of a phase in one compiled call.
 
   Step i uses ``fold_in(phase_key, i)``, so any split of a phase into chunks gives
   the same result as single steps. The snapshot ``state.frozen`` is passed as a
-  separate, non-donated argument. Metrics are averaged over the chunk.
+  separate, non-donated argument. Metrics are averaged over the chunk. ``parallel``
+  must be the one the method was built with (see :mod:`gmcl.parallel`).
   """
   if mode not in CHUNK_MODES:
     raise ValueError(f"chunk mode {mode!r}; valid choices: {CHUNK_MODES}.")
   if num_steps < 1:
     raise ValueError(f"num_steps={num_steps} must be >= 1.")
-  fn = _compiled_chunk(step, num_steps, mode)
-  live, metrics = fn(state.replace(frozen=None), state.frozen, data, phase_key,
-                     jnp.asarray(start, jnp.int32))
-  return live.replace(frozen=state.frozen), metrics
+  fn = _compiled_chunk(step, num_steps, mode, parallel)
+  live, frozen = state.replace(frozen=None), state.frozen
+  start = jnp.asarray(start, jnp.int32)
+  if parallel.mode == "pmap":
+    live, metrics = fn(live, frozen, data, phase_key, jnp.full((parallel.num_devices,), start))
+    live, metrics = jax.tree.map(lambda x: x[0], (live, metrics))  # replicas are identical
+  else:
+    if parallel.mode == "jit":
+      live, frozen, data = jax.device_put((live, frozen, data), parallel.replicated())
+    live, metrics = fn(live, frozen, data, phase_key, start)
+  return live.replace(frozen=frozen), metrics
 
 
 def adam(lr: float, b1: float, b2: float, weight_decay: float = 0.0) -> optax.GradientTransformation:

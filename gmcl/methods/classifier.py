@@ -15,10 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from gmcl.data.sampling import TaskArrays, sample_batch
+from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.methods.base import Method, ModelState, Phase, adam, apply_gradients
 from gmcl.models.classifiers import make_classifier
+from gmcl.parallel import Parallel
 
 
 @struct.dataclass
@@ -32,8 +33,12 @@ class ClassifierMethod(Method):
   """A classifier trained on the current task (``sft``) or all data so far (``joint``)."""
 
   def __init__(self, config, image_shape: tuple[int, int, int], num_classes: int,
-               name: str = "sft"):
+               name: str = "sft", parallel: Parallel = Parallel()):
     self.config = config
+    self.parallel = parallel
+    if config.train.batch_size % parallel.num_devices:
+      raise ValueError(f"train.batch_size={config.train.batch_size} must be divisible by the "
+                       f"{parallel.num_devices} devices of parallel mode {parallel.mode!r}.")
     self.name = name
     self.data_mode = "cumulative" if name == "joint" else "current"
     self.image_shape = tuple(image_shape)
@@ -79,7 +84,7 @@ class ClassifierMethod(Method):
   def solver_step(self, state, data: TaskArrays, key):
     """One optimiser step of the classifier on a sampled batch (plus replay, in subclasses)."""
     k_batch, k_replay = jax.random.split(key)
-    x, y = sample_batch(data, k_batch, self.batch_size)
+    x, y = self.sample_batch(data, k_batch, self.batch_size)
 
     def loss_fn(params):
       logits = self.classifier.apply({"params": params}, x)
@@ -88,16 +93,16 @@ class ClassifierMethod(Method):
       acc = jnp.mean(jnp.argmax(mask_logits(logits, state.active), -1) == y)
       return loss, dict(extra, solver_loss=loss, solver_real_loss=jnp.mean(real), train_acc=acc)
 
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.solver.params)
+    grads, metrics = self.cross_device_mean(jax.grad(loss_fn, has_aux=True)(state.solver.params))
     return state.replace(solver=apply_gradients(state.solver, grads, self.solver_tx)), metrics
 
   def predict(self, state, x: jax.Array) -> jax.Array:
     return mask_logits(self.classifier.apply({"params": state.solver.params}, x), state.active)
 
 
-def make_sft(config, image_shape, num_classes) -> ClassifierMethod:
-  return ClassifierMethod(config, image_shape, num_classes, name="sft")
+def make_sft(config, image_shape, num_classes, parallel=Parallel()) -> ClassifierMethod:
+  return ClassifierMethod(config, image_shape, num_classes, name="sft", parallel=parallel)
 
 
-def make_joint(config, image_shape, num_classes) -> ClassifierMethod:
-  return ClassifierMethod(config, image_shape, num_classes, name="joint")
+def make_joint(config, image_shape, num_classes, parallel=Parallel()) -> ClassifierMethod:
+  return ClassifierMethod(config, image_shape, num_classes, name="joint", parallel=parallel)

@@ -26,13 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from gmcl.data.sampling import TaskArrays, sample_batch
+from gmcl.data.sampling import TaskArrays
 from gmcl.losses.gan import (auxiliary_classifier_loss, gradient_penalty, wasserstein_critic_loss,
                              wasserstein_generator_loss)
 from gmcl.losses.replay import dgr_solver_objective, replay_loss
 from gmcl.methods.base import ModelState, Phase, adam, apply_gradients
 from gmcl.methods.classifier import ClassifierMethod
 from gmcl.models import make_gan
+from gmcl.parallel import Parallel
 
 
 @struct.dataclass
@@ -72,8 +73,8 @@ class DGR(ClassifierMethod):
   """Deep Generative Replay; see the module docstring."""
   has_generator = True
 
-  def __init__(self, config, image_shape, num_classes):
-    super().__init__(config, image_shape, num_classes, name="dgr")
+  def __init__(self, config, image_shape, num_classes, parallel: Parallel = Parallel()):
+    super().__init__(config, image_shape, num_classes, name="dgr", parallel=parallel)
     m, tr, d = config.model, config.train, config.dgr
     self.conditional = bool(m.conditional)
     self.z_dim = m.z_dim
@@ -81,7 +82,7 @@ class DGR(ClassifierMethod):
         m.gan, self.image_shape, num_classes if self.conditional else 0,
         generator_features=m.generator_features, critic_features=m.critic_features,
         critic_layers=m.critic_layers, kernel_size=m.kernel_size,
-        output_activation=m.output_activation)
+        output_activation=m.output_activation, bn_axis_name=parallel.axis_name)
     self.gan_tx = adam(tr.gan_lr, tr.gan_b1, tr.gan_b2, tr.weight_decay)
     self.n_critic = tr.n_critic
     self.gp_weight = tr.gp_weight
@@ -138,12 +139,16 @@ class DGR(ClassifierMethod):
     return self.generator.apply(variables, z, labels, train=False), batch_stats
 
   def _replay_batch(self, frozen: DGRSnapshot, key, n: int):
-    """x' ~ G_{t-1} (eval mode) and, when conditional, classes drawn uniformly from old ones."""
+    """x' ~ G_{t-1} (eval mode) and, when conditional, classes drawn uniformly from old ones.
+
+    ``n`` is the global batch size; under pmap each device generates its rows only.
+    """
     k_z, k_y = jax.random.split(key)
-    z = jax.random.normal(k_z, (n, self.z_dim))
+    z = self.local(jax.random.normal(k_z, (n, self.z_dim)))
     labels = None
     if self.conditional:
-      labels = jax.random.categorical(k_y, jnp.where(frozen.active, 0.0, -jnp.inf), shape=(n,))
+      labels = self.local(jax.random.categorical(k_y, jnp.where(frozen.active, 0.0, -jnp.inf),
+                                                 shape=(n,)))
     images, _ = self._generate(jax.lax.stop_gradient(frozen.generator_params),
                                frozen.generator_batch_stats, z, labels, train=False)
     return jax.lax.stop_gradient(images), labels
@@ -171,20 +176,22 @@ class DGR(ClassifierMethod):
 
   # -- generator -----------------------------------------------------------------------------
 
-  def _fake_batch(self, state: DGRState, key, labels_real, labels_replay, train=True):
-    """G_t's samples for the real term (labels of real data) and, if replaying, the replay term."""
+  def _fake_batch(self, key, labels_real, labels_replay):
+    """z (and labels) of G_t's samples for the real term and, if replaying, the replay term.
+
+    Draws are global and sliced per device, like every per-example draw (see gmcl.parallel).
+    """
     n = self.batch_size
+    z = self.local(jax.random.normal(key, (n, self.z_dim)))
     if self.conditional and labels_replay is not None:
-      labels = jnp.concatenate([labels_real, labels_replay])
-      z = jax.random.normal(key, (2 * n, self.z_dim))
-    else:
-      labels = labels_real if self.conditional else None
-      z = jax.random.normal(key, (n, self.z_dim))
-    return z, labels
+      z_rep = self.local(jax.random.normal(jax.random.fold_in(key, 1), (n, self.z_dim)))
+      return jnp.concatenate([z, z_rep]), jnp.concatenate([labels_real, labels_replay])
+    return z, (labels_real if self.conditional else None)
 
   def generator_step(self, state: DGRState, data: TaskArrays, key):
     """One WGAN-GP iteration: ``n_critic`` critic updates, then one generator update."""
     n, replaying = self.batch_size, state.frozen is not None
+    n_local = self.local_size(n)
     r = state.ratio if replaying else 1.0
     keys = jax.random.split(key, self.n_critic + 1)
     critic = state.critic
@@ -192,14 +199,16 @@ class DGR(ClassifierMethod):
 
     def split_fakes(images, labels):
       if self.conditional and replaying:
-        return (images[:n], labels[:n]), (images[n:], labels[n:])
+        return (images[:n_local], labels[:n_local]), (images[n_local:], labels[n_local:])
       return (images, labels), (images, labels)  # unconditional: one fake batch serves both terms
 
     def critic_term(c_params, real, real_labels, fake, fake_labels, k_gp):
       critic_fn = lambda im: self.critic.apply({"params": c_params}, im)
       s_real, a_real = critic_fn(real)
       s_fake, a_fake = critic_fn(fake)
-      gp = gradient_penalty(critic_fn=lambda im: critic_fn(im)[0], real=real, fake=fake, key=k_gp)
+      eps = self.local(jax.random.uniform(k_gp, (n,)))
+      gp = gradient_penalty(critic_fn=lambda im: critic_fn(im)[0], real=real, fake=fake,
+                            epsilon=eps)
       w = jnp.mean(wasserstein_critic_loss(real_scores=s_real, fake_scores=s_fake))
       loss = w + self.gp_weight * jnp.mean(gp)
       if self.conditional:
@@ -209,9 +218,9 @@ class DGR(ClassifierMethod):
 
     for i in range(self.n_critic):
       k_x, k_rep, k_z, k_gp1, k_gp2 = jax.random.split(keys[i], 5)
-      x, y = sample_batch(data, k_x, n)
+      x, y = self.sample_batch(data, k_x, n)
       x_rep, y_rep = self._replay_batch(state.frozen, k_rep, n) if replaying else (None, None)
-      z, labels = self._fake_batch(state, k_z, y, y_rep)
+      z, labels = self._fake_batch(k_z, y, y_rep)
       fakes, _ = self._generate(state.generator.params, state.generator.batch_stats, z, labels,
                                 train=True)
       fakes = jax.lax.stop_gradient(fakes)
@@ -225,15 +234,15 @@ class DGR(ClassifierMethod):
           w_dist, gp = r * w_dist + (1.0 - r) * rep_w, r * gp + (1.0 - r) * rep_gp
         return loss, {"critic_loss": loss, "wasserstein_estimate": w_dist, "gradient_penalty": gp}
 
-      grads, m = jax.grad(critic_loss, has_aux=True)(critic.params)
+      grads, m = self.cross_device_mean(jax.grad(critic_loss, has_aux=True)(critic.params))
       critic = apply_gradients(critic, grads, self.gan_tx)
       # Averaged over the critic iterations; replay terms weighted by 1 - r like the loss.
       metrics = {k: metrics.get(k, 0.0) + v / self.n_critic for k, v in m.items()}
 
     k_x, k_rep, k_z = jax.random.split(keys[-1], 3)
-    _, y = sample_batch(data, k_x, n)
+    _, y = self.sample_batch(data, k_x, n)
     y_rep = self._replay_batch(state.frozen, k_rep, n)[1] if replaying else None
-    z, labels = self._fake_batch(state, k_z, y, y_rep)
+    z, labels = self._fake_batch(k_z, y, y_rep)
 
     def generator_loss(g_params):
       images, new_stats = self._generate(g_params, state.generator.batch_stats, z, labels,
@@ -243,17 +252,17 @@ class DGR(ClassifierMethod):
       if self.conditional:
         per_example += auxiliary_classifier_loss(logits=logits, labels=labels)
       if self.conditional and replaying:
-        loss = r * jnp.mean(per_example[:n]) + (1.0 - r) * jnp.mean(per_example[n:])
+        loss = r * jnp.mean(per_example[:n_local]) + (1.0 - r) * jnp.mean(per_example[n_local:])
       else:
         loss = jnp.mean(per_example)
       return loss, new_stats
 
-    (g_loss, new_stats), grads = jax.value_and_grad(generator_loss, has_aux=True)(
-        state.generator.params)
+    (g_loss, new_stats), grads = self.cross_device_mean(
+        jax.value_and_grad(generator_loss, has_aux=True)(state.generator.params))
     generator = apply_gradients(state.generator, grads, self.gan_tx).replace(batch_stats=new_stats)
     metrics = dict(metrics, generator_loss=g_loss)
     return state.replace(generator=generator, critic=critic), metrics
 
 
-def make_dgr(config, image_shape, num_classes) -> DGR:
-  return DGR(config, image_shape, num_classes)
+def make_dgr(config, image_shape, num_classes, parallel=Parallel()) -> DGR:
+  return DGR(config, image_shape, num_classes, parallel)

@@ -12,17 +12,17 @@ GAN_ARCHITECTURES = ("dcgan", "mlp")
 
 def make_gan(architecture: str, image_shape, num_classes: int, *, generator_features: int = 64,
              critic_features: int = 64, critic_layers: int = 3, kernel_size: int = 5,
-             output_activation: str = "tanh"):
+             output_activation: str = "tanh", bn_axis_name=None):
   """(generator, critic) by architecture name; ``num_classes`` > 0 makes them conditional (AC-GAN)."""
   if architecture == "dcgan":
     return (DCGANGenerator(image_shape=tuple(image_shape), num_classes=num_classes,
                            base_features=generator_features, kernel_size=kernel_size,
-                           output_activation=output_activation),
+                           output_activation=output_activation, bn_axis_name=bn_axis_name),
             DCGANCritic(num_classes=num_classes, base_features=critic_features,
                         num_layers=critic_layers, kernel_size=kernel_size))
   if architecture == "mlp":
     return (MLPGenerator(image_shape=tuple(image_shape), num_classes=num_classes,
                          hidden=(4 * generator_features, 8 * generator_features),
-                         output_activation=output_activation),
+                         output_activation=output_activation, bn_axis_name=bn_axis_name),
             MLPCritic(num_classes=num_classes, hidden=(8 * critic_features, 4 * critic_features)))
   raise ValueError(f"Unknown GAN architecture {architecture!r}; valid choices: {list(GAN_ARCHITECTURES)}.")

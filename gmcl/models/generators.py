@@ -41,6 +41,7 @@ class DCGANGenerator(nn.Module):
   base_features: int = 64
   kernel_size: int = 5
   output_activation: str = "tanh"
+  bn_axis_name: Optional[str] = None  # "data" under pmap: batch statistics over all devices
 
   @nn.compact
   def __call__(self, z: jax.Array, labels: Optional[jax.Array] = None, *,
@@ -59,7 +60,8 @@ class DCGANGenerator(nn.Module):
         raise ValueError(f"DCGANGenerator: a conditional generator needs labels of shape "
                          f"{z.shape[:1]}, got {None if labels is None else labels.shape}.")
       z = jnp.concatenate([z, jax.nn.one_hot(labels, self.num_classes, dtype=z.dtype)], -1)
-    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                axis_name=self.bn_axis_name if train else None)
     features = self.base_features * 2 ** (n_up - 1)
     x = nn.Dense(start * start * features)(z)
     x = nn.relu(norm()(x)).reshape(z.shape[0], start, start, features)
@@ -84,6 +86,7 @@ class MLPGenerator(nn.Module):
   num_classes: int = 0
   hidden: tuple[int, ...] = (256, 512)
   output_activation: str = "tanh"
+  bn_axis_name: Optional[str] = None  # "data" under pmap: batch statistics over all devices
 
   @nn.compact
   def __call__(self, z: jax.Array, labels: Optional[jax.Array] = None, *,
@@ -101,6 +104,7 @@ class MLPGenerator(nn.Module):
     x = z
     for width in self.hidden:
       x = nn.Dense(width)(x)
-      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x))
+      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                               axis_name=self.bn_axis_name if train else None)(x))
     x = nn.Dense(int(np.prod(self.image_shape)))(x)
     return _OUTPUT_ACTIVATIONS[self.output_activation](x).reshape((z.shape[0],) + self.image_shape)

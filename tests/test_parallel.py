@@ -1,0 +1,106 @@
+"""Data-parallel steps on 8 simulated CPU devices give the parameters of one device."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import dgr as dgr_config
+from gmcl.data.sampling import task_arrays
+from gmcl.methods import build_method
+from gmcl.methods.base import run_chunk
+from gmcl.parallel import make_parallel
+
+SHAPE = (32, 32, 1)
+N_STEPS = 3
+
+pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+
+
+def _config(conditional):
+  c = dgr_config.get_config("smoke")
+  c.model.gan = "mlp"
+  c.model.conditional = conditional
+  c.train.batch_size = 16  # 2 per device
+  return c
+
+
+def _data(classes, n=64):
+  rng = np.random.default_rng(0)
+  y = rng.choice(classes, size=n).astype(np.int32)
+  x = np.clip(rng.uniform(-1, 1, (n,) + SHAPE) + y[:, None, None, None] * 0.1, -1, 1)
+  return task_arrays(x.astype(np.float32), y)
+
+
+def _train(mode, conditional):
+  """Task 0 then N_STEPS of each phase of task 1 (with replay) under ``mode``."""
+  parallel = make_parallel(mode, 8)
+  method = build_method("dgr", _config(conditional), SHAPE, 10, parallel)
+  state = method.begin_task(method.init(jax.random.PRNGKey(0)), 0, np.arange(10) < 1)
+  for t, data in ((0, _data([0])), (1, _data([1]))):
+    if t == 1:
+      state = method.begin_task(method.end_task(state), 1, np.arange(10) < 2)
+    for p, phase in enumerate(method.phases()):
+      key = jax.random.fold_in(jax.random.PRNGKey(t), p)
+      for i in range(N_STEPS):
+        state, metrics = run_chunk(phase.step, state, data, key, i, 1, "unroll", parallel)
+  return jax.device_get(state.replace(frozen=None)), jax.device_get(metrics)
+
+
+def _diffs(a, b, reduce=np.max):
+  out = {}
+  for name in ("solver", "generator", "critic"):
+    la, lb = jax.tree.leaves(getattr(a, name).params), jax.tree.leaves(getattr(b, name).params)
+    out[name] = float(reduce(np.concatenate([np.abs(x - y).ravel() for x, y in zip(la, lb)])))
+  return out
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["unconditional", "conditional"])
+def one_device(request):
+  return request.param, _train("none", request.param)
+
+
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_eight_devices_match_one(one_device, mode):
+  conditional, (single, m_single) = one_device
+  multi, m_multi = _train(mode, conditional)
+  worst, mean = _diffs(single, multi), _diffs(single, multi, np.mean)
+  print(f"|param diff| 1 vs 8 devices ({mode}, conditional={conditional}): max {worst}, mean {mean}")
+  # Sums in another order differ by rounding. Adam divides by sqrt(v), so a parameter whose
+  # gradient is itself rounding-sized (a bias before batch norm, a weight of a dead unit)
+  # can take a step of up to one learning rate of either sign per update: that bounds the
+  # worst case. The typical parameter agrees far more closely.
+  c = _config(conditional)
+  updates = 2 * N_STEPS  # two tasks
+  bound = {"solver": updates * c.train.solver_lr, "generator": updates * c.train.gan_lr,
+           "critic": updates * c.train.n_critic * c.train.gan_lr}
+  lr = {"solver": c.train.solver_lr, "generator": c.train.gan_lr, "critic": c.train.gan_lr}
+  for name in worst:
+    assert worst[name] < bound[name], (name, worst[name])
+    assert mean[name] < 2e-3 * lr[name], (name, mean[name])
+  for key in ("solver_loss", "solver_real_loss", "solver_replay_loss"):
+    np.testing.assert_allclose(m_single[key], m_multi[key], rtol=1e-4)
+  # And training moved the parameters far more than that.
+  init = build_method("dgr", c, SHAPE, 10).init(jax.random.PRNGKey(0))
+  assert _diffs(init, single, np.mean)["solver"] > 100 * mean["solver"]
+
+
+def test_batch_must_divide_over_devices():
+  c = _config(False)
+  c.train.batch_size = 12
+  with pytest.raises(ValueError, match="batch_size=12 must be divisible by the 8 devices"):
+    build_method("dgr", c, SHAPE, 10, make_parallel("pmap", 8))
+
+
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_loop_runs_data_parallel(mnist_data, tmp_path, mode):
+  from experiments.configs import sft
+  from gmcl import loop
+  runs = {}
+  for m in ("none", mode):
+    c = sft.get_config("smoke")
+    c.data.max_tasks = 2
+    c.parallel.mode = m
+    runs[m] = loop.run(c, str(tmp_path / m), data=mnist_data, progress=False, log=lambda s: None)
+  np.testing.assert_allclose(runs[mode]["A"], runs["none"]["A"], atol=0.01)
+  assert runs[mode]["config"]["parallel"]["mode"] == mode

@@ -293,6 +293,18 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
       ckpt.save(pos["global_step"], state, {"position": dict(pos), "record": record,
                                             "config": config.to_dict()})
 
+  def check_finite(metrics, phase_name):
+    values = _host_metrics(metrics)
+    bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+    if bad:
+      last = ckpt.steps()[-1] if ckpt is not None and ckpt.steps() else None
+      raise FloatingPointError(
+          f"Non-finite loss in task {pos['task'] + 1}, phase {phase_name!r}, step {pos['step']} "
+          f"(global step {pos['global_step']}): "
+          + ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+          + (f". The last good checkpoint is step {last} in {ckpt_dir}." if last is not None
+             else ". No checkpoint was written."))
+
   predict = jax.jit(method.predict)
   sample = jax.jit(method.sample)
   clock = [time.time()]
@@ -333,6 +345,7 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
         every = c_cfg.every_steps
         if every and pos["global_step"] // every > (pos["global_step"] - k) // every \
             and done < phase.num_steps:
+          check_finite(metrics, phase.name)  # never checkpoint a diverged state
           save(state)
         if stop_after_steps is not None and steps_this_call >= stop_after_steps:
           if bar is not None:
@@ -340,11 +353,9 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
           raise RunInterrupted(f"stopped after {steps_this_call} steps (task {t + 1}, "
                                f"phase {phase.name}, step {done}).")
       if phase.num_steps:
+        check_finite(metrics, phase.name)
         record["metrics"].update(
             {f"{phase.name}/{k}": v for k, v in _host_metrics(metrics).items()})
-        bad = {k: v for k, v in record["metrics"].items() if not np.isfinite(v)}
-        if bad:
-          raise FloatingPointError(f"Non-finite metrics in task {t + 1}, phase {phase.name}: {bad}.")
       pos.update(phase=p_index + 1, step=0)
     if bar is not None:
       bar.close()

@@ -85,3 +85,31 @@ def test_resume_with_another_config_is_refused(mnist_data, tmp_path):
     loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=_quiet)
   with pytest.raises(FileExistsError, match="holds checkpoints"):
     loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=_quiet, resume=False)
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(mnist_data, tmp_path):
+  import dataclasses
+  import numpy as np
+  x = mnist_data.x_train.copy()
+  x[mnist_data.y_train == 1] = np.nan  # task 2's images poison the loss
+  data = dataclasses.replace(mnist_data, x_train=x)
+  c = _config(sft)
+  with pytest.raises(FloatingPointError,
+                     match=r"Non-finite loss in task 2, phase 'solver', step 1 \(global step 21\): "
+                           r"solver_loss=nan.*last good checkpoint is step 20"):
+    loop.run(c, str(tmp_path), data=data, progress=False, log=_quiet)
+  from gmcl.checkpoint import RunCheckpointer
+  ckpt = RunCheckpointer(str(tmp_path / "checkpoints"))
+  assert ckpt.steps()[-1] == 20
+  with open(tmp_path / "results.json") as f:
+    assert '"completed_tasks": 1' in f.read()
+
+
+def test_same_seed_gives_the_same_results_bytes(mnist_data, tmp_path):
+  c = _config(dgr)
+  for name in ("a", "b"):
+    loop.run(c, str(tmp_path / name), data=mnist_data, progress=False, log=_quiet)
+  assert _read(str(tmp_path / "a" / "results.json")) == _read(str(tmp_path / "b" / "results.json"))
+  c.seed = 1
+  loop.run(c, str(tmp_path / "c"), data=mnist_data, progress=False, log=_quiet)
+  assert _read(str(tmp_path / "a" / "results.json")) != _read(str(tmp_path / "c" / "results.json"))

@@ -89,3 +89,23 @@ def test_dgr_solver_objective_weights_real_and_replay():
   got = replay.dgr_solver_objective(real_losses=jnp.array([1.0, 3.0]),
                                     replay_losses=jnp.array([4.0]), ratio=0.25)
   np.testing.assert_allclose(got, 0.25 * 2.0 + 0.75 * 4.0)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: classification.softmax_cross_entropy(logits=jnp.zeros((4, 3)), labels=jnp.zeros((4, 1), jnp.int32)),
+     r"softmax_cross_entropy: argument 'labels' must have shape \(4,\); got shape \(4, 1\)"),
+    (lambda: classification.softmax_cross_entropy(logits=jnp.zeros((4, 3)), labels=jnp.zeros((4,))),
+     r"argument 'labels' must have int dtype; got shape \(4,\) and dtype float32"),
+    (lambda: classification.softmax_cross_entropy(logits=jnp.zeros((4, 3)), labels=jnp.zeros((4,), jnp.int32),
+                                                  where=jnp.ones((4,), bool)),
+     r"argument 'where' must have shape \(3,\)"),
+    (lambda: gan.wasserstein_critic_loss(real_scores=jnp.zeros((4,)), fake_scores=jnp.zeros((5,))),
+     r"wasserstein_critic_loss: argument 'fake_scores' must have shape \(4,\)"),
+    (lambda: gan.gradient_penalty(critic_fn=jnp.sum, real=jnp.zeros((2, 3)), fake=jnp.zeros((2, 3))),
+     r"give exactly one of key and epsilon"),
+    (lambda: replay.replay_loss(logits=jnp.zeros((2, 3)), teacher_logits=jnp.zeros((2, 4))),
+     r"replay_loss: argument 'teacher_logits' must have shape \(2, 3\)"),
+])
+def test_wrong_arguments_name_the_argument(call, message):
+  with pytest.raises(ValueError, match=message):
+    call()

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from gmcl.checks import check_array
 
 
 @struct.dataclass
@@ -46,6 +47,7 @@ def task_arrays(x: np.ndarray, y: np.ndarray, capacity: Optional[int] = None,
 
 def sample_batch(data: TaskArrays, key: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
   """Samples ``batch_size`` examples uniformly, with replacement, from the real rows."""
-  chex.assert_rank(data.x, 4)
+  check_array("sample_batch", "data.x", data.x, ndim=4, kind="float")
+  check_array("sample_batch", "data.y", data.y, shape=data.x.shape[:1], kind="int")
   idx = jax.random.randint(key, (batch_size,), 0, data.count)
   return data.x[idx], data.y[idx]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-import chex
 import jax
 import jax.numpy as jnp
+
+from gmcl.checks import check_array
 
 
 def mask_logits(logits: jax.Array, where: Optional[jax.Array]) -> jax.Array:
@@ -37,8 +38,10 @@ def softmax_cross_entropy(*, logits: jax.Array, labels: jax.Array,
   Returns:
     (B,) losses.
   """
-  chex.assert_rank(logits, 2)
-  chex.assert_shape(labels, logits.shape[:1])
+  check_array("softmax_cross_entropy", "logits", logits, ndim=2, kind="float")
+  check_array("softmax_cross_entropy", "labels", labels, shape=logits.shape[:1], kind="int")
+  if where is not None:
+    check_array("softmax_cross_entropy", "where", where, shape=logits.shape[-1:], kind="bool")
   log_p = jax.nn.log_softmax(mask_logits(logits, where), axis=-1)
   return -jnp.take_along_axis(log_p, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
 
@@ -46,7 +49,7 @@ def softmax_cross_entropy(*, logits: jax.Array, labels: jax.Array,
 def soft_cross_entropy(*, logits: jax.Array, targets: jax.Array,
                        where: Optional[jax.Array] = None) -> jax.Array:
   """Per-example cross-entropy ``-sum_k p_k log softmax(z)_k`` against probabilities ``targets``."""
-  chex.assert_rank(logits, 2)
-  chex.assert_equal_shape([logits, targets])
+  check_array("soft_cross_entropy", "logits", logits, ndim=2, kind="float")
+  check_array("soft_cross_entropy", "targets", targets, shape=logits.shape, kind="float")
   log_p = jax.nn.log_softmax(mask_logits(logits, where), axis=-1)
   return -jnp.sum(jnp.where(targets > 0, targets * log_p, 0.0), axis=-1)

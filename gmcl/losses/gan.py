@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-import chex
 import jax
 import jax.numpy as jnp
 
+from gmcl.checks import check_array
 from gmcl.losses.classification import softmax_cross_entropy
 
 
@@ -16,7 +16,9 @@ def wasserstein_critic_loss(*, real_scores: jax.Array, fake_scores: jax.Array) -
 
   Its mean is the negative of the critic's estimate of the Wasserstein-1 distance.
   """
-  chex.assert_equal_shape([real_scores, fake_scores])
+  check_array("wasserstein_critic_loss", "real_scores", real_scores, ndim=1, kind="float")
+  check_array("wasserstein_critic_loss", "fake_scores", fake_scores, shape=real_scores.shape,
+              kind="float")
   return fake_scores - real_scores
 
 
@@ -46,12 +48,13 @@ def gradient_penalty(*, critic_fn: Callable[[jax.Array], jax.Array], real: jax.A
   Returns:
     (B,) penalties.
   """
-  chex.assert_equal_shape([real, fake])
+  check_array("gradient_penalty", "real", real, kind="float")
+  check_array("gradient_penalty", "fake", fake, shape=real.shape, kind="float")
   if (key is None) == (epsilon is None):
     raise ValueError("gradient_penalty: give exactly one of key and epsilon.")
   if epsilon is None:
     epsilon = jax.random.uniform(key, (real.shape[0],), dtype=real.dtype)
-  chex.assert_shape(epsilon, real.shape[:1])
+  check_array("gradient_penalty", "epsilon", epsilon, shape=real.shape[:1], kind="float")
   eps = epsilon.reshape((real.shape[0],) + (1,) * (real.ndim - 1)).astype(real.dtype)
   interpolates = eps * real + (1.0 - eps) * fake
   grads = jax.grad(lambda x: jnp.sum(critic_fn(x)))(interpolates)

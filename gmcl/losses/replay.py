@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-import chex
 import jax
 import jax.numpy as jnp
 
+from gmcl.checks import check_array
 from gmcl.losses.classification import mask_logits, soft_cross_entropy, softmax_cross_entropy
 
 REPLAY_TARGET_MODES = ("hard", "soft")
@@ -65,7 +65,8 @@ def replay_loss(*, logits: jax.Array, teacher_logits: jax.Array, mode: str = "ha
   Returns:
     (B,) losses.
   """
-  chex.assert_equal_shape([logits, teacher_logits])
+  check_array("replay_loss", "logits", logits, ndim=2, kind="float")
+  check_array("replay_loss", "teacher_logits", teacher_logits, shape=logits.shape, kind="float")
   targets = replay_targets(teacher_logits=teacher_logits, mode=mode, temperature=temperature,
                            where=teacher_where)
   if mode == "hard":

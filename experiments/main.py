@@ -15,12 +15,17 @@ flags.DEFINE_string("workdir", None, "Where results.json, timings.json and sampl
 flags.DEFINE_bool("progress", True, "Show a progress bar per task.")
 flags.DEFINE_bool("resume", True, "Continue from the workdir's checkpoints, if it has any.")
 flags.DEFINE_bool("overwrite", False, "Start afresh even if the workdir holds a finished run.")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU VM slices, "
+                  "multi-node GPU); run the same command on every host.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.multihost:
+    from gmcl.parallel import initialize_multihost  # pylint: disable=import-outside-toplevel
+    initialize_multihost()
   from gmcl import loop  # pylint: disable=import-outside-toplevel
   loop.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress, resume=FLAGS.resume,
            overwrite=FLAGS.overwrite)

@@ -375,7 +375,7 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
     if config.eval.save_samples:
       grid = sample_grid(method, state, jax.random.fold_in(sample_key, t), seq.seen_classes(t),
                          config.eval.samples_per_class, lambda xb: predict(state, xb), sample)
-      if grid is not None:
+      if grid is not None and jax.process_index() == 0:
         save_grid(grid, os.path.join(workdir, f"samples_task{t + 1:02d}.png"),
                   tuple(config.data.value_range))
     log(f"task {t + 1:2d}/{len(seq)} classes={list(task.classes)} A_{t + 1}={100 * scores['A']:.2f}% "
@@ -384,10 +384,12 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
     results = _results_payload(config, seq, record)
     # Timings live apart from results.json, so that a seeded run's results are reproducible byte
     # for byte (and equal after a resume).
-    write_json(os.path.join(workdir, "results.json"), results)
-    write_json(os.path.join(workdir, "timings.json"), {
-        "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-        "wall_seconds": record["seconds"] + time.time() - clock[0], "per_task": record["timings"]})
+    if jax.process_index() == 0:  # one writer when several hosts run the same program
+      write_json(os.path.join(workdir, "results.json"), results)
+      write_json(os.path.join(workdir, "timings.json"), {
+          "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+          "wall_seconds": record["seconds"] + time.time() - clock[0],
+          "per_task": record["timings"]})
     save(state)  # the task boundary: snapshots taken, scores written
   if ckpt is not None:
     ckpt.close()

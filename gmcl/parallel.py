@@ -60,10 +60,19 @@ class Parallel:
 
 def make_parallel(mode: str = "none", num_devices: int = 0,
                   devices: Optional[Sequence[Any]] = None) -> Parallel:
-  """A :class:`Parallel` over the first ``num_devices`` local devices (0: all of them)."""
+  """A :class:`Parallel` over the first ``num_devices`` devices (0: all of them).
+
+  With several processes (after :func:`initialize_multihost`) the devices are those of
+  every host; with one, the local ones.
+  """
   if mode == "none":
     return Parallel("none", ())
-  available = list(devices) if devices is not None else jax.local_devices()
+  if devices is not None:
+    available = list(devices)
+  else:
+    available = jax.devices() if jax.process_count() > 1 else jax.local_devices()
+  if mode == "pmap" and jax.process_count() > 1:
+    raise ValueError("parallel.mode='pmap' is not supported across hosts here; use 'jit'.")
   n = num_devices or len(available)
   if n > len(available):
     raise ValueError(f"parallel.num_devices={n}, but only {len(available)} devices are available "

@@ -5,12 +5,13 @@ Arguments:
   protocol=NAME     per_class | split | permuted
   smoke             tiny models, a few steps and a data subset (tests, notebooks)
   demo              the README's demo schedule (minutes on a 2-core CPU)
+  cpu               the schedule of the README's results table (under an hour on a 2-core CPU)
 """
 
 from gmcl.config import PROTOCOLS, base_config
 from gmcl.data.sources import DATASETS
 
-ARGUMENTS = ("dataset", "protocol", "smoke", "demo")
+ARGUMENTS = ("dataset", "protocol", "smoke", "demo", "cpu")
 
 
 def parse_args(arg: str | None) -> dict:

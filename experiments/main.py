@@ -5,7 +5,7 @@
       --config.train.solver_steps=200
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -23,6 +23,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:  # keep the console to progress and per-task lines
+    logging.set_verbosity(logging.WARNING)
   if FLAGS.multihost:
     from gmcl.parallel import initialize_multihost  # pylint: disable=import-outside-toplevel
     initialize_multihost()

@@ -2,10 +2,15 @@
 
 A checkpoint holds, under one orbax step number (the global training-step count):
 
-* ``state``: the method's whole state, live models and frozen snapshots (G_{t-1},
-  C_{t-1}) alike, as a pytree (``StandardSave``);
+* ``state``: the method's live state (models, optimiser states) as a pytree
+  (``StandardSave``), without its frozen snapshots;
 * ``meta`` (JSON): the position in the task sequence (task, phase, step within
-  the phase), the scores and metrics so far, and the config it was written with.
+  the phase), the scores and metrics so far, the config it was written with, and
+  the id of the snapshot it goes with.
+
+The frozen snapshots (G_{t-1}, C_{t-1}) change only at task boundaries, so they are
+written once per boundary, to ``snapshots/<number of tasks ended>``, and every
+checkpoint of the next task refers to that one copy.
 
 PRNG keys are not state here: every step's key is ``fold_in`` of the run key (from
 ``config.seed``) and the step's position, so a resumed run draws the same keys.
@@ -38,12 +43,31 @@ class RunCheckpointer:
         enable_async_checkpointing=False,  # small states; a synchronous write is simplest to reason about
         create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.snapshots = ocp.CheckpointManager(os.path.join(self.directory, "snapshots"),
+                                           options=options)
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def save(self, step: int, state: Any, meta: dict) -> None:
-    """Writes ``state`` and ``meta`` under ``step`` (a step that exists is replaced)."""
+  def save(self, step: int, state: Any, meta: dict, snapshot_id: Optional[int] = None) -> None:
+    """Writes ``state`` (live part) and ``meta`` under ``step`` (a step that exists is replaced).
+
+    Args:
+      step: the global training step.
+      state: a method state; its ``frozen`` field goes to ``snapshots/<snapshot_id>``
+        unless that snapshot was written already.
+      meta: JSON-serialisable position, scores and config.
+      snapshot_id: the number of tasks ended (the snapshot's identity).
+    """
+    frozen = getattr(state, "frozen", None)
+    if frozen is not None:
+      if snapshot_id is None:
+        raise ValueError("RunCheckpointer.save: a state with a snapshot needs a snapshot_id.")
+      if snapshot_id not in self.snapshots.all_steps():
+        self.snapshots.save(snapshot_id, args=ocp.args.StandardSave(frozen), force=True)
+        self.snapshots.wait_until_finished()
+      state = state.replace(frozen=None)
+    meta = dict(meta, snapshot_id=snapshot_id if frozen is not None else None)
     if step in self.manager.all_steps():
       self.manager.delete(step)
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -66,10 +90,18 @@ class RunCheckpointer:
     for step in reversed(self.steps()):
       try:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                                template_for(meta))
+        template = template_for(meta)
+        abstract = lambda tree: jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+        frozen_template = getattr(template, "frozen", None)
+        if frozen_template is not None:
+          template = template.replace(frozen=None)
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract)))["state"]
+            state=ocp.args.StandardRestore(abstract(template))))["state"]
+        if meta.get("snapshot_id") is not None:
+          frozen = self.snapshots.restore(meta["snapshot_id"],
+                                          args=ocp.args.StandardRestore(abstract(frozen_template)))
+          restored = restored.replace(frozen=frozen)
         return step, restored, meta
       except Exception as e:  # pylint: disable=broad-except
         warn(f"Checkpoint {step} in {self.directory} cannot be restored ({type(e).__name__}: "
@@ -78,3 +110,4 @@ class RunCheckpointer:
 
   def close(self) -> None:
     self.manager.close()
+    self.snapshots.close()

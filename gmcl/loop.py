@@ -291,7 +291,8 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
       record["seconds"] += time.time() - clock[0]
       clock[0] = time.time()
       ckpt.save(pos["global_step"], state, {"position": dict(pos), "record": record,
-                                            "config": config.to_dict()})
+                                            "config": config.to_dict()},
+                snapshot_id=pos["task"])  # = tasks ended when the snapshot was taken
 
   def check_finite(metrics, phase_name):
     values = _host_metrics(metrics)

@@ -42,6 +42,11 @@ def test_interrupted_run_resumes_to_identical_results(mnist_data, tmp_path, modu
   assert any(line.startswith("Resuming from checkpoint") for line in lines)
   assert resumed == whole
   assert _read(os.path.join(parts, "results.json")) == _read(str(tmp_path / "whole" / "results.json"))
+  snapshots = sorted(int(os.path.basename(p)) for p in
+                     glob.glob(os.path.join(parts, "checkpoints", "snapshots", "*"))
+                     if os.path.basename(p).isdigit())
+  # One snapshot per task boundary (the newest two kept); sft has none.
+  assert snapshots == ([] if module is sft else [1, 2])
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(mnist_data, tmp_path):

@@ -11,6 +11,7 @@ import ml_collections
 from ml_collections import config_dict
 
 PROTOCOLS = ("per_class", "split", "permuted")
+GAN_METHODS = ("dgr", "mergan")
 CHUNK_MODES = ("auto", "unroll", "scan")
 
 
@@ -45,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.critic_layers = 3
   c.model.kernel_size = 5
   c.model.output_activation = "tanh"
+  c.model.conditioning = "concat"  # concat | batchnorm (class-conditional batch norm, MeRGAN)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64
@@ -68,6 +70,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.dgr.replay_ratio = config_dict.FieldReference("balanced", field_type=object)
   c.dgr.targets = "hard"  # hard | soft
   c.dgr.temperature = 2.0
+
+  c.mergan = ml_collections.ConfigDict()
+  c.mergan.variant = "ra"  # sft | jr (joint retraining with replay) | ra (replay alignment)
+  c.mergan.ra_weight = 1e-3  # lambda of replay alignment (official: 1e-3 MNIST, 1e-2 SVHN)
+  c.mergan.classifier = "replay"  # replay (separate classifier on real + generated) | auxiliary
+  c.mergan.replay_source = "current"  # current (G_t) | previous (G_{t-1}): the replay classifier's
+  c.mergan.critic_aux_on_fake = False  # official: the critic's AC-GAN loss on real data only
+  c.mergan.oracle = True  # score generated samples with an oracle classifier (MeRGAN's protocol)
+  c.mergan.oracle_classifier = "cnn"
+  c.mergan.oracle_steps = 2000
+  c.mergan.oracle_batch_size = 128
+  c.mergan.oracle_samples_per_class = 6400  # the official evaluation: 100 batches of 64
+  c.mergan.oracle_sample_batch = 64
+  c.mergan.oracle_dir = ""  # "" = $GMCL_CACHE_DIR/oracles or ~/.cache/gmcl/oracles
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.mode = "none"  # none | jit (device mesh, NamedSharding) | pmap
@@ -139,12 +155,13 @@ def validate_config(config) -> None:
            f"0 (no padding) or >= {size}")
   _require(len(d.value_range) == 2 and d.value_range[1] > d.value_range[0], "data.value_range",
            d.value_range, "(low, high) with high > low")
-  if config.method == "dgr" and m.gan == "dcgan":
+  gan_method = config.method in GAN_METHODS
+  if gan_method and m.gan == "dcgan":
     _require((d.pad_to or size) in (28, 32, 64), "data.pad_to", d.pad_to,
              f"an image size the DCGAN generator supports: 28, 32 or 64 (images are {size})")
   low, high = d.value_range
   reachable = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}.get(m.output_activation)
-  if config.method == "dgr" and reachable is not None:
+  if gan_method and reachable is not None:
     _require(reachable[0] <= low and high <= reachable[1], "model.output_activation",
              m.output_activation, f"an activation whose range covers data.value_range={tuple(d.value_range)}"
              " ('tanh' for (-1, 1), 'sigmoid' for (0, 1), or 'none')")
@@ -171,6 +188,20 @@ def validate_config(config) -> None:
   _require(config.dgr.targets in ("hard", "soft"), "dgr.targets", config.dgr.targets,
            "'hard' or 'soft'")
   _require(config.dgr.temperature > 0, "dgr.temperature", config.dgr.temperature, "> 0")
+  _require(m.conditioning in ("concat", "batchnorm"), "model.conditioning", m.conditioning,
+           "'concat' or 'batchnorm'")
+  mg = config.mergan
+  _require(mg.variant in ("sft", "jr", "ra"), "mergan.variant", mg.variant, "'sft', 'jr' or 'ra'")
+  _require(mg.ra_weight >= 0, "mergan.ra_weight", mg.ra_weight, ">= 0")
+  _require(mg.classifier in ("replay", "auxiliary"), "mergan.classifier", mg.classifier,
+           "'replay' or 'auxiliary'")
+  _require(mg.replay_source in ("current", "previous"), "mergan.replay_source", mg.replay_source,
+           "'current' or 'previous'")
+  _require(mg.oracle_classifier in CLASSIFIERS, "mergan.oracle_classifier", mg.oracle_classifier,
+           str(sorted(CLASSIFIERS)))
+  for key in ("oracle_steps", "oracle_batch_size", "oracle_samples_per_class",
+              "oracle_sample_batch"):
+    _require(mg[key] >= 1, f"mergan.{key}", mg[key], ">= 1")
   _require(config.parallel.mode in ("none", "jit", "pmap"), "parallel.mode", config.parallel.mode,
            "'none', 'jit' or 'pmap'")
   _require(config.parallel.num_devices >= 0, "parallel.num_devices", config.parallel.num_devices,

@@ -180,6 +180,7 @@ def _results_payload(config, seq, record) -> dict:
       "average_forgetting": evaluation.average_forgetting(R[:t, :t]) if t else 0.0,
       "backward_transfer": evaluation.backward_transfer(R[:t, :t]) if t else 0.0,
       "completed_tasks": t, "per_task": record["per_task"], "config": config.to_dict(),
+      "scores": record.get("scores", {}),
   }
 
 
@@ -254,6 +255,7 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
       config.checkpoint
   parallel = make_parallel(config.parallel.mode, config.parallel.num_devices)
   method = build_method(config.method, config, data.image_shape, data.num_classes, parallel)
+  method.setup(data, log=log)
   chunk_mode = resolve_chunk_mode(t_cfg.chunk_mode)
   cumulative = method.data_mode == "cumulative"
   sizes = _task_sizes(data, seq, config.data.train_limit)
@@ -370,6 +372,9 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
       row[t + 1:] = [None] * (len(seq) - t - 1)  # unseen classes are masked: nothing measured
     record["R"].append(row)
     record["A"].append(scores["A"])
+    extra = method.extra_scores(state, data, seq, t, jax.random.fold_in(sample_key, 10_000 + t))
+    for name, value in extra.items():
+      record.setdefault("scores", {}).setdefault(name, []).append(value)
     record["per_task"].append({"task": t + 1, "classes": list(task.classes), "A": scores["A"],
                                "metrics": dict(record["metrics"])})
     record["timings"].append({"task": t + 1, "train_seconds": train_time})
@@ -380,7 +385,8 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
         save_grid(grid, os.path.join(workdir, f"samples_task{t + 1:02d}.png"),
                   tuple(config.data.value_range))
     log(f"task {t + 1:2d}/{len(seq)} classes={list(task.classes)} A_{t + 1}={100 * scores['A']:.2f}% "
-        f"train {train_time:.1f}s " + " ".join(f"{k}={v:.4g}" for k, v in sorted(record["metrics"].items())))
+        + "".join(f"{k}={100 * v:.2f}% " for k, v in extra.items() if isinstance(v, float))
+        + f"train {train_time:.1f}s " + " ".join(f"{k}={v:.4g}" for k, v in sorted(record["metrics"].items())))
     pos.update(task=t + 1, phase=0, step=0, begun=False)
     results = _results_payload(config, seq, record)
     # Timings live apart from results.json, so that a seeded run's results are reproducible byte

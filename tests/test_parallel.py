@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import dgr as dgr_config
+from experiments.configs import mergan as mergan_config
 from gmcl.data.sampling import task_arrays
 from gmcl.methods import build_method
 from gmcl.methods.base import run_chunk
@@ -17,10 +18,20 @@ N_STEPS = 3
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 
 
-def _config(conditional):
-  c = dgr_config.get_config("smoke")
+CASES = {"dgr-unconditional": ("dgr", {}), "dgr-conditional": ("dgr", {"conditional": True}),
+         "mergan-ra": ("mergan", {"variant": "ra"}), "mergan-jr": ("mergan", {"variant": "jr"})}
+
+
+def _config(case):
+  method, options = CASES[case]
+  if method == "dgr":
+    c = dgr_config.get_config("smoke")
+    c.model.conditional = options.get("conditional", False)
+  else:
+    c = mergan_config.get_config(f"smoke,variant={options['variant']}")
+    c.mergan.oracle = False
+    c.mergan.ra_weight = 1.0  # large enough that the alignment term moves the generator
   c.model.gan = "mlp"
-  c.model.conditional = conditional
   c.train.batch_size = 16  # 2 per device
   return c
 
@@ -32,10 +43,10 @@ def _data(classes, n=64):
   return task_arrays(x.astype(np.float32), y)
 
 
-def _train(mode, conditional):
+def _train(mode, case):
   """Task 0 then N_STEPS of each phase of task 1 (with replay) under ``mode``."""
   parallel = make_parallel(mode, 8)
-  method = build_method("dgr", _config(conditional), SHAPE, 10, parallel)
+  method = build_method(CASES[case][0], _config(case), SHAPE, 10, parallel)
   state = method.begin_task(method.init(jax.random.PRNGKey(0)), 0, np.arange(10) < 1)
   for t, data in ((0, _data([0])), (1, _data([1]))):
     if t == 1:
@@ -55,22 +66,22 @@ def _diffs(a, b, reduce=np.max):
   return out
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["unconditional", "conditional"])
+@pytest.fixture(scope="module", params=list(CASES))
 def one_device(request):
   return request.param, _train("none", request.param)
 
 
 @pytest.mark.parametrize("mode", ["jit", "pmap"])
 def test_eight_devices_match_one(one_device, mode):
-  conditional, (single, m_single) = one_device
-  multi, m_multi = _train(mode, conditional)
+  case, (single, m_single) = one_device
+  multi, m_multi = _train(mode, case)
   worst, mean = _diffs(single, multi), _diffs(single, multi, np.mean)
-  print(f"|param diff| 1 vs 8 devices ({mode}, conditional={conditional}): max {worst}, mean {mean}")
+  print(f"|param diff| 1 vs 8 devices ({mode}, {case}): max {worst}, mean {mean}")
   # Sums in another order differ by rounding. Adam divides by sqrt(v), so a parameter whose
   # gradient is itself rounding-sized (a bias before batch norm, a weight of a dead unit)
   # can take a step of up to one learning rate of either sign per update: that bounds the
   # worst case. The typical parameter agrees far more closely.
-  c = _config(conditional)
+  c = _config(case)
   updates = 2 * N_STEPS  # two tasks
   bound = {"solver": updates * c.train.solver_lr, "generator": updates * c.train.gan_lr,
            "critic": updates * c.train.n_critic * c.train.gan_lr}
@@ -81,12 +92,12 @@ def test_eight_devices_match_one(one_device, mode):
   for key in ("solver_loss", "solver_real_loss", "solver_replay_loss"):
     np.testing.assert_allclose(m_single[key], m_multi[key], rtol=1e-4)
   # And training moved the parameters far more than that.
-  init = build_method("dgr", c, SHAPE, 10).init(jax.random.PRNGKey(0))
+  init = build_method(CASES[case][0], c, SHAPE, 10).init(jax.random.PRNGKey(0))
   assert _diffs(init, single, np.mean)["solver"] > 100 * mean["solver"]
 
 
 def test_batch_must_divide_over_devices():
-  c = _config(False)
+  c = _config("dgr-unconditional")
   c.train.batch_size = 12
   with pytest.raises(ValueError, match="batch_size=12 must be divisible by the 8 devices"):
     build_method("dgr", c, SHAPE, 10, make_parallel("pmap", 8))

@@ -3,6 +3,7 @@
 Arguments:
   dataset=NAME      mnist | fashion_mnist | svhn_cropped | cifar10
   protocol=NAME     per_class | split | permuted
+  variant=NAME      mergan only: sft | jr | ra
   smoke             tiny models, a few steps and a data subset (tests, notebooks)
   demo              the README's demo schedule (minutes on a 2-core CPU)
   cpu               the schedule of the README's results table (under an hour on a 2-core CPU)
@@ -11,7 +12,7 @@ Arguments:
 from gmcl.config import PROTOCOLS, base_config
 from gmcl.data.sources import DATASETS
 
-ARGUMENTS = ("dataset", "protocol", "smoke", "demo", "cpu")
+ARGUMENTS = ("dataset", "protocol", "variant", "smoke", "demo", "cpu")
 
 
 def parse_args(arg: str | None) -> dict:
@@ -33,6 +34,8 @@ def parse_args(arg: str | None) -> dict:
 def make_config(method: str, arg: str | None, method_defaults=None):
   """The base config for ``method``: base values, then ``method_defaults(c)``, then arguments."""
   args = parse_args(arg)
+  if "variant" in args and method != "mergan":
+    raise ValueError(f"Config argument 'variant' is for mergan only; {method!r} has none.")
   c = base_config()
   c.method = method
   if method_defaults is not None:
@@ -59,3 +62,7 @@ def apply_smoke(c) -> None:
   c.train.generator_steps = 4
   c.train.n_critic = 2
   c.eval.samples_per_class = 4
+  c.mergan.oracle_steps = 30
+  c.mergan.oracle_batch_size = 32
+  c.mergan.oracle_samples_per_class = 16
+  c.mergan.oracle_sample_batch = 16

@@ -3,8 +3,9 @@
 from gmcl.methods.base import Method, ModelState, Phase, run_chunk, step_key
 from gmcl.methods.classifier import ClassifierMethod, make_joint, make_sft
 from gmcl.methods.dgr import DGR, make_dgr
+from gmcl.methods.mergan import MeRGAN, make_mergan
 
-METHODS = {"sft": make_sft, "joint": make_joint, "dgr": make_dgr}
+METHODS = {"sft": make_sft, "joint": make_joint, "dgr": make_dgr, "mergan": make_mergan}
 
 
 def build_method(name: str, config, image_shape, num_classes, parallel=None) -> Method:
@@ -19,5 +20,5 @@ def build_method(name: str, config, image_shape, num_classes, parallel=None) -> 
   return METHODS[name](config, image_shape, num_classes, parallel or Parallel())
 
 
-__all__ = ["ClassifierMethod", "DGR", "METHODS", "Method", "ModelState", "Phase",
+__all__ = ["ClassifierMethod", "DGR", "METHODS", "MeRGAN", "Method", "ModelState", "Phase",
            "build_method", "run_chunk", "step_key"]

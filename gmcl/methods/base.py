@@ -101,6 +101,13 @@ class Method(abc.ABC):
       return jax.lax.pmean(tree, self.parallel.axis_name)
     return tree
 
+  def global_sum(self, x: jax.Array) -> jax.Array:
+    """A sum over the global batch, from this device's rows: ``sum(x)`` times the number of
+    devices under pmap, so that the ``lax.pmean`` of its gradients is the global sum's."""
+    if self.parallel.mode == "pmap":
+      return jnp.sum(x) * self.parallel.num_devices
+    return jnp.sum(x)
+
   def sample_batch(self, data: TaskArrays, key: PRNGKey, batch_size: int):
     """A global batch drawn by ``key``, of which this device keeps its rows."""
     x, y = sample_batch(data, key, batch_size)
@@ -125,6 +132,19 @@ class Method(abc.ABC):
   @abc.abstractmethod
   def predict(self, state: State, x: jax.Array) -> jax.Array:
     """Logits (B, K) with classes not yet seen masked out."""
+
+  def setup(self, data, log: Callable[[str], None] = print) -> None:
+    """Called once by the loop with the run's :class:`gmcl.loop.Data`, before any task
+    (and again on resume): methods that need something built from the whole dataset
+    (MeRGAN's oracle classifier) build or load it here."""
+    del data, log
+
+  def extra_scores(self, state: State, data, sequence, task_index: int,
+                   key: PRNGKey) -> dict[str, Any]:
+    """Scores besides A_t after task ``task_index``, by name: the loop appends each to
+    ``results.json["scores"][name]``. Values are floats or JSON-serialisable dicts."""
+    del state, data, sequence, task_index, key
+    return {}
 
   def sample(self, state: State, key: PRNGKey, labels: jax.Array) -> Optional[jax.Array]:
     """Images from the current generator (conditional ones use ``labels``), or None."""

@@ -55,6 +55,18 @@ class DGRState:
   frozen: Optional[DGRSnapshot] = None
 
 
+def apply_generator(generator, params, batch_stats, z, labels, train: bool):
+  """``(images, batch_stats)`` of a generator; in training mode the running statistics
+  are updated (a generator without them, e.g. with class-conditional batch norm, gives None)."""
+  if batch_stats is None:
+    return generator.apply({"params": params}, z, labels, train=train), None
+  variables = {"params": params, "batch_stats": batch_stats}
+  if train:
+    images, updates = generator.apply(variables, z, labels, train=True, mutable=["batch_stats"])
+    return images, updates["batch_stats"]
+  return generator.apply(variables, z, labels, train=False), batch_stats
+
+
 def parse_replay_ratio(value) -> Optional[float]:
   """``"balanced"`` -> None (r = 1/t); a number in [0, 1] -> that number."""
   if isinstance(value, str) and value.strip() == "balanced":
@@ -82,7 +94,8 @@ class DGR(ClassifierMethod):
         m.gan, self.image_shape, num_classes if self.conditional else 0,
         generator_features=m.generator_features, critic_features=m.critic_features,
         critic_layers=m.critic_layers, kernel_size=m.kernel_size,
-        output_activation=m.output_activation, bn_axis_name=parallel.axis_name)
+        output_activation=m.output_activation, bn_axis_name=parallel.axis_name,
+        conditioning=m.conditioning)
     self.gan_tx = adam(tr.gan_lr, tr.gan_b1, tr.gan_b2, tr.weight_decay)
     self.n_critic = tr.n_critic
     self.gp_weight = tr.gp_weight
@@ -101,7 +114,7 @@ class DGR(ClassifierMethod):
     return DGRState(
         solver=self._init_solver(k_s),
         generator=ModelState(params=g_vars["params"], opt_state=self.gan_tx.init(g_vars["params"]),
-                             batch_stats=g_vars["batch_stats"]),
+                             batch_stats=g_vars.get("batch_stats")),
         critic=ModelState(params=c_params, opt_state=self.gan_tx.init(c_params)),
         active=jnp.zeros((self.num_classes,), bool),
         ratio=jnp.ones((), jnp.float32))
@@ -131,12 +144,7 @@ class DGR(ClassifierMethod):
   # -- sampling ------------------------------------------------------------------------------
 
   def _generate(self, params, batch_stats, z, labels, train: bool):
-    variables = {"params": params, "batch_stats": batch_stats}
-    if train:
-      images, updates = self.generator.apply(variables, z, labels, train=True,
-                                             mutable=["batch_stats"])
-      return images, updates["batch_stats"]
-    return self.generator.apply(variables, z, labels, train=False), batch_stats
+    return apply_generator(self.generator, params, batch_stats, z, labels, train)
 
   def _replay_batch(self, frozen: DGRSnapshot, key, n: int):
     """x' ~ G_{t-1} (eval mode) and, when conditional, classes drawn uniformly from old ones.

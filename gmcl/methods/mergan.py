@@ -1,0 +1,342 @@
+"""Memory Replay GAN (Wu, Herranz, Liu, Wang, van de Weijer & Raducanu, NeurIPS 2018).
+
+A conditional WGAN-GP AC-GAN learns one task after another. ``variant`` chooses how
+it keeps old classes (``config.mergan.variant``):
+
+* ``sft``: sequential fine-tuning, nothing keeps them (the lower bound);
+* ``jr``, joint retraining with replay: the frozen G_{t-1} draws samples of every
+  past class (the batch split evenly across them) that join the critic's objective
+  as real data and the generator's as targets. As in the official code, each past
+  class adds one batch mean, so it weighs as much as the current class, and the
+  gradient penalty is taken on real data of the current task only;
+* ``ra``, replay alignment: the generator's loss gains
+  ``lambda * (1 / n_old) * sum_i 0.5 ||G_t(z_i, c_i) - G_{t-1}(z_i, c_i)||^2`` over a
+  batch whose classes c_i are split evenly across the n_old past classes (the
+  official code's ``RA_FACTOR * sum_c l2_loss / n_old``); only the generator is
+  snapshotted.
+
+The official settings (``experiments/configs/mergan.py``): 32x32 images in [-1, 1];
+generator z (128) -> linear -> 4x4x128 -> three 5x5 transposed convolutions
+(128 -> 64 -> 32 -> C) with class-conditional batch norm whose statistics are the
+batch's own (per class), ReLU, tanh; critic three 5x5 stride-2 convolutions (32, 64,
+128) with LeakyReLU(0.2) and no normalisation, a WGAN head and an auxiliary head over
+all classes; gradient penalty 10; 5 critic steps per generator step; Adam(1e-4, 0, 0.9)
+for both, its moments reset at each task; batch 64; the critic's auxiliary loss on
+real data (and JR's replays) only, the generator's on its samples; a fake batch has
+the labels of the real batch it is compared with.
+
+The classifier that A_t scores on real test data (``config.mergan.classifier``):
+
+* ``"replay"`` (default): a separate classifier trained after the GAN on real data of
+  the current task plus samples of every past class from the generator
+  (``replay_source``: ``"current"`` G_t, just trained to keep them, or ``"previous"``
+  G_{t-1}), weighted r = 1/t like DGR's solver;
+* ``"auxiliary"``: the critic's auxiliary head (the AC-GAN classifier). With ``ra``
+  and ``sft`` it sees only the current task's classes, so it forgets them.
+
+Both are scored after every task, and MeRGAN's own protocol (an oracle classifier
+on generated samples, :mod:`gmcl.oracle`) next to them: results.json's ``scores``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from gmcl import evaluation, oracle
+from gmcl.data.sampling import TaskArrays
+from gmcl.losses.classification import mask_logits, softmax_cross_entropy
+from gmcl.losses.gan import (auxiliary_classifier_loss, gradient_penalty, wasserstein_critic_loss,
+                             wasserstein_generator_loss)
+from gmcl.losses.mergan import balanced_labels, class_mean_weights, replay_alignment_loss
+from gmcl.losses.replay import dgr_solver_objective
+from gmcl.methods.base import ModelState, Phase, adam, apply_gradients
+from gmcl.methods.classifier import ClassifierMethod
+from gmcl.methods.dgr import apply_generator
+from gmcl.models import make_gan
+from gmcl.parallel import Parallel
+
+VARIANTS = ("sft", "jr", "ra")
+CLASSIFIERS = ("replay", "auxiliary")
+REPLAY_SOURCES = ("current", "previous")
+
+
+@struct.dataclass
+class MeRGANSnapshot:
+  """The frozen generator G_{t-1}: parameter pytrees only, never differentiated."""
+  generator_params: Any
+  generator_batch_stats: Any  # None with class-conditional batch norm (no running statistics)
+  active: jax.Array  # (K,) classes seen up to task t-1
+
+
+@struct.dataclass
+class MeRGANState:
+  generator: ModelState
+  critic: ModelState
+  solver: ModelState  # the "replay" classifier (trained only when config.mergan.classifier says so)
+  active: jax.Array  # (K,) bool
+  ratio: jax.Array  # () r, the weight of real data in the replay classifier's loss
+  frozen: Optional[MeRGANSnapshot] = None
+
+
+class MeRGAN(ClassifierMethod):
+  """Memory Replay GAN; see the module docstring."""
+  has_generator = True
+  conditional = True
+
+  def __init__(self, config, image_shape, num_classes, parallel: Parallel = Parallel()):
+    super().__init__(config, image_shape, num_classes, name="mergan", parallel=parallel)
+    m, tr, mg = config.model, config.train, config.mergan
+    if mg.variant not in VARIANTS:
+      raise ValueError(f"mergan.variant={mg.variant!r}; valid choices: {list(VARIANTS)}.")
+    if mg.classifier not in CLASSIFIERS:
+      raise ValueError(f"mergan.classifier={mg.classifier!r}; valid choices: {list(CLASSIFIERS)}.")
+    if mg.replay_source not in REPLAY_SOURCES:
+      raise ValueError(f"mergan.replay_source={mg.replay_source!r}; valid choices: "
+                       f"{list(REPLAY_SOURCES)}.")
+    self.variant, self.mg = mg.variant, mg
+    self.z_dim = m.z_dim
+    self.generator, self.critic = make_gan(
+        m.gan, self.image_shape, num_classes, generator_features=m.generator_features,
+        critic_features=m.critic_features, critic_layers=m.critic_layers,
+        kernel_size=m.kernel_size, output_activation=m.output_activation,
+        bn_axis_name=parallel.axis_name, conditioning=m.conditioning)
+    self.gan_tx = adam(tr.gan_lr, tr.gan_b1, tr.gan_b2, tr.weight_decay)
+    self.n_critic, self.gp_weight = tr.n_critic, tr.gp_weight
+    self.oracle: Optional[oracle.Oracle] = None
+    self._sample = jax.jit(self.sample)
+
+  # -- state ---------------------------------------------------------------------------------
+
+  def init(self, key) -> MeRGANState:
+    k_s, k_g, k_c = jax.random.split(key, 3)
+    g_vars = self.generator.init(k_g, jnp.zeros((2, self.z_dim)), jnp.zeros((2,), jnp.int32),
+                                 train=False)
+    c_params = self.critic.init(k_c, jnp.zeros((2,) + self.image_shape))["params"]
+    return MeRGANState(
+        generator=ModelState(params=g_vars["params"], opt_state=self.gan_tx.init(g_vars["params"]),
+                             batch_stats=g_vars.get("batch_stats")),
+        critic=ModelState(params=c_params, opt_state=self.gan_tx.init(c_params)),
+        solver=self._init_solver(k_s),
+        active=jnp.zeros((self.num_classes,), bool),
+        ratio=jnp.ones((), jnp.float32))
+
+  def begin_task(self, state, task_index, active_classes):
+    state = super().begin_task(state, task_index, active_classes)
+    state = state.replace(ratio=jnp.asarray(1.0 / (task_index + 1), jnp.float32))
+    if self.config.train.reset_optimizers:  # the official code re-initialises Adam at each task
+      state = state.replace(
+          generator=state.generator.replace(opt_state=self.gan_tx.init(state.generator.params)),
+          critic=state.critic.replace(opt_state=self.gan_tx.init(state.critic.params)))
+    return state
+
+  def end_task(self, state: MeRGANState) -> MeRGANState:
+    """Snapshots G_t; it becomes G_{t-1} of the next task."""
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)
+    return state.replace(frozen=MeRGANSnapshot(
+        generator_params=copy(state.generator.params),
+        generator_batch_stats=copy(state.generator.batch_stats), active=jnp.copy(state.active)))
+
+  def phases(self):
+    tr = self.config.train
+    out = [Phase("gan", tr.generator_steps, self.gan_step)]
+    if self.mg.classifier == "replay":
+      out.append(Phase("solver", tr.solver_steps, self.solver_step))
+    return tuple(out)
+
+  # -- generators ----------------------------------------------------------------------------
+
+  def _generate(self, params, batch_stats, z, labels, train=True):
+    return apply_generator(self.generator, params, batch_stats, z, labels, train)
+
+  def _generate_frozen(self, frozen: MeRGANSnapshot, z, labels):
+    """G_{t-1}(z, c), never differentiated: batch statistics when the generator keeps no
+    running ones (class-conditional batch norm, as the official code), else eval mode."""
+    train = frozen.generator_batch_stats is None
+    images, _ = self._generate(jax.lax.stop_gradient(frozen.generator_params),
+                               frozen.generator_batch_stats, z, labels, train=train)
+    return jax.lax.stop_gradient(images)
+
+  def _z(self, key, n):
+    return self.local(jax.random.normal(key, (n, self.z_dim)))
+
+  def _old_labels(self, frozen: MeRGANSnapshot):
+    """The replay batch's labels, split evenly across past classes, and per-example
+    weights: ``class_mean_weights`` (JR: a batch mean per class) and ``1 / n_old`` (RA)."""
+    y = balanced_labels(classes=frozen.active, num=self.batch_size)
+    w_class = class_mean_weights(labels=y, num_classes=self.num_classes)
+    n_old = jnp.maximum(jnp.sum(frozen.active.astype(jnp.float32)), 1.0)
+    return self.local(y), self.local(w_class), 1.0 / n_old
+
+  def sample(self, state, key, labels):
+    z = jax.random.normal(key, (labels.shape[0], self.z_dim))
+    images, _ = self._generate(state.generator.params, state.generator.batch_stats, z, labels,
+                               train=False)
+    return images
+
+  # -- the GAN iteration ---------------------------------------------------------------------
+
+  def gan_step(self, state: MeRGANState, data: TaskArrays, key):
+    """One WGAN-GP AC-GAN iteration: ``n_critic`` critic updates, then one generator update."""
+    n, K = self.batch_size, self.num_classes
+    jr = self.variant == "jr" and state.frozen is not None
+    ra = self.variant == "ra" and state.frozen is not None
+    if jr or ra:
+      y_old, w_class, inv_n_old = self._old_labels(state.frozen)
+    keys = jax.random.split(key, self.n_critic + 1)
+    critic, g = state.critic, state.generator
+    metrics = {}
+
+    for i in range(self.n_critic):
+      k_x, k_z, k_gp, k_r = jax.random.split(keys[i], 4)
+      x, y = self.sample_batch(data, k_x, n)
+      fake = jax.lax.stop_gradient(self._generate(g.params, g.batch_stats, self._z(k_z, n), y)[0])
+      if jr:
+        z_r = self._z(k_r, n)
+        old = self._generate_frozen(state.frozen, z_r, y_old)
+        new = jax.lax.stop_gradient(self._generate(g.params, g.batch_stats, z_r, y_old)[0])
+
+      def critic_loss(c_params):
+        critic_fn = lambda im: self.critic.apply({"params": c_params}, im)
+        s_real, a_real = critic_fn(x)
+        s_fake, a_fake = critic_fn(fake)
+        gp = gradient_penalty(critic_fn=lambda im: critic_fn(im)[0], real=x, fake=fake,
+                              epsilon=self.local(jax.random.uniform(k_gp, (n,))))
+        w = jnp.mean(wasserstein_critic_loss(real_scores=s_real, fake_scores=s_fake))
+        aux = jnp.mean(auxiliary_classifier_loss(logits=a_real, labels=y))
+        if self.mg.critic_aux_on_fake:
+          aux += jnp.mean(auxiliary_classifier_loss(logits=a_fake, labels=y))
+        loss = w + self.gp_weight * jnp.mean(gp) + aux
+        m = {"critic_loss": loss, "wasserstein_estimate": -w, "gradient_penalty": jnp.mean(gp),
+             "critic_aux_loss": aux}
+        if jr:
+          s_new, _ = critic_fn(new)
+          s_old, a_old = critic_fn(old)
+          per_example = (wasserstein_critic_loss(real_scores=s_old, fake_scores=s_new)
+                         + auxiliary_classifier_loss(logits=a_old, labels=y_old))
+          jr_loss = self.global_sum(w_class * per_example)
+          loss = loss + jr_loss
+          m["critic_jr_loss"] = jr_loss
+        return loss, m
+
+      grads, m = self.cross_device_mean(jax.grad(critic_loss, has_aux=True)(critic.params))
+      critic = apply_gradients(critic, grads, self.gan_tx)
+      metrics = {k: metrics.get(k, 0.0) + v / self.n_critic for k, v in m.items()}
+
+    k_x, k_z, k_r = jax.random.split(keys[-1], 3)
+    _, y = self.sample_batch(data, k_x, n)
+    z = self._z(k_z, n)
+    if jr or ra:
+      z_r = self._z(k_r, n)
+    if ra:
+      old = self._generate_frozen(state.frozen, z_r, y_old)
+
+    def generator_loss(g_params):
+      images, new_stats = self._generate(g_params, g.batch_stats, z, y)
+      scores, logits = self.critic.apply({"params": critic.params}, images)
+      loss = jnp.mean(wasserstein_generator_loss(fake_scores=scores)
+                      + auxiliary_classifier_loss(logits=logits, labels=y))
+      m = {"generator_adv_loss": loss}
+      if jr or ra:
+        new, _ = self._generate(g_params, g.batch_stats, z_r, y_old)
+      if jr:
+        s_new, a_new = self.critic.apply({"params": critic.params}, new)
+        jr_loss = self.global_sum(w_class * (wasserstein_generator_loss(fake_scores=s_new)
+                                             + auxiliary_classifier_loss(logits=a_new,
+                                                                         labels=y_old)))
+        loss, m["generator_jr_loss"] = loss + jr_loss, jr_loss
+      if ra:
+        align = self.mg.ra_weight * inv_n_old * self.global_sum(
+            replay_alignment_loss(new_images=new, old_images=old))
+        loss, m["replay_alignment_loss"] = loss + align, align
+      return loss, (new_stats, dict(m, generator_loss=loss))
+
+    grads, (new_stats, m) = self.cross_device_mean(
+        jax.grad(generator_loss, has_aux=True)(g.params))
+    generator = apply_gradients(g, grads, self.gan_tx).replace(batch_stats=new_stats)
+    return state.replace(generator=generator, critic=critic), dict(metrics, **m)
+
+  def alignment_objective(self, generator_params, state: MeRGANState, key) -> jax.Array:
+    """RA's term of the generator loss alone (for tests and analysis): lambda/n_old *
+    sum_i 0.5||G(z_i, c_i) - G_{t-1}(z_i, c_i)||^2 on a balanced batch of past classes."""
+    y_old, _, inv_n_old = self._old_labels(state.frozen)
+    z = self._z(key, self.batch_size)
+    new, _ = self._generate(generator_params, state.generator.batch_stats, z, y_old)
+    old = self._generate_frozen(state.frozen, z, y_old)
+    return self.mg.ra_weight * inv_n_old * self.global_sum(
+        replay_alignment_loss(new_images=new, old_images=old))
+
+  # -- the replay classifier -----------------------------------------------------------------
+
+  def replay_objective(self, params, state: MeRGANState, real_losses, key):
+    if state.frozen is None:  # first task: no past class to replay (static)
+      return jnp.mean(real_losses), {}
+    k_z, = jax.random.split(key, 1)
+    y_rep = self.local(balanced_labels(classes=state.frozen.active, num=self.batch_size))
+    z = self._z(k_z, self.batch_size)
+    if self.mg.replay_source == "current":
+      g = state.generator
+      x_rep = jax.lax.stop_gradient(self._generate(g.params, g.batch_stats, z, y_rep,
+                                                   train=g.batch_stats is None)[0])
+    else:
+      x_rep = self._generate_frozen(state.frozen, z, y_rep)
+    logits = self.classifier.apply({"params": params}, x_rep)
+    rep = softmax_cross_entropy(logits=logits, labels=y_rep, where=state.active)
+    loss = dgr_solver_objective(real_losses=real_losses, replay_losses=rep, ratio=state.ratio)
+    return loss, {"solver_replay_loss": jnp.mean(rep)}
+
+  # -- prediction and scores -----------------------------------------------------------------
+
+  def auxiliary_logits(self, state: MeRGANState, x: jax.Array) -> jax.Array:
+    return mask_logits(self.critic.apply({"params": state.critic.params}, x)[1], state.active)
+
+  def predict(self, state: MeRGANState, x: jax.Array) -> jax.Array:
+    if self.mg.classifier == "auxiliary":
+      return self.auxiliary_logits(state, x)
+    return super().predict(state, x)
+
+  def setup(self, data, log=print) -> None:
+    """Loads (or trains once and caches) the oracle classifier of MeRGAN's protocol."""
+    if not self.mg.oracle or self.oracle is not None:
+      return
+    d = self.config.data
+    settings = oracle.OracleSettings(
+        dataset=d.dataset, pad_to=int(d.pad_to), value_range=tuple(float(v) for v in d.value_range),
+        architecture=self.mg.oracle_classifier, steps=int(self.mg.oracle_steps),
+        batch_size=int(self.mg.oracle_batch_size), seed=int(self.config.seed))
+    self.oracle = oracle.load_or_train(settings, data.x_train, data.y_train, data.x_test,
+                                       data.y_test, self.num_classes,
+                                       cache_dir=self.mg.oracle_dir or None, log=log)
+
+  def extra_scores(self, state, data, sequence, task_index, key):
+    """Both protocols, labelled: A_t of the auxiliary head and of the replay classifier on
+    real test images, and MeRGAN's oracle accuracy on generated samples of seen classes."""
+    out = {}
+    aux = jax.jit(self.auxiliary_logits)
+    out["A_auxiliary_head"] = evaluation.evaluate_after_task(
+        lambda xb: aux(state, xb), data.x_test, data.y_test, sequence, task_index,
+        self.config.eval.batch_size)["A"]
+    if self.mg.classifier == "replay":
+      solver = jax.jit(super().predict)
+      out["A_replay_classifier"] = evaluation.evaluate_after_task(
+          lambda xb: solver(state, xb), data.x_test, data.y_test, sequence, task_index,
+          self.config.eval.batch_size)["A"]
+    if self.oracle is not None:
+      predict = jax.jit(self.oracle.predict)
+      per_class = oracle.generated_accuracy(
+          lambda k, labels: self._sample(state, k, labels), predict,
+          sequence.seen_classes(task_index), key,
+          samples_per_class=int(self.mg.oracle_samples_per_class),
+          batch_size=int(self.mg.oracle_sample_batch))
+      out["A_oracle"] = float(np.mean(list(per_class.values())))
+      out["oracle_per_class"] = {str(c): v for c, v in per_class.items()}
+      out["oracle_test_accuracy"] = self.oracle.test_accuracy
+    return out
+
+
+def make_mergan(config, image_shape, num_classes, parallel=Parallel()) -> MeRGAN:
+  return MeRGAN(config, image_shape, num_classes, parallel)

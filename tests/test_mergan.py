@@ -158,10 +158,11 @@ def test_jr_replay_batch_holds_each_past_class(after_three_tasks):
   assert float(inv_n_old) == pytest.approx(1 / 3)
 
 
-@pytest.mark.parametrize("variant,term", [("ra", "replay_alignment_loss"),
-                                          ("jr", "generator_jr_loss"), ("sft", None)])
-def test_variants_add_their_terms_only_with_a_snapshot(variant, term):
-  method = build_method("mergan", _config(variant), SHAPE, 10)
+@pytest.mark.parametrize("variant,term,conditioning", [
+    ("ra", "replay_alignment_loss", "batchnorm"), ("ra", "replay_alignment_loss", "concat"),
+    ("jr", "generator_jr_loss", "batchnorm"), ("sft", None, "batchnorm")])
+def test_variants_add_their_terms_only_with_a_snapshot(variant, term, conditioning):
+  method = build_method("mergan", _config(variant, model__conditioning=conditioning), SHAPE, 10)
   state = method.begin_task(method.init(jax.random.PRNGKey(0)), 0, np.arange(10) < 1)
   state, first = run_chunk(method.gan_step, state, _data(0), jax.random.PRNGKey(0), 0, 1)
   assert "replay_alignment_loss" not in first and "generator_jr_loss" not in first
@@ -174,6 +175,13 @@ def test_variants_add_their_terms_only_with_a_snapshot(variant, term):
     assert np.isfinite(second[term])
     if variant == "jr":
       assert "critic_jr_loss" in second
+    else:  # at a task's first step G_t is G_{t-1}: the step's own alignment term is zero
+      assert float(second[term]) == 0.0
+  # Adam's moments start afresh at each task (the official code re-initialises them).
+  fresh = method.begin_task(state, 2, np.arange(10) < 3)
+  for name in ("generator", "critic"):
+    counts = [c for c in jax.tree.leaves(getattr(fresh, name).opt_state) if c.dtype == jnp.int32]
+    assert counts and all(int(c) == 0 for c in counts)
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.frozen)):  # the snapshot stays
     np.testing.assert_array_equal(a, b)
 

@@ -25,6 +25,13 @@ for both, its moments reset at each task; batch 64; the critic's auxiliary loss 
 real data (and JR's replays) only, the generator's on its samples; a fake batch has
 the labels of the real batch it is compared with.
 
+Known differences from the official code, none of which changes the objective: layers
+keep Flax's default initialisers (LeCun normal; the official code uses Glorot-style
+uniform ones); each iteration runs its critic steps before its generator step (the
+official loop skips the generator at its first iteration: 4000 generator updates per
+task against 4001 here); a replay batch of 64 is split across n past classes with the
+remainder spread (the official code draws 64 // n per class).
+
 The classifier that A_t scores on real test data (``config.mergan.classifier``):
 
 * ``"replay"`` (default): a separate classifier trained after the GAN on real data of
@@ -154,11 +161,11 @@ class MeRGAN(ClassifierMethod):
     return apply_generator(self.generator, params, batch_stats, z, labels, train)
 
   def _generate_frozen(self, frozen: MeRGANSnapshot, z, labels):
-    """G_{t-1}(z, c), never differentiated: batch statistics when the generator keeps no
-    running ones (class-conditional batch norm, as the official code), else eval mode."""
-    train = frozen.generator_batch_stats is None
+    """G_{t-1}(z, c), never differentiated, with batch statistics like G_t's samples it is
+    compared with (the official code never uses running averages); running averages, if
+    the generator keeps any, are left as they are."""
     images, _ = self._generate(jax.lax.stop_gradient(frozen.generator_params),
-                               frozen.generator_batch_stats, z, labels, train=train)
+                               frozen.generator_batch_stats, z, labels, train=True)
     return jax.lax.stop_gradient(images)
 
   def _z(self, key, n):
@@ -307,7 +314,8 @@ class MeRGAN(ClassifierMethod):
     settings = oracle.OracleSettings(
         dataset=d.dataset, pad_to=int(d.pad_to), value_range=tuple(float(v) for v in d.value_range),
         architecture=self.mg.oracle_classifier, steps=int(self.mg.oracle_steps),
-        batch_size=int(self.mg.oracle_batch_size), seed=int(self.config.seed))
+        batch_size=int(self.mg.oracle_batch_size), seed=int(self.config.seed),
+        data_fingerprint=oracle.fingerprint(data.x_train, data.y_train))
     self.oracle = oracle.load_or_train(settings, data.x_train, data.y_train, data.x_test,
                                        data.y_test, self.num_classes,
                                        cache_dir=self.mg.oracle_dir or None, log=log)

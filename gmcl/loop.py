@@ -112,11 +112,9 @@ def sample_grid(method, state, key, classes, columns: int, predict_fn=None,
     return None
   sample_fn = sample_fn or method.sample
   classes = list(classes)
-  if getattr(method, "conditional", False):
-    labels = jnp.repeat(jnp.asarray(classes, jnp.int32), columns)
-    labels = jnp.pad(labels, (0, columns * method.num_classes - labels.shape[0]))  # fixed size
-    images = np.asarray(sample_fn(state, key, labels))[:len(classes) * columns]
-    rows = images.reshape(len(classes), columns, *images.shape[1:])
+  if getattr(method, "conditional", False):  # one call per class: a one-class batch, fixed size
+    rows = np.stack([np.asarray(sample_fn(state, jax.random.fold_in(key, c),
+                                          jnp.full((columns,), c, jnp.int32))) for c in classes])
   else:
     pool = 20 * columns * method.num_classes  # fixed size: one compile for every task
     images = np.asarray(sample_fn(state, key, jnp.zeros((pool,), jnp.int32)))

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from experiments.configs import dgr, sft
+from experiments.configs import dgr, mergan, sft
 from gmcl import loop
 
 
@@ -29,9 +29,13 @@ def _quiet(_):
   pass
 
 
-@pytest.mark.parametrize("module, stops", [(sft, [25, 20]), (dgr, [27])], ids=["sft", "dgr"])
+@pytest.mark.parametrize("module, stops", [(sft, [25, 20]), (dgr, [27]), (mergan, [37])],
+                         ids=["sft", "dgr", "mergan-jr"])
 def test_interrupted_run_resumes_to_identical_results(mnist_data, tmp_path, module, stops):
   c = _config(module)
+  if module is mergan:  # joint retraining; the oracle's scores must come out the same too
+    c.mergan.variant = "jr"
+    c.mergan.oracle_dir = str(tmp_path / "oracles")
   whole = loop.run(c, str(tmp_path / "whole"), data=mnist_data, progress=False, log=_quiet)
   parts = str(tmp_path / "parts")
   lines = []

@@ -85,6 +85,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.mergan.oracle_sample_batch = 64
   c.mergan.oracle_dir = ""  # "" = $GMCL_CACHE_DIR/oracles or ~/.cache/gmcl/oracles
 
+  c.hat = ml_collections.ConfigDict()
+  c.hat.s_max = 400.0  # HAT's classifier; DGM: 1e4 (DGMw), 1e5 (DGMa)
+  c.hat.sparsity = 0.75  # c, the sparsity regulariser's weight
+  c.hat.learning_rate = 0.05  # SGD, as the official HAT code
+  c.hat.clip_norm = 10000.0
+  c.hat.binarize = False  # round the gates to {0, 1} at the end of a task (DGM does)
+  c.hat.max_tasks = 10  # task embeddings per layer
+
   c.parallel = ml_collections.ConfigDict()
   c.parallel.mode = "none"  # none | jit (device mesh, NamedSharding) | pmap
   c.parallel.num_devices = 0  # 0: every local device
@@ -202,6 +210,12 @@ def validate_config(config) -> None:
   for key in ("oracle_steps", "oracle_batch_size", "oracle_samples_per_class",
               "oracle_sample_batch"):
     _require(mg[key] >= 1, f"mergan.{key}", mg[key], ">= 1")
+  h = config.hat
+  _require(h.s_max >= 1, "hat.s_max", h.s_max, ">= 1")
+  _require(h.sparsity >= 0, "hat.sparsity", h.sparsity, ">= 0")
+  _require(h.learning_rate > 0, "hat.learning_rate", h.learning_rate, "> 0")
+  _require(h.clip_norm > 0, "hat.clip_norm", h.clip_norm, "> 0")
+  _require(h.max_tasks >= 1, "hat.max_tasks", h.max_tasks, ">= 1")
   _require(config.parallel.mode in ("none", "jit", "pmap"), "parallel.mode", config.parallel.mode,
            "'none', 'jit' or 'pmap'")
   _require(config.parallel.num_devices >= 0, "parallel.num_devices", config.parallel.num_devices,

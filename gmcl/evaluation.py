@@ -67,6 +67,21 @@ def evaluate_after_task(predict_fn, x_test: np.ndarray, y_test: np.ndarray,
   return {"row": row, "A": a_t}
 
 
+def evaluate_task_incremental(predict_task_fn, x_test: np.ndarray, y_test: np.ndarray,
+                              sequence: TaskSequence, t: int, batch_size: int = 1000) -> dict:
+  """Row t of the accuracy matrix when the task id is given at test time (task-incremental).
+
+  ``predict_task_fn(x, j)`` gives task j's logits (its head, its masks); entry j of
+  the row is the accuracy on task j's test data, for j <= t (later entries are NaN:
+  no head exists yet). ``A_t`` is the mean over tasks 0..t.
+  """
+  row = np.full(len(sequence), np.nan)
+  for j in range(t + 1):
+    xj, yj = task_examples(x_test, y_test, sequence, j)
+    row[j] = float(np.mean(predict_labels(lambda xb: predict_task_fn(xb, j), xj, batch_size) == yj))
+  return {"row": row, "A": float(np.mean(row[:t + 1]))}
+
+
 def average_forgetting(R: np.ndarray) -> float:
   """``mean_{j<T} (max_{j<=i<T} R[i, j] - R[T, j])`` for the last row T of a square R; 0 if T = 0."""
   R = np.asarray(R, dtype=float)

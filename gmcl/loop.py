@@ -167,12 +167,12 @@ class RunInterrupted(RuntimeError):
   """Raised by :func:`run` when ``stop_after_steps`` is reached (tests of resume use it)."""
 
 
-def _results_payload(config, seq, record) -> dict:
+def _results_payload(config, seq, record, scenario=None) -> dict:
   R = np.array([[np.nan if v is None else v for v in row] for row in record["R"]], dtype=float)
   t = len(record["A"])
   return {
       "method": config.method, "dataset": config.data.dataset,
-      "protocol": config.data.protocol, "scenario": seq.scenario, "seed": config.seed,
+      "protocol": config.data.protocol, "scenario": scenario or seq.scenario, "seed": config.seed,
       "tasks": [list(task.classes) for task in seq],
       "A": record["A"], "accuracy_matrix": record["R"],
       "average_forgetting": evaluation.average_forgetting(R[:t, :t]) if t else 0.0,
@@ -307,6 +307,9 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
              else ". No checkpoint was written."))
 
   predict = jax.jit(method.predict)
+  predict_task = jax.jit(getattr(method, "predict_task", method.predict))
+  task_incremental = getattr(method, "scenario", None) == "task_incremental"
+  scenario = "task_incremental" if task_incremental else seq.scenario
   sample = jax.jit(method.sample)
   clock = [time.time()]
   steps_this_call = 0
@@ -363,10 +366,15 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
     state = method.end_task(state)
     train_time = time.time() - task_start
 
-    scores = evaluation.evaluate_after_task(lambda xb: predict(state, xb), data.x_test,
-                                            data.y_test, seq, t, config.eval.batch_size)
+    if task_incremental:  # the task id is given at test time: each task scored with its own head
+      scores = evaluation.evaluate_task_incremental(
+          lambda xb, j: predict_task(state, xb, jnp.asarray(j, jnp.int32)), data.x_test,
+          data.y_test, seq, t, config.eval.batch_size)
+    else:
+      scores = evaluation.evaluate_after_task(lambda xb: predict(state, xb), data.x_test,
+                                              data.y_test, seq, t, config.eval.batch_size)
     row = [float(v) for v in scores["row"]]
-    if seq.scenario == "class_incremental":
+    if seq.scenario == "class_incremental" or task_incremental:
       row[t + 1:] = [None] * (len(seq) - t - 1)  # unseen classes are masked: nothing measured
     record["R"].append(row)
     record["A"].append(scores["A"])
@@ -386,7 +394,7 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
         + "".join(f"{k}={100 * v:.2f}% " for k, v in extra.items() if isinstance(v, float))
         + f"train {train_time:.1f}s " + " ".join(f"{k}={v:.4g}" for k, v in sorted(record["metrics"].items())))
     pos.update(task=t + 1, phase=0, step=0, begun=False)
-    results = _results_payload(config, seq, record)
+    results = _results_payload(config, seq, record, scenario)
     # Timings live apart from results.json, so that a seeded run's results are reproducible byte
     # for byte (and equal after a resume).
     if jax.process_index() == 0:  # one writer when several hosts run the same program
@@ -398,6 +406,8 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
     save(state)  # the task boundary: snapshots taken, scores written
   if ckpt is not None:
     ckpt.close()
+  what = ("mean accuracy over tasks so far, task id given" if task_incremental
+          else "accuracy over seen classes")
   log(evaluation.format_table(record["A"], f"{config.method} on {config.data.dataset} "
-                              f"({config.data.protocol}): accuracy over seen classes, %"))
-  return _results_payload(config, seq, record)
+                              f"({config.data.protocol}): {what}, %"))
+  return _results_payload(config, seq, record, scenario)

@@ -40,8 +40,8 @@ def make_config(method: str, arg: str | None, method_defaults=None):
   c.method = method
   if method_defaults is not None:
     method_defaults(c)
-  c.data.dataset = args.get("dataset", "mnist")
-  c.data.protocol = args.get("protocol", "per_class")
+  c.data.dataset = args.get("dataset", c.data.dataset)
+  c.data.protocol = args.get("protocol", c.data.protocol)
   if c.data.dataset in ("svhn_cropped", "cifar10"):
     c.model.classifier = "cnn"
   if args.get("smoke"):

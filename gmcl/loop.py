@@ -410,4 +410,7 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
           else "accuracy over seen classes")
   log(evaluation.format_table(record["A"], f"{config.method} on {config.data.dataset} "
                               f"({config.data.protocol}): {what}, %"))
+  for name, values in sorted(record.get("scores", {}).items()):
+    if values and all(isinstance(v, float) for v in values) and name.startswith("A_"):
+      log(evaluation.format_table(values, f"scores.{name}, %"))
   return _results_payload(config, seq, record, scenario)

@@ -25,8 +25,11 @@ demo: data
 	$(PY) -m experiments.main --config experiments/configs/dgr.py:dataset=mnist,demo --workdir $(WORKDIR)
 	@echo "Results: $(WORKDIR)/results.json; sample grids: $(WORKDIR)/samples_task*.png"
 
+# The 8-device tests run in a process of their own: after the rest of the suite's compiles, XLA:CPU
+# has crashed (segmentation fault) compiling them in the same process (JAX 0.10.2); alone they pass.
 test: data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --ignore=tests/test_parallel.py
+	$(PY) -m pytest -q tests/test_parallel.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache runs

@@ -78,7 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.mergan.replay_source = "current"  # current (G_t) | previous (G_{t-1}): the replay classifier's
   c.mergan.critic_aux_on_fake = False  # official: the critic's AC-GAN loss on real data only
   c.mergan.oracle = True  # score generated samples with an oracle classifier (MeRGAN's protocol)
-  c.mergan.oracle_classifier = "cnn"
+  c.mergan.oracle_classifier = "mlp"  # the official MNIST oracle: MLP 1024-512-256-128; "cnn" for SVHN
+  c.mergan.oracle_hidden = (512, 256, 128)
   c.mergan.oracle_steps = 2000
   c.mergan.oracle_batch_size = 128
   c.mergan.oracle_samples_per_class = 6400  # the official evaluation: 100 batches of 64

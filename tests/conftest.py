@@ -1,4 +1,4 @@
-"""Test setup: fast compiles, a persistent compilation cache, 8 simulated CPU devices."""
+"""Test setup: fast compiles, 8 simulated CPU devices."""
 
 import os
 
@@ -9,9 +9,8 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_disable_most_optimizations", True)
-jax.config.update("jax_compilation_cache_dir",
-                  os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache", "jax"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# No persistent compilation cache: reading back its multi-device CPU executables has crashed
+# the process (a segmentation fault inside jax's compilation_cache, JAX 0.10.2).
 
 
 @pytest.fixture(scope="session")

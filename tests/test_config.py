@@ -11,7 +11,7 @@ def test_shipped_configs_validate(module):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda c: setattr(c, "method", "ewc"), r"config.method='ewc'.*\['dgr', 'joint', 'sft'\]"),
+    (lambda c: setattr(c, "method", "ewc"), r"config.method='ewc'.*\['dgr', 'hat', 'joint', 'mergan', 'sft'\]"),
     (lambda c: setattr(c.data, "dataset", "imagenet"), r"data.dataset='imagenet'.*mnist"),
     (lambda c: setattr(c.data, "protocol", "blurry"), r"data.protocol='blurry'.*per_class"),
     (lambda c: setattr(c.train, "n_critic", 0), r"train.n_critic=0.*>= 1"),

@@ -50,6 +50,8 @@ def get_config(arg=None):
   if c.data.dataset == "svhn_cropped":
     c.train.generator_steps = 8001
     c.mergan.ra_weight = 1e-2
+  if c.data.dataset in ("svhn_cropped", "cifar10"):
+    c.mergan.oracle_classifier = "cnn"  # as the official SVHN oracle (slow on a CPU)
   if args.get("cpu"):
     c.model.gan = "mlp"
     c.model.generator_features = 64

@@ -313,7 +313,8 @@ class MeRGAN(ClassifierMethod):
     d = self.config.data
     settings = oracle.OracleSettings(
         dataset=d.dataset, pad_to=int(d.pad_to), value_range=tuple(float(v) for v in d.value_range),
-        architecture=self.mg.oracle_classifier, steps=int(self.mg.oracle_steps),
+        architecture=self.mg.oracle_classifier, hidden=tuple(self.mg.oracle_hidden),
+        steps=int(self.mg.oracle_steps),
         batch_size=int(self.mg.oracle_batch_size), seed=int(self.config.seed),
         data_fingerprint=oracle.fingerprint(data.x_train, data.y_train))
     self.oracle = oracle.load_or_train(settings, data.x_train, data.y_train, data.x_test,
@@ -334,7 +335,7 @@ class MeRGAN(ClassifierMethod):
           lambda xb: solver(state, xb), data.x_test, data.y_test, sequence, task_index,
           self.config.eval.batch_size)["A"]
     if self.oracle is not None:
-      predict = jax.jit(self.oracle.predict)
+      predict = self.oracle.predict
       per_class = oracle.generated_accuracy(
           lambda k, labels: self._sample(state, k, labels), predict,
           sequence.seen_classes(task_index), key,

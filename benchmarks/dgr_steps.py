@@ -10,15 +10,14 @@ is compiled first, then timed over --steps calls of one jitted step (K = 1).
 
 import argparse
 import json
-import time
 
 import jax
 import numpy as np
 
+from benchmarks.timing import time_step
 from experiments.configs import dgr
 from gmcl.data.sampling import task_arrays
 from gmcl.methods import build_method
-from gmcl.methods.base import run_chunk
 
 
 def time_case(gan: str, size: int, steps: int, batch_size: int, kernel_size: int,
@@ -37,16 +36,7 @@ def time_case(gan: str, size: int, steps: int, batch_size: int, kernel_size: int
   for t in range(2):
     state = method.begin_task(state, t, np.arange(10) <= t)
     for phase in method.phases():
-      key = jax.random.PRNGKey(t)
-      t0 = time.perf_counter()
-      state, m = run_chunk(phase.step, state, data, key, 0, 1)
-      jax.block_until_ready(m)
-      compile_s = time.perf_counter() - t0
-      t0 = time.perf_counter()
-      for i in range(1, steps + 1):
-        state, m = run_chunk(phase.step, state, data, key, i, 1)
-      jax.block_until_ready(m)
-      per_step = (time.perf_counter() - t0) / steps
+      state, compile_s, per_step = time_step(phase.step, state, data, jax.random.PRNGKey(t), steps)
       out.append({"case": f"dgr/{phase.name}", "gan": gan, "image_size": size,
                   "kernel_size": kernel_size, "critic_layers": critic_layers, "features": features,
                   "batch_size": batch_size, "replay": t > 0, "ms_per_step": 1e3 * per_step,

@@ -11,15 +11,14 @@ iteration (K = 1), after a snapshot G_{t-1} exists (task 2) for "replay": true.
 
 import argparse
 import json
-import time
 
 import jax
 import numpy as np
 
+from benchmarks.timing import time_step
 from experiments.configs import mergan
 from gmcl.data.sampling import task_arrays
 from gmcl.methods import build_method
-from gmcl.methods.base import run_chunk
 
 
 def time_case(variant: str, gan: str, features: int, steps: int, batch_size: int) -> list[dict]:
@@ -37,16 +36,8 @@ def time_case(variant: str, gan: str, features: int, steps: int, batch_size: int
                        np.full(2048, t, np.int32))
     state = method.begin_task(state, t, np.arange(10) <= t)
     if t == 1 or variant == "sft":
-      key = jax.random.PRNGKey(t)
-      t0 = time.perf_counter()
-      state, m = run_chunk(method.gan_step, state, data, key, 0, 1)
-      jax.block_until_ready(m)
-      compile_s = time.perf_counter() - t0
-      t0 = time.perf_counter()
-      for i in range(1, steps + 1):
-        state, m = run_chunk(method.gan_step, state, data, key, i, 1)
-      jax.block_until_ready(m)
-      per_step = (time.perf_counter() - t0) / steps
+      state, compile_s, per_step = time_step(method.gan_step, state, data, jax.random.PRNGKey(t),
+                                             steps)
       out.append({"case": f"mergan/{variant}", "gan": gan, "features": features, "image_size": 32,
                   "batch_size": batch_size, "n_critic": c.train.n_critic, "replay": t > 0,
                   "ms_per_iteration": 1e3 * per_step, "iterations_per_s": 1.0 / per_step,

@@ -176,9 +176,9 @@ def generated_accuracy(sample_fn: Callable[[jax.Array, jax.Array], jax.Array],
   for c in classes:
     k_c = jax.random.fold_in(key, int(c))
     labels = jnp.full((batch_size,), int(c), jnp.int32)
-    correct = 0
+    correct = jnp.zeros((), jnp.int32)  # summed on the device: one transfer per class
     for b in range(n_batches):
       images = sample_fn(jax.random.fold_in(k_c, b), labels)
-      correct += int(jnp.sum(jnp.argmax(predict_fn(images), -1) == c))
-    out[int(c)] = correct / (n_batches * batch_size)
+      correct += jnp.sum(jnp.argmax(predict_fn(images), -1) == c)
+    out[int(c)] = int(correct) / (n_batches * batch_size)
   return out

@@ -52,6 +52,11 @@ class ModelState:
     return v
 
 
+def reset_optimizer(model: ModelState, tx: optax.GradientTransformation) -> ModelState:
+  """``model`` with a fresh optimiser state (its parameters kept)."""
+  return model.replace(opt_state=tx.init(model.params))
+
+
 def apply_gradients(model: ModelState, grads, tx: optax.GradientTransformation) -> ModelState:
   updates, opt_state = tx.update(grads, model.opt_state, model.params)
   return model.replace(params=optax.apply_updates(model.params, updates), opt_state=opt_state)

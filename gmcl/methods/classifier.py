@@ -17,7 +17,7 @@ from flax import struct
 
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
-from gmcl.methods.base import Method, ModelState, Phase, adam, apply_gradients
+from gmcl.methods.base import Method, ModelState, Phase, adam, apply_gradients, reset_optimizer
 from gmcl.models.classifiers import make_classifier
 from gmcl.parallel import Parallel
 
@@ -64,8 +64,7 @@ class ClassifierMethod(Method):
   def begin_task(self, state, task_index: int, active_classes: np.ndarray):
     state = state.replace(active=jnp.asarray(active_classes, bool))
     if self.config.train.reset_optimizers:
-      state = state.replace(solver=state.solver.replace(
-          opt_state=self.solver_tx.init(state.solver.params)))
+      state = state.replace(solver=reset_optimizer(state.solver, self.solver_tx))
     return state
 
   def end_task(self, state):

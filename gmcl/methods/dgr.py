@@ -30,7 +30,7 @@ from gmcl.data.sampling import TaskArrays
 from gmcl.losses.gan import (auxiliary_classifier_loss, gradient_penalty, wasserstein_critic_loss,
                              wasserstein_generator_loss)
 from gmcl.losses.replay import dgr_solver_objective, replay_loss
-from gmcl.methods.base import ModelState, Phase, adam, apply_gradients
+from gmcl.methods.base import ModelState, Phase, adam, apply_gradients, reset_optimizer
 from gmcl.methods.classifier import ClassifierMethod
 from gmcl.models import make_gan
 from gmcl.parallel import Parallel
@@ -124,9 +124,8 @@ class DGR(ClassifierMethod):
     r = 1.0 / (task_index + 1) if self.fixed_ratio is None else self.fixed_ratio
     state = state.replace(ratio=jnp.asarray(r, jnp.float32))
     if self.config.train.reset_optimizers:
-      state = state.replace(
-          generator=state.generator.replace(opt_state=self.gan_tx.init(state.generator.params)),
-          critic=state.critic.replace(opt_state=self.gan_tx.init(state.critic.params)))
+      state = state.replace(generator=reset_optimizer(state.generator, self.gan_tx),
+                            critic=reset_optimizer(state.critic, self.gan_tx))
     return state
 
   def end_task(self, state: DGRState) -> DGRState:

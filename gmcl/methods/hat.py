@@ -77,7 +77,7 @@ class HATClassifier(Method):
     self.batch_size = config.train.batch_size
     self.net = HATMLP(tuple(config.model.classifier_hidden), self.max_tasks, num_classes)
     self.layers = [f"layer{i}" for i in range(len(config.model.classifier_hidden))]
-    params = self._init_params(jax.random.PRNGKey(0))
+    params = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))  # structure only
     self.embedding_mask = jax.tree_util.tree_map_with_path(
         lambda path, _: getattr(path[-1], "key", None) == "embedding", params)
     self.tx = optax.chain(hat.compensation(self.embedding_mask, self.s_max),

@@ -61,7 +61,7 @@ from gmcl.losses.gan import (auxiliary_classifier_loss, gradient_penalty, wasser
                              wasserstein_generator_loss)
 from gmcl.losses.mergan import balanced_labels, class_mean_weights, replay_alignment_loss
 from gmcl.losses.replay import dgr_solver_objective
-from gmcl.methods.base import ModelState, Phase, adam, apply_gradients
+from gmcl.methods.base import ModelState, Phase, adam, apply_gradients, reset_optimizer
 from gmcl.methods.classifier import ClassifierMethod
 from gmcl.methods.dgr import apply_generator
 from gmcl.models import make_gan
@@ -115,7 +115,10 @@ class MeRGAN(ClassifierMethod):
     self.gan_tx = adam(tr.gan_lr, tr.gan_b1, tr.gan_b2, tr.weight_decay)
     self.n_critic, self.gp_weight = tr.n_critic, tr.gp_weight
     self.oracle: Optional[oracle.Oracle] = None
+    # Compiled once here, not per evaluation: scoring runs after every task.
     self._sample = jax.jit(self.sample)
+    self._auxiliary_logits = jax.jit(self.auxiliary_logits)
+    self._solver_logits = jax.jit(super().predict)
 
   # -- state ---------------------------------------------------------------------------------
 
@@ -136,9 +139,8 @@ class MeRGAN(ClassifierMethod):
     state = super().begin_task(state, task_index, active_classes)
     state = state.replace(ratio=jnp.asarray(1.0 / (task_index + 1), jnp.float32))
     if self.config.train.reset_optimizers:  # the official code re-initialises Adam at each task
-      state = state.replace(
-          generator=state.generator.replace(opt_state=self.gan_tx.init(state.generator.params)),
-          critic=state.critic.replace(opt_state=self.gan_tx.init(state.critic.params)))
+      state = state.replace(generator=reset_optimizer(state.generator, self.gan_tx),
+                            critic=reset_optimizer(state.critic, self.gan_tx))
     return state
 
   def end_task(self, state: MeRGANState) -> MeRGANState:
@@ -257,8 +259,7 @@ class MeRGAN(ClassifierMethod):
                                                                          labels=y_old)))
         loss, m["generator_jr_loss"] = loss + jr_loss, jr_loss
       if ra:
-        align = self.mg.ra_weight * inv_n_old * self.global_sum(
-            replay_alignment_loss(new_images=new, old_images=old))
+        align = self._alignment_term(new, old, inv_n_old)
         loss, m["replay_alignment_loss"] = loss + align, align
       return loss, (new_stats, dict(m, generator_loss=loss))
 
@@ -274,6 +275,10 @@ class MeRGAN(ClassifierMethod):
     z = self._z(key, self.batch_size)
     new, _ = self._generate(generator_params, state.generator.batch_stats, z, y_old)
     old = self._generate_frozen(state.frozen, z, y_old)
+    return self._alignment_term(new, old, inv_n_old)
+
+  def _alignment_term(self, new, old, inv_n_old):
+    """lambda / n_old * sum over the global batch of 0.5 ||G_t(z, c) - G_{t-1}(z, c)||^2."""
     return self.mg.ra_weight * inv_n_old * self.global_sum(
         replay_alignment_loss(new_images=new, old_images=old))
 
@@ -325,12 +330,12 @@ class MeRGAN(ClassifierMethod):
     """Both protocols, labelled: A_t of the auxiliary head and of the replay classifier on
     real test images, and MeRGAN's oracle accuracy on generated samples of seen classes."""
     out = {}
-    aux = jax.jit(self.auxiliary_logits)
+    aux = self._auxiliary_logits
     out["A_auxiliary_head"] = evaluation.evaluate_after_task(
         lambda xb: aux(state, xb), data.x_test, data.y_test, sequence, task_index,
         self.config.eval.batch_size)["A"]
     if self.mg.classifier == "replay":
-      solver = jax.jit(super().predict)
+      solver = self._solver_logits
       out["A_replay_classifier"] = evaluation.evaluate_after_task(
           lambda xb: solver(state, xb), data.x_test, data.y_test, sequence, task_index,
           self.config.eval.batch_size)["A"]

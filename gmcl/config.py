@@ -11,7 +11,7 @@ import ml_collections
 from ml_collections import config_dict
 
 PROTOCOLS = ("per_class", "split", "permuted")
-GAN_METHODS = ("dgr", "mergan")
+GAN_METHODS = ("dgr", "mergan", "dgm")
 CHUNK_MODES = ("auto", "unroll", "scan")
 
 
@@ -93,6 +93,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.hat.clip_norm = 10000.0
   c.hat.binarize = False  # round the gates to {0, 1} at the end of a task (DGM does)
   c.hat.max_tasks = 10  # task embeddings per layer
+
+  c.dgm = ml_collections.ConfigDict()  # Dynamic Generative Memory (experiments/configs/dgm.py)
+  c.dgm.variant = "dgmw"  # dgmw (weight masks) | dgma (activation masks)
+  c.dgm.architecture = "conv"  # conv (official: 4x4 transposed convolutions) | dense
+  c.dgm.ngf = 6  # conv widths 4ngf, 2ngf, ngf (official: 6 DGMw, 20 DGMa)
+  c.dgm.hidden = (64, 128, 256)  # dense widths
+  c.dgm.s_max = 1e4  # official: 1e4 DGMw, 1e5 DGMa
+  c.dgm.sparsity = 0.08  # lamb_G (official: 0.08 DGMw MNIST, 0.01 DGMa, 0.001 DGMw SVHN)
+  c.dgm.s_schedule = "nested"  # nested (DGMw) | epoch (DGMa): see gmcl.methods.dgm.s_schedule
+  c.dgm.growth = True  # grow by the newly reserved capacity after each task (False: HAT's fixed net)
+  c.dgm.mask_placement = "after_activation"  # DGMa: after_activation (paper) | before_bn (official code)
+  c.dgm.replay_gates = "binary"  # binary (e >= 0) | soft (sigmoid(s_max e), official code)
+  c.dgm.critic = "dcgan"  # dcgan (official, batch norm) | mlp
+  c.dgm.critic_batch_norm = True
+  c.dgm.reinit_critic = True
+  c.dgm.clip_norm = 10000.0  # the generator's gradient-norm clip (official; effectively off)
+  c.dgm.max_tasks = 10  # rows of the task embeddings
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.mode = "none"  # none | jit (device mesh, NamedSharding) | pmap
@@ -211,6 +228,25 @@ def validate_config(config) -> None:
   for key in ("oracle_steps", "oracle_batch_size", "oracle_samples_per_class",
               "oracle_sample_batch"):
     _require(mg[key] >= 1, f"mergan.{key}", mg[key], ">= 1")
+  g = config.dgm
+  _require(g.variant in ("dgmw", "dgma"), "dgm.variant", g.variant, "'dgmw' or 'dgma'")
+  _require(g.architecture in ("conv", "dense"), "dgm.architecture", g.architecture, "'conv' or 'dense'")
+  _require(g.ngf >= 1, "dgm.ngf", g.ngf, ">= 1")
+  _require(len(g.hidden) >= 1 and min(g.hidden) >= 1, "dgm.hidden", g.hidden,
+           "one or more positive widths")
+  _require(g.s_max >= 1, "dgm.s_max", g.s_max, ">= 1")
+  _require(g.sparsity >= 0, "dgm.sparsity", g.sparsity, ">= 0")
+  _require(g.s_schedule in ("nested", "epoch"), "dgm.s_schedule", g.s_schedule, "'nested' or 'epoch'")
+  _require(g.mask_placement in ("after_activation", "before_bn"), "dgm.mask_placement",
+           g.mask_placement, "'after_activation' or 'before_bn'")
+  _require(g.replay_gates in ("binary", "soft"), "dgm.replay_gates", g.replay_gates,
+           "'binary' or 'soft'")
+  _require(g.critic in ("dcgan", "mlp"), "dgm.critic", g.critic, "'dcgan' or 'mlp'")
+  _require(g.clip_norm > 0, "dgm.clip_norm", g.clip_norm, "> 0")
+  _require(g.max_tasks >= 1, "dgm.max_tasks", g.max_tasks, ">= 1")
+  if config.method == "dgm" and g.architecture == "conv":
+    _require((d.pad_to or size) == 32, "data.pad_to", d.pad_to,
+             f"32: DGM's conv generator makes 32x32 images (images are {size}); or dgm.architecture='dense'")
   h = config.hat
   _require(h.s_max >= 1, "hat.s_max", h.s_max, ">= 1")
   _require(h.sparsity >= 0, "hat.sparsity", h.sparsity, ">= 0")

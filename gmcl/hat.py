@@ -137,7 +137,8 @@ class HATCompensationState(NamedTuple):
 def compensation(embedding_mask: Any, s_max: float) -> optax.GradientTransformationExtraArgs:
   """HAT's gradient compensation as an optax transformation (chain it before the optimiser).
 
-  ``update(grads, state, params, s=s)`` multiplies every gradient by ``state.keep``
+  ``update(grads, state, params, s=s)`` (optionally ``s_max=``, DGMw's per-epoch
+  maximum, instead of the fixed one) multiplies every gradient by ``state.keep``
   (Eq. 2: weights reserved by earlier tasks get no update) and the embeddings'
   gradients (where ``embedding_mask`` is True) by
   ``s_max / s * (cosh(clip(s e, +-50)) + 1) / (cosh(e) + 1)``. The state's ``keep``
@@ -152,7 +153,7 @@ def compensation(embedding_mask: Any, s_max: float) -> optax.GradientTransformat
     return HATCompensationState(keep=jax.tree.map(jnp.ones_like, params))
 
   def update(updates, state, params=None, *, s=None, **extra):
-    del extra
+    scale_max = extra.pop("s_max", s_max)
     if params is None or s is None:
       raise ValueError("hat.compensation: update needs params and s= (the current gate scale).")
     updates = jax.tree.map(lambda g, k: g * k, updates, state.keep)
@@ -162,7 +163,7 @@ def compensation(embedding_mask: Any, s_max: float) -> optax.GradientTransformat
         return g
       num = jnp.cosh(jnp.clip(s * e, -THRES_COSH, THRES_COSH)) + 1.0
       den = jnp.cosh(e) + 1.0
-      return g * (s_max / s) * num / den
+      return g * (scale_max / s) * num / den
 
     updates = jax.tree.map(embedding_fix, updates, params, embedding_mask)
     return updates, state

@@ -271,11 +271,7 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
       raise FileExistsError(f"{ckpt_dir} holds checkpoints {ckpt.steps()}; resume, or pass "
                             "overwrite=True (--overwrite) to start afresh.")
 
-    def template(meta):
-      tmpl = method.init(init_key)
-      return method.end_task(tmpl) if meta["position"]["task"] > 0 else tmpl
-
-    restored = ckpt.restore_latest(template, warn=log)
+    restored = ckpt.restore_latest(lambda meta: method.state_template(init_key, meta), warn=log)
     if restored is not None:
       step, state, meta = restored
       diffs = _config_differences(meta["config"], config.to_dict())
@@ -291,7 +287,8 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
       record["seconds"] += time.time() - clock[0]
       clock[0] = time.time()
       ckpt.save(pos["global_step"], state, {"position": dict(pos), "record": record,
-                                            "config": config.to_dict()},
+                                            "config": config.to_dict(),
+                                            "method": method.checkpoint_meta(state)},
                 snapshot_id=pos["task"])  # = tasks ended when the snapshot was taken
 
   def check_finite(metrics, phase_name):

@@ -3,7 +3,7 @@
 Arguments:
   dataset=NAME      mnist | fashion_mnist | svhn_cropped | cifar10
   protocol=NAME     per_class | split | permuted
-  variant=NAME      mergan only: sft | jr | ra
+  variant=NAME      mergan: sft | jr | ra; dgm: dgmw | dgma
   smoke             tiny models, a few steps and a data subset (tests, notebooks)
   demo              the README's demo schedule (minutes on a 2-core CPU)
   cpu               the schedule of the README's results table (under an hour on a 2-core CPU)
@@ -34,8 +34,8 @@ def parse_args(arg: str | None) -> dict:
 def make_config(method: str, arg: str | None, method_defaults=None):
   """The base config for ``method``: base values, then ``method_defaults(c)``, then arguments."""
   args = parse_args(arg)
-  if "variant" in args and method != "mergan":
-    raise ValueError(f"Config argument 'variant' is for mergan only; {method!r} has none.")
+  if "variant" in args and method not in ("mergan", "dgm"):
+    raise ValueError(f"Config argument 'variant' is for mergan and dgm only; {method!r} has none.")
   c = base_config()
   c.method = method
   if method_defaults is not None:

@@ -29,15 +29,19 @@ def wasserstein_generator_loss(*, fake_scores: jax.Array) -> jax.Array:
 
 def gradient_penalty(*, critic_fn: Callable[[jax.Array], jax.Array], real: jax.Array,
                      fake: jax.Array, key: Optional[jax.Array] = None,
-                     epsilon: Optional[jax.Array] = None, target_norm: float = 1.0) -> jax.Array:
+                     epsilon: Optional[jax.Array] = None, target_norm: float = 1.0,
+                     has_aux: bool = False):
   """Per-example gradient penalty ``(||grad_x^ D(x^)||_2 - 1)^2`` (Gulrajani et al., 2017, Eq. 3).
 
   ``x^ = eps * x + (1 - eps) * x~`` with ``eps ~ U[0, 1]`` drawn per example.
   The caller multiplies by lambda (10 in the paper) and reduces.
 
   Args:
-    critic_fn: maps a batch of images to per-example scores (B,). It must not mix
-      examples (no batch norm), since the input gradient is taken of the sum.
+    critic_fn: maps a batch of images to per-example scores (B,), or with
+      ``has_aux`` to ``(scores, aux)`` (a batch-norm critic's updated statistics).
+      The input gradient is taken of the summed scores, as in the reference
+      implementations (``grad_outputs=ones``): per example only when the critic does
+      not mix examples (no batch norm).
     real: (B, ...) real images.
     fake: (B, ...) generated images (the penalty's gradient flows into them too,
       as in the reference implementations).
@@ -46,7 +50,7 @@ def gradient_penalty(*, critic_fn: Callable[[jax.Array], jax.Array], real: jax.A
     target_norm: the norm the penalty pulls towards (1 in the paper).
 
   Returns:
-    (B,) penalties.
+    (B,) penalties, or ``(penalties, aux)`` with ``has_aux``.
   """
   check_array("gradient_penalty", "real", real, kind="float")
   check_array("gradient_penalty", "fake", fake, shape=real.shape, kind="float")
@@ -57,9 +61,16 @@ def gradient_penalty(*, critic_fn: Callable[[jax.Array], jax.Array], real: jax.A
   check_array("gradient_penalty", "epsilon", epsilon, shape=real.shape[:1], kind="float")
   eps = epsilon.reshape((real.shape[0],) + (1,) * (real.ndim - 1)).astype(real.dtype)
   interpolates = eps * real + (1.0 - eps) * fake
-  grads = jax.grad(lambda x: jnp.sum(critic_fn(x)))(interpolates)
+  if has_aux:
+    def summed(x):
+      scores, aux = critic_fn(x)
+      return jnp.sum(scores), aux
+    grads, aux = jax.grad(summed, has_aux=True)(interpolates)
+  else:
+    grads, aux = jax.grad(lambda x: jnp.sum(critic_fn(x)))(interpolates), None
   norms = jnp.sqrt(jnp.sum(jnp.square(grads.reshape(grads.shape[0], -1)), axis=-1) + 1e-12)
-  return jnp.square(norms - target_norm)
+  penalties = jnp.square(norms - target_norm)
+  return (penalties, aux) if has_aux else penalties
 
 
 def auxiliary_classifier_loss(*, logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -2,12 +2,13 @@
 
 from gmcl.methods.base import Method, ModelState, Phase, run_chunk, step_key
 from gmcl.methods.classifier import ClassifierMethod, make_joint, make_sft
+from gmcl.methods.dgm import DGM, make_dgm
 from gmcl.methods.dgr import DGR, make_dgr
 from gmcl.methods.hat import HATClassifier, make_hat
 from gmcl.methods.mergan import MeRGAN, make_mergan
 
 METHODS = {"sft": make_sft, "joint": make_joint, "dgr": make_dgr, "mergan": make_mergan,
-           "hat": make_hat}
+           "hat": make_hat, "dgm": make_dgm}
 
 
 def build_method(name: str, config, image_shape, num_classes, parallel=None) -> Method:
@@ -22,5 +23,5 @@ def build_method(name: str, config, image_shape, num_classes, parallel=None) -> 
   return METHODS[name](config, image_shape, num_classes, parallel or Parallel())
 
 
-__all__ = ["ClassifierMethod", "DGR", "HATClassifier", "METHODS", "MeRGAN", "Method", "ModelState", "Phase",
+__all__ = ["ClassifierMethod", "DGM", "DGR", "HATClassifier", "METHODS", "MeRGAN", "Method", "ModelState", "Phase",
            "build_method", "run_chunk", "step_key"]

@@ -138,6 +138,19 @@ class Method(abc.ABC):
   def predict(self, state: State, x: jax.Array) -> jax.Array:
     """Logits (B, K) with classes not yet seen masked out."""
 
+  def checkpoint_meta(self, state: State) -> dict:
+    """JSON-serialisable facts a checkpoint must record to rebuild the state's structure
+    (a growing network's widths); see :meth:`state_template`."""
+    del state
+    return {}
+
+  def state_template(self, key: PRNGKey, meta: dict) -> State:
+    """A state of the structure a checkpoint holds (values are ignored), from its ``meta``:
+    ``meta["position"]`` (where the run stood) and ``meta["method"]`` (:meth:`checkpoint_meta`).
+    By default: ``init`` and, after the first task, ``end_task`` (which adds the snapshot)."""
+    tmpl = self.init(key)
+    return self.end_task(tmpl) if meta["position"]["task"] > 0 else tmpl
+
   def setup(self, data, log: Callable[[str], None] = print) -> None:
     """Called once by the loop with the run's :class:`gmcl.loop.Data`, before any task
     (and again on resume): methods that need something built from the whole dataset

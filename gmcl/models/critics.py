@@ -17,6 +17,10 @@ class DCGANCritic(nn.Module):
   linear auxiliary classifier over all classes (Odena et al., 2017). With
   base_features=32 and 3 layers this is MeRGAN's official critic.
 
+  ``batch_norm=True`` is DGM's official critic instead: batch norm after every
+  convolution but the first, no convolution biases (then ``train`` selects batch or
+  running statistics, and the caller makes ``batch_stats`` mutable in training).
+
   Because no layer mixes examples, the critic's input gradient can be taken of
   the summed scores, which the gradient penalty relies on.
   """
@@ -24,14 +28,18 @@ class DCGANCritic(nn.Module):
   base_features: int = 64
   num_layers: int = 3
   kernel_size: int = 5
+  batch_norm: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, Optional[jax.Array]]:
+  def __call__(self, x: jax.Array, train: bool = True) -> tuple[jax.Array, Optional[jax.Array]]:
     if x.ndim != 4:
       raise ValueError(f"DCGANCritic: x must be (batch, H, W, C), got shape {x.shape}.")
     k = (self.kernel_size, self.kernel_size)
     for i in range(self.num_layers):
-      x = nn.Conv(self.base_features * 2 ** i, k, strides=(2, 2), padding="SAME")(x)
+      x = nn.Conv(self.base_features * 2 ** i, k, strides=(2, 2), padding="SAME",
+                  use_bias=not self.batch_norm)(x)
+      if self.batch_norm and i > 0:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
       x = nn.leaky_relu(x, 0.2)
     x = x.reshape(x.shape[0], -1)
     score = nn.Dense(1, name="wgan_head")(x)[:, 0]
@@ -45,9 +53,10 @@ class MLPCritic(nn.Module):
   hidden: tuple[int, ...] = (512, 256)
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, Optional[jax.Array]]:
+  def __call__(self, x: jax.Array, train: bool = True) -> tuple[jax.Array, Optional[jax.Array]]:
     if x.ndim != 4:
       raise ValueError(f"MLPCritic: x must be (batch, H, W, C), got shape {x.shape}.")
+    del train  # no batch norm: the same function in training and evaluation
     x = x.reshape(x.shape[0], -1)
     for width in self.hidden:
       x = nn.leaky_relu(nn.Dense(width)(x), 0.2)

@@ -1,0 +1,74 @@
+"""Dynamic Generative Memory (Ostapenko et al., CVPR 2019) on class-incremental MNIST by default.
+
+  python -m experiments.main --config experiments/configs/dgm.py:dataset=mnist,variant=dgmw --workdir runs/dgmw
+  python -m experiments.main --config experiments/configs/dgm.py:dataset=mnist,variant=dgma,cpu --workdir runs/dgma_cpu
+  ... --config.dgm.growth=False   # HAT's fixed-size network instead of DGM's growth
+
+Arguments: ``variant=`` dgmw | dgma (default dgmw); ``dataset=`` mnist | svhn_cropped;
+``cpu``, ``demo``, ``smoke`` (see experiments/configs/common.py).
+
+Default: the official code's settings (gmcl/methods/dgm.py lists them and the
+differences): 32x32 images in [-1, 1]; the masked generator z (128, one-hot label
+in its first 10 entries) -> 4x4 transposed convolutions 4ngf -> 2ngf -> ngf with per-task
+batch norm, a per-task head -> tanh; ngf 6 (DGMw) or 20 (DGMa); the critic three 5x5
+stride-2 convolutions (32, 64, 128) with batch norm after the second and third, a WGAN
+head and an auxiliary head; lambda_GP 1, one critic step per generator step;
+Adam(2e-3, 0.5, 0.999) (5e-4 for SVHN), re-created per task, the critic re-initialised;
+s_max 1e4 / 1e5, sparsity 0.08 / 0.01 (0.001 DGMw SVHN); 101 epochs per task
+(151 SVHN): 9494 iterations of batch 64 for an MNIST class of ~6000 images (14,200
+for SVHN). Meant for an accelerator.
+
+``cpu``: the README's results: the same method and schedule rules on fully connected
+networks, as the other methods' CPU schedules: the masked generator z -> 64 -> 128 -> 256
+(DGMw; 200 -> 400 -> 800 for DGMa, about the official 6 : 20 ratio of ngf) with
+per-task batch norm and a per-task head to 32x32, the MLP critic (512 -> 256, no
+batch norm), and 1000 iterations per task (~11 of the task's epochs, over which s
+rises as it does over 101). On a 2-core CPU the official transposed-convolution
+generator's gradient takes ~17 ms (DGMw) and ~120 ms (DGMa), the dense ones 3-7 ms.
+"""
+from experiments.configs.common import make_config
+
+
+def defaults(c):
+  c.data.pad_to = 32
+  c.model.z_dim = 128
+  c.model.critic_features = 32  # 32, 64, 128
+  c.model.critic_layers = 3
+  c.model.kernel_size = 5
+  c.train.gan_lr = 2e-3
+  c.train.gan_b1 = 0.5
+  c.train.gan_b2 = 0.999
+  c.train.gp_weight = 1.0
+  c.train.n_critic = 1
+  c.train.batch_size = 64
+  c.train.generator_steps = 9494  # 101 epochs of ~94 batches
+  c.train.solver_steps = 0  # the critic's auxiliary head is the classifier
+
+
+def get_config(arg=None):
+  c, args = make_config("dgm", arg, defaults)
+  variant = args.get("variant", "dgmw")
+  if variant not in ("dgmw", "dgma"):
+    raise ValueError(f"dgm: variant={variant!r}; valid choices: 'dgmw', 'dgma'.")
+  c.dgm.variant = variant
+  if variant == "dgma":
+    c.dgm.ngf = 20
+    c.dgm.s_max = 1e5
+    c.dgm.sparsity = 0.01
+    c.dgm.s_schedule = "epoch"
+  if c.data.dataset == "svhn_cropped":
+    c.train.gan_lr = 5e-4
+    c.train.generator_steps = 14200  # 151 epochs of ~94 batches of a ~6000-image class
+    if variant == "dgmw":
+      c.dgm.sparsity = 0.001
+  if args.get("cpu") or args.get("demo"):
+    c.dgm.architecture = "dense"
+    c.dgm.hidden = (64, 128, 256) if variant == "dgmw" else (200, 400, 800)  # ~ the ngf ratio 6 : 20
+    c.dgm.critic = "mlp"
+    c.model.critic_features = 64  # MLP critic 512 -> 256
+    c.train.generator_steps = 1000 if args.get("cpu") else 300
+  if args.get("smoke"):
+    c.dgm.critic = "mlp"
+    c.dgm.ngf = 2
+    c.train.generator_steps = 4
+  return c

@@ -1,0 +1,394 @@
+"""Dynamic Generative Memory (Ostapenko, Puscas, Klein, Jähnichen & Nabi, CVPR 2019): DGMw and DGMa.
+
+A conditional WGAN-GP whose generator carries HAT masks (:mod:`gmcl.dgm`): the
+weights a task used are reserved by its binarised mask and frozen by gradient
+compensation, and the network grows after each task by what was reserved, so
+earlier tasks' generators survive exactly and no snapshot is kept. The critic has
+an auxiliary classification head; trained on real data of the current task plus
+samples of every past class from the masked generator, it is the classifier A_t
+scores on real test data. ``config.dgm.variant``:
+
+* ``dgmw``: weight-level masks (one gate per kernel weight), ngf 6, s_max 1e4,
+  sparsity weight 0.08 (MNIST), s annealed within epochs whose maximum rises over
+  the task (the official nested schedule);
+* ``dgma``: activation-level masks (one gate per unit), ngf 20, s_max 1e5, sparsity
+  weight 0.01, s constant within an epoch and rising over the task.
+
+One iteration at task t, as the official code (its DGMw.py ``train``):
+
+1. the real batch of the current task and, for each past task, replayed samples
+   (``G(z, c; task tau)`` with that task's binary gates, batch norms and head, in
+   evaluation mode) at the same indices, shuffled together and cut into t + 1
+   batches: one Adam step of the critic's classification loss on each;
+2. one WGAN-GP critic step on the real batch against G_t's samples (lambda_GP 1);
+3. one generator step: ``-mean D(G(z)) + lambda_t * sparsity``, where
+   ``lambda_t = lamb_G * (sum of widths now) / (sum of initial widths)``, gradients
+   compensated (reserved weights frozen; embeddings' cosh correction).
+
+The generator sees its class as a one-hot in z's first K entries; per-task batch
+norms and heads (unmasked). The critic (batch norm after its second and third
+convolutions, no biases) is re-initialised at every task; Adam(2e-3, 0.5, 0.999)
+for both, re-created at every task. At a task's end its gates are binarised
+(``e >= 0``), added to the cumulative mask, and the network grows
+(``config.dgm.growth``).
+
+Replay: the official code generates, at a task's start, as many samples of every
+past class as the current task has real examples, and pairs sample i of each with
+real example i. Here sample i of past task tau is drawn on the fly from a noise
+vector fixed by (task, tau, i): the same finite pool, paired the same way, without
+storing it.
+
+Differences from the official code, each a config value or stated:
+
+* ``dgm.mask_placement``: DGMa's gates act after the ReLU (the paper's and HAT's
+  ``a * relu(.)``), which keeps earlier tasks exactly; ``"before_bn"`` is the official
+  code's placement (it leaks: see :mod:`gmcl.dgm`).
+* ``dgm.replay_gates``: replay and sampling use the binary gates ``e >= 0`` (what the
+  task reserved); ``"soft"`` uses ``sigmoid(s_max e)`` as the official code.
+* The critic's auxiliary head has a row per class from the start, its logits
+  restricted to the classes seen: the same function and gradients as the official
+  head rebuilt with t + 1 rows at every task (which is re-initialised anyway).
+* Real batches are drawn uniformly with replacement (the official loop walks each
+  task's data in a fixed order); the reported A_t is the one after the last step (the
+  official code reports the test accuracy at its best validation epoch).
+* Batch norms start at scale 1 (the official first one draws N(1, 0.02)); the critic
+  keeps Flax's default initialisers.
+* Tasks with several classes (split protocols): each past task replays one batch,
+  its classes in turn.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from gmcl import dgm, hat
+from gmcl.data.sampling import TaskArrays
+from gmcl.losses.classification import mask_logits, softmax_cross_entropy
+from gmcl.losses.gan import gradient_penalty, wasserstein_critic_loss, wasserstein_generator_loss
+from gmcl.losses.mergan import balanced_labels
+from gmcl.methods.base import Method, ModelState, Phase, adam
+from gmcl.models import DCGANCritic, MLPCritic
+from gmcl.parallel import Parallel
+
+VARIANTS = ("dgmw", "dgma")
+
+
+@struct.dataclass
+class DGMState:
+  generator: ModelState  # params / batch_stats: see gmcl.dgm
+  critic: ModelState
+  reserved: Any  # list per masked layer: a_{<t}, the binary cumulative mask
+  task: jax.Array  # () int32
+  step: jax.Array  # () int32: steps taken in this task (the s schedule)
+  task_classes: jax.Array  # (max_tasks, K) bool
+  active: jax.Array  # (K,) bool: classes seen so far
+  key: jax.Array  # the run's init key: critic re-initialisation, growth, replay noise
+  frozen: Any = None  # DGM keeps no snapshot: the masks protect earlier tasks
+
+
+def s_schedule(step, steps_per_epoch, num_steps: int, s_max: float, nested: bool):
+  """``(s, s_max_epoch)`` at ``step`` of a task (the official code's schedules).
+
+  ``s_max_epoch = (s_max - 1/s_max) * epoch / n_epochs + 1/s_max`` rises over the task's
+  epochs. ``nested`` (DGMw): within an epoch s runs from 1/s_max_epoch to s_max_epoch
+  (at the first epoch that is from s_max down to about 1/s_max, as the official
+  formula gives); otherwise (DGMa) s = s_max_epoch for the whole epoch.
+  """
+  spe = jnp.maximum(jnp.asarray(steps_per_epoch, jnp.float32), 1.0)
+  step = jnp.asarray(step, jnp.float32)
+  epoch = jnp.floor(step / spe)
+  n_epochs = jnp.ceil(num_steps / spe)
+  s_ep = (s_max - 1.0 / s_max) * epoch / n_epochs + 1.0 / s_max
+  if not nested:
+    return s_ep, s_ep
+  frac = (step - epoch * spe) / spe  # the sample offset i / N of the official loop
+  return (s_ep - 1.0 / s_ep) * frac + 1.0 / s_ep, s_ep
+
+
+class DGM(Method):
+  """DGMw / DGMa; see the module docstring."""
+  name = "dgm"
+  has_generator = True
+  conditional = True
+
+  def __init__(self, config, image_shape, num_classes, parallel: Parallel = Parallel()):
+    if parallel.mode != "none":
+      raise ValueError("dgm: parallel.mode must be 'none' (data-parallel DGM is not implemented yet).")
+    d, tr, m = config.dgm, config.train, config.model
+    if d.variant not in VARIANTS:
+      raise ValueError(f"dgm.variant={d.variant!r}; valid choices: {list(VARIANTS)}.")
+    self.config, self.parallel, self.d = config, parallel, d
+    self.image_shape, self.num_classes = tuple(image_shape), num_classes
+    self.batch_size, self.num_steps = tr.batch_size, tr.generator_steps
+    if m.z_dim < num_classes:
+      raise ValueError(f"dgm: model.z_dim={m.z_dim} must be >= the {num_classes} classes "
+                       "(the one-hot label overwrites z's first entries).")
+    weight = d.variant == "dgmw"
+    widths = tuple(d.hidden) if d.architecture == "dense" else (4 * d.ngf, 2 * d.ngf, d.ngf)
+    self.spec = dgm.GeneratorSpec(
+        kind="conv" if d.architecture == "conv" else "dense", z_dim=m.z_dim, widths=widths,
+        image_shape=self.image_shape, mask="weight" if weight else "activation",
+        placement=d.mask_placement, max_tasks=d.max_tasks,
+        kernel_init="xavier" if weight else "normal")
+    self.nested = d.s_schedule == "nested"
+    if d.critic == "dcgan":
+      self.critic = DCGANCritic(num_classes=num_classes, base_features=m.critic_features,
+                                num_layers=m.critic_layers, kernel_size=m.kernel_size,
+                                batch_norm=bool(d.critic_batch_norm))
+    else:
+      self.critic = MLPCritic(num_classes=num_classes,
+                              hidden=(8 * m.critic_features, 4 * m.critic_features))
+    self.critic_tx = adam(tr.gan_lr, tr.gan_b1, tr.gan_b2)
+    self.gp_weight = tr.gp_weight
+
+  # -- optimisers ----------------------------------------------------------------------------
+
+  def generator_tx(self, params) -> optax.GradientTransformationExtraArgs:
+    """Compensation (reserved weights frozen, embeddings' cosh correction), the official
+    gradient-norm clip (10000), Adam. Built for a params structure (it grows)."""
+    tr = self.config.train
+    return optax.chain(hat.compensation(dgm.mask_parameters(params), self.d.s_max),
+                       optax.clip_by_global_norm(float(self.d.clip_norm)),
+                       optax.adam(tr.gan_lr, b1=tr.gan_b1, b2=tr.gan_b2))
+
+  def _fresh_generator_opt(self, params, reserved):
+    keep = jax.tree.map(jnp.ones_like, params)
+    keep["kernel"] = dgm.keep_multipliers(self.spec, reserved)
+    return hat.with_keep(self.generator_tx(params).init(params), keep)
+
+  def _init_critic(self, key) -> ModelState:
+    variables = self.critic.init(key, jnp.zeros((2,) + self.image_shape), train=False)
+    params = variables["params"]
+    return ModelState(params=params, opt_state=self.critic_tx.init(params),
+                      batch_stats=variables.get("batch_stats"))
+
+  # -- state ---------------------------------------------------------------------------------
+
+  def init(self, key) -> DGMState:
+    g_params, g_stats = dgm.init_params(self.spec, jax.random.fold_in(key, 0))
+    reserved = dgm.empty_reserved(self.spec, g_params)
+    return DGMState(
+        generator=ModelState(params=g_params, opt_state=self._fresh_generator_opt(g_params, reserved),
+                             batch_stats=g_stats),
+        critic=self._init_critic(jax.random.fold_in(key, 1)),
+        reserved=reserved, task=jnp.zeros((), jnp.int32), step=jnp.zeros((), jnp.int32),
+        task_classes=jnp.zeros((self.d.max_tasks, self.num_classes), bool),
+        active=jnp.zeros((self.num_classes,), bool), key=key)
+
+  def begin_task(self, state: DGMState, task_index: int, active_classes: np.ndarray) -> DGMState:
+    if task_index >= self.d.max_tasks:
+      raise ValueError(f"dgm: task {task_index + 1} exceeds dgm.max_tasks={self.d.max_tasks} "
+                       "(the rows of the task embeddings); raise dgm.max_tasks.")
+    if task_index != dgm.num_tasks_begun(state.generator.params):
+      raise ValueError(f"dgm: begin_task({task_index}) after "
+                       f"{dgm.num_tasks_begun(state.generator.params)} tasks; tasks run in order.")
+    params, stats = dgm.add_task(self.spec, state.generator.params, state.generator.batch_stats,
+                                 jax.random.fold_in(state.key, 1000 + task_index))
+    generator = ModelState(params=params, opt_state=self._fresh_generator_opt(params, state.reserved),
+                           batch_stats=stats)
+    critic = state.critic
+    if task_index == 0 or self.d.reinit_critic:
+      critic = self._init_critic(jax.random.fold_in(state.key, 2000 + task_index))
+    else:
+      critic = critic.replace(opt_state=self.critic_tx.init(critic.params))
+    active = jnp.asarray(active_classes, bool)
+    return state.replace(generator=generator, critic=critic, task=jnp.asarray(task_index, jnp.int32),
+                         step=jnp.zeros((), jnp.int32),
+                         task_classes=state.task_classes.at[task_index].set(active & ~state.active),
+                         active=active)
+
+  def end_task(self, state: DGMState) -> DGMState:
+    """Binarises the task's gates into the cumulative mask, then grows the network."""
+    params = state.generator.params
+    t = dgm.num_tasks_begun(params) - 1
+    mask = dgm.task_mask(self.spec, params, t)
+    reserved = [jnp.maximum(r, m) for r, m in zip(state.reserved, mask)]
+    if self.d.growth:
+      params, reserved, _ = dgm.grow(self.spec, params, state.reserved, reserved, t + 1,
+                                     jax.random.fold_in(state.key, 3000 + t))
+    generator = state.generator.replace(params=params,
+                                        opt_state=self._fresh_generator_opt(params, reserved))
+    return state.replace(generator=generator, reserved=reserved)
+
+  def phases(self):
+    return (Phase("gan", self.num_steps, self.gan_step),)
+
+  # -- checkpoints: growth changes shapes, so the template comes from the recorded widths ----
+
+  def checkpoint_meta(self, state: DGMState) -> dict:
+    params = state.generator.params
+    return {"task_widths": [list(dgm.task_widths(params, t)) for t in range(dgm.num_tasks_begun(params))],
+            "widths": list(dgm.current_widths(params))}
+
+  def state_template(self, key, meta: dict) -> DGMState:
+    info = meta.get("method") or {}
+    state = self.init(key)
+    dummy = np.zeros((self.num_classes,), bool)
+    for t, widths in enumerate(info.get("task_widths", [])):
+      state = self._resized(state, widths, t)
+      state = self.begin_task(state, t, dummy)
+    if "widths" in info:
+      state = self._resized(state, info["widths"], len(info.get("task_widths", [])))
+    return state
+
+  def _resized(self, state: DGMState, widths, finished: int) -> DGMState:
+    if tuple(widths) == dgm.current_widths(state.generator.params):
+      return state
+    params, reserved = dgm.resize(self.spec, state.generator.params, state.reserved, widths,
+                                  finished, state.key)
+    return state.replace(reserved=reserved, generator=state.generator.replace(
+        params=params, opt_state=self._fresh_generator_opt(params, reserved)))
+
+  # -- networks ------------------------------------------------------------------------------
+
+  def _critic(self, params, batch_stats, x, train: bool):
+    """(scores, logits, batch_stats): batch statistics in training (and their averages updated)."""
+    variables = {"params": params}
+    if batch_stats is not None:
+      variables["batch_stats"] = batch_stats
+      if train:
+        (score, logits), upd = self.critic.apply(variables, x, train=True, mutable=["batch_stats"])
+        return score, logits, upd["batch_stats"]
+    score, logits = self.critic.apply(variables, x, train=False)
+    return score, logits, batch_stats
+
+  def _noise(self, key, labels):
+    return dgm.noise(key, labels, self.spec.z_dim, self.num_classes)
+
+  def _replay_gates_hard(self) -> bool:
+    return self.d.replay_gates == "binary"
+
+  def generate_task(self, params, batch_stats, z, task: int):
+    """Images of a finished task: its gates (binary, or sigmoid(s_max e)), eval-mode batch norm."""
+    images, _, _ = dgm.generate(self.spec, params, batch_stats, z, task, self.d.s_max,
+                                train=False, hard=self._replay_gates_hard())
+    return images
+
+  def replay(self, state: DGMState, tau: int, indices: jax.Array):
+    """Replayed sample ``indices`` of past task ``tau`` in the current task's pool: noise fixed
+    by (current task, tau, index), labels the task's classes in turn. Never differentiated."""
+    k = jax.random.fold_in(jax.random.fold_in(state.key, 4000 + state.task), tau)
+    z = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k, i), (self.spec.z_dim,)))(indices)
+    labels = balanced_labels(classes=state.task_classes[tau], num=self.batch_size)
+    labels = labels[indices % self.batch_size]
+    z = z.at[:, :self.num_classes].set(jax.nn.one_hot(labels, self.num_classes))
+    g = state.generator
+    images = self.generate_task(jax.lax.stop_gradient(g.params), g.batch_stats, z, tau)
+    return jax.lax.stop_gradient(images), labels
+
+  # -- the training iteration ----------------------------------------------------------------
+
+  def schedule(self, state: DGMState, data: TaskArrays):
+    spe = (data.count + self.batch_size - 1) // self.batch_size
+    return s_schedule(state.step, spe, self.num_steps, float(self.d.s_max), self.nested)
+
+  def gan_step(self, state: DGMState, data: TaskArrays, key):
+    t = dgm.num_tasks_begun(state.generator.params) - 1  # static: read off the structure
+    n = self.batch_size
+    k_idx, k_perm, k_zd, k_gp, k_zg = jax.random.split(key, 5)
+    idx = jax.random.randint(k_idx, (n,), 0, data.count)
+    x, y = data.x[idx], data.y[idx]
+    s, s_ep = self.schedule(state, data)
+
+    # 1. the classifier (the critic's auxiliary head and trunk) on real + replayed, t + 1 steps
+    xs, ys = [x], [y]
+    for tau in range(t):
+      x_r, y_r = self.replay(state, tau, idx)
+      xs.append(x_r)
+      ys.append(y_r)
+    perm = jax.random.permutation(k_perm, (t + 1) * n)
+    x_all, y_all = jnp.concatenate(xs)[perm], jnp.concatenate(ys)[perm]
+    critic = state.critic
+    cls_losses = []
+    for c in range(t + 1):
+      xb, yb = x_all[c * n:(c + 1) * n], y_all[c * n:(c + 1) * n]
+
+      def cls_loss(params, batch_stats=critic.batch_stats, xb=xb, yb=yb):
+        _, logits, stats = self._critic(params, batch_stats, xb, train=True)
+        return jnp.mean(softmax_cross_entropy(logits=logits, labels=yb, where=state.active)), stats
+
+      (loss, stats), grads = jax.value_and_grad(cls_loss, has_aux=True)(critic.params)
+      updates, opt_state = self.critic_tx.update(grads, critic.opt_state, critic.params)
+      critic = critic.replace(params=optax.apply_updates(critic.params, updates),
+                              opt_state=opt_state, batch_stats=stats)
+      cls_losses.append(loss)
+
+    # 2. one WGAN-GP critic step: real data of the current task against G_t's samples
+    g = state.generator
+    z = self._noise(k_zd, y)
+    fake, _, g_stats = dgm.generate(self.spec, g.params, g.batch_stats, z, t, s, train=True)
+    fake = jax.lax.stop_gradient(fake)
+
+    def critic_loss(params):
+      real_s, _, st = self._critic(params, critic.batch_stats, x, train=True)
+      fake_s, _, st = self._critic(params, st, fake, train=True)
+      gp, st = gradient_penalty(critic_fn=lambda im: self._critic(params, st, im, train=True)[::2],
+                                real=x, fake=fake, key=k_gp, has_aux=True)
+      w = jnp.mean(wasserstein_critic_loss(real_scores=real_s, fake_scores=fake_s))
+      loss = w + self.gp_weight * jnp.mean(gp)
+      return loss, (st, {"critic_loss": loss, "wasserstein_estimate": -w,
+                         "gradient_penalty": jnp.mean(gp)})
+
+    grads, (c_stats, c_metrics) = jax.grad(critic_loss, has_aux=True)(critic.params)
+    updates, opt_state = self.critic_tx.update(grads, critic.opt_state, critic.params)
+    critic = critic.replace(params=optax.apply_updates(critic.params, updates), opt_state=opt_state,
+                            batch_stats=c_stats)
+
+    # 3. one generator step: adversarial loss + lambda_t * sparsity, gradients compensated
+    z = self._noise(k_zg, y)
+    lam = dgm.sparsity_weight(float(self.d.sparsity), self.spec, g.params)
+
+    def generator_loss(params):
+      images, gates, stats = dgm.generate(self.spec, params, g_stats, z, t, s, train=True)
+      scores, _, c_stats = self._critic(critic.params, critic.batch_stats, images, train=True)
+      adv = jnp.mean(wasserstein_generator_loss(fake_scores=scores))
+      reg = hat.sparsity_regularizer(gates, state.reserved)  # at t = 0: the mean gate
+      return adv + lam * reg, (stats, c_stats, {"generator_loss": adv + lam * reg,
+                                                "generator_adv_loss": adv, "sparsity": reg})
+
+    grads, (g_stats, c_stats, g_metrics) = jax.grad(generator_loss, has_aux=True)(g.params)
+    critic = critic.replace(batch_stats=c_stats)  # torch's critic, in training mode, updates them too
+    tx = self.generator_tx(g.params)
+    updates, opt_state = tx.update(grads, g.opt_state, g.params, s=s, s_max=s_ep)
+    generator = g.replace(params=optax.apply_updates(g.params, updates), opt_state=opt_state,
+                          batch_stats=g_stats)
+    metrics = dict(c_metrics, **g_metrics, classifier_loss=jnp.mean(jnp.stack(cls_losses)), s=s)
+    return state.replace(generator=generator, critic=critic, step=state.step + 1), metrics
+
+  # -- evaluation and sampling ---------------------------------------------------------------
+
+  def predict(self, state: DGMState, x: jax.Array) -> jax.Array:
+    _, logits, _ = self._critic(state.critic.params, state.critic.batch_stats, x, train=False)
+    return mask_logits(logits, state.active)
+
+  def sample(self, state: DGMState, key, labels: jax.Array) -> jax.Array:
+    """Images of each label's class from the task that learnt it (binary gates, eval mode)."""
+    g = state.generator
+    z = self._noise(key, labels)
+    task_of = jnp.argmax(state.task_classes[:, labels], axis=0)  # (B,)
+    out = jnp.zeros((labels.shape[0],) + self.image_shape)
+    for tau in range(dgm.num_tasks_begun(g.params)):
+      images = self.generate_task(g.params, g.batch_stats, z, tau)
+      out = jnp.where((task_of == tau)[:, None, None, None], images, out)
+    return out
+
+  def extra_scores(self, state: DGMState, data, sequence, task_index: int, key) -> dict:
+    """The generator's size after the task (with growth it has grown for the next one)."""
+    del data, sequence, key
+    params = state.generator.params
+    counts = dgm.parameter_count(params)
+    reserved = [float(jnp.mean(r)) for r in state.reserved]
+    return {"generator_size": dict(counts, widths=list(dgm.current_widths(params)),
+                                   reserved_fraction=reserved)}
+
+
+def make_dgm(config, image_shape, num_classes, parallel=Parallel()) -> DGM:
+  return DGM(config, image_shape, num_classes, parallel)

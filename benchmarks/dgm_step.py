@@ -1,0 +1,66 @@
+"""Times one DGM iteration at task t: t + 1 classification steps of the critic on real and replayed
+data (t past tasks replayed by the masked generator), one WGAN-GP critic step and one generator
+step. One JSON line per (variant, task) case.
+
+  python -m benchmarks.dgm_step                    # official: conv generator, batch-norm critic
+  python -m benchmarks.dgm_step --cpu              # the README's CPU schedule (dense generator, MLP critic)
+  python -m benchmarks.dgm_step --tasks 0 4 9      # at tasks 1, 5 and 10
+
+Earlier tasks are begun and ended without training. By default the network does not grow
+(the initial widths: a lower bound on the cost at task t); with --growth their untrained masks
+(zero embeddings: everything reserved) grow it by its whole width per task, an upper bound on
+what a trained run reaches. Each case is compiled first (first_call_s), then timed over
+--steps calls of one jitted iteration.
+"""
+
+import argparse
+import json
+
+import jax
+import numpy as np
+
+from benchmarks.timing import time_step
+from experiments.configs import dgm as dgm_config
+from gmcl import dgm
+from gmcl.data.sampling import task_arrays
+from gmcl.methods import build_method
+
+
+def time_cases(variant: str, cpu: bool, tasks: list[int], steps: int, growth: bool) -> list[dict]:
+  c = dgm_config.get_config(f"variant={variant}" + (",cpu" if cpu else ""))
+  c.dgm.growth = growth
+  shape = (32, 32, 1)
+  method = build_method("dgm", c, shape, 10)
+  rng = np.random.default_rng(0)
+  state = method.init(jax.random.PRNGKey(0))
+  out = []
+  for t in range(max(tasks) + 1):
+    state = method.begin_task(state, t, np.arange(10) <= t)
+    if t in tasks:
+      data = task_arrays(rng.uniform(-1, 1, (6000,) + shape).astype(np.float32),
+                         np.full(6000, t, np.int32))
+      state, compile_s, per_step = time_step(method.gan_step, state, data, jax.random.PRNGKey(t), steps)
+      out.append({"case": f"dgm/{variant}", "architecture": c.dgm.architecture, "critic": c.dgm.critic,
+                  "task": t + 1, "growth": growth, "widths": list(dgm.current_widths(state.generator.params)),
+                  "batch_size": c.train.batch_size, "ms_per_iteration": 1e3 * per_step,
+                  "iterations_per_s": 1.0 / per_step, "first_call_s": compile_s,
+                  "device": str(jax.devices()[0].device_kind)})
+    state = method.end_task(state)
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--variant", choices=["dgmw", "dgma"], action="append")
+  p.add_argument("--cpu", action="store_true", help="the `cpu` schedule's networks")
+  p.add_argument("--tasks", type=int, nargs="+", default=[0, 4, 9], help="0-based task indices")
+  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--growth", action="store_true")
+  a = p.parse_args()
+  for variant in a.variant or ["dgmw", "dgma"]:
+    for row in time_cases(variant, a.cpu, a.tasks, a.steps, a.growth):
+      print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+  main()

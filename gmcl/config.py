@@ -101,6 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dgm.hidden = (64, 128, 256)  # dense widths
   c.dgm.s_max = 1e4  # official: 1e4 DGMw, 1e5 DGMa
   c.dgm.sparsity = 0.08  # lamb_G (official: 0.08 DGMw MNIST, 0.01 DGMa, 0.001 DGMw SVHN)
+  c.dgm.epochs = 101  # s-schedule epochs per task: train.generator_steps are cut into this many
   c.dgm.s_schedule = "nested"  # nested (DGMw) | epoch (DGMa): see gmcl.methods.dgm.s_schedule
   c.dgm.growth = True  # grow by the newly reserved capacity after each task (False: HAT's fixed net)
   c.dgm.mask_placement = "after_activation"  # DGMa: after_activation (paper) | before_bn (official code)
@@ -235,6 +236,7 @@ def validate_config(config) -> None:
   _require(len(g.hidden) >= 1 and min(g.hidden) >= 1, "dgm.hidden", g.hidden,
            "one or more positive widths")
   _require(g.s_max >= 1, "dgm.s_max", g.s_max, ">= 1")
+  _require(g.epochs >= 1, "dgm.epochs", g.epochs, ">= 1")
   _require(g.sparsity >= 0, "dgm.sparsity", g.sparsity, ">= 0")
   _require(g.s_schedule in ("nested", "epoch"), "dgm.s_schedule", g.s_schedule, "'nested' or 'epoch'")
   _require(g.mask_placement in ("after_activation", "before_bn"), "dgm.mask_placement",

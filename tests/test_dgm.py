@@ -101,16 +101,19 @@ def test_sparsity_weight_scales_with_the_network():
 
 
 def test_s_schedules_follow_the_official_formulas():
-  s_max, spe, steps = 1e4, 10, 30  # three epochs of ten batches
+  s_max, steps = 1e4, 30  # three epochs of ten steps
   # DGMw, epoch 0: s_max_epoch = 1/s_max, so s starts at s_max and falls (the official quirk).
-  s, s_ep = s_schedule(0, spe, steps, s_max, nested=True)
+  s, s_ep = s_schedule(0, steps, 3, s_max, nested=True)
   assert float(s_ep) == pytest.approx(1 / s_max) and float(s) == pytest.approx(s_max)
-  s, s_ep = s_schedule(25, spe, steps, s_max, nested=True)  # epoch 2, batch 5
+  s, s_ep = s_schedule(25, steps, 3, s_max, nested=True)  # epoch 2, step 5 of 10
   want_ep = (s_max - 1 / s_max) * 2 / 3 + 1 / s_max
   assert float(s_ep) == pytest.approx(want_ep)
   assert float(s) == pytest.approx((want_ep - 1 / want_ep) * 0.5 + 1 / want_ep)
+  # The last step of the task ends an epoch: s close to that epoch's maximum.
+  s, s_ep = s_schedule(29, steps, 3, s_max, nested=True)
+  assert float(s) == pytest.approx((want_ep - 1 / want_ep) * 0.9 + 1 / want_ep)
   # DGMa: constant within an epoch.
-  a = [float(s_schedule(i, spe, steps, 1e5, nested=False)[0]) for i in (10, 15, 19)]
+  a = [float(s_schedule(i, steps, 3, 1e5, nested=False)[0]) for i in (10, 15, 19)]
   assert a[0] == a[1] == a[2] == pytest.approx((1e5 - 1e-5) / 3 + 1e-5, rel=1e-6)
 
 
@@ -258,3 +261,18 @@ def test_bad_dgm_config_is_named():
     validate_config(c)
   with pytest.raises(ValueError, match="variant='gan'"):
     dgm_config.get_config("variant=gan")
+
+
+@pytest.mark.parametrize("reinit", [True, False])
+def test_critic_is_reinitialised_or_keeps_its_trunk(reinit):
+  c = _tiny_config("dgmw", True)
+  c.dgm.reinit_critic = reinit
+  method = build_method("dgm", c, SHAPE, 10)
+  state = method.end_task(method.begin_task(method.init(jax.random.PRNGKey(0)), 0, np.arange(10) <= 0))
+  before = state.critic.params
+  after = method.begin_task(state, 1, np.arange(10) <= 1).critic.params
+  for name in before:
+    same = all(bool(jnp.array_equal(a, b)) for a, b in
+               zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name])))
+    # The official code resets both heads at every task, and the whole critic with reinit_D.
+    assert same == (not reinit and name not in ("wgan_head", "aux_head")), name

@@ -50,11 +50,23 @@ Differences from the official code, each a config value or stated:
   head rebuilt with t + 1 rows at every task (which is re-initialised anyway).
 * Real batches are drawn uniformly with replacement (the official loop walks each
   task's data in a fixed order); the reported A_t is the one after the last step (the
-  official code reports the test accuracy at its best validation epoch).
+  official code holds out 15 % of each class and reports the test accuracy at its best
+  validation epoch); here all of a class's training images are used.
+* Every task runs ``train.generator_steps`` steps in ``dgm.epochs`` epochs of equal length
+  (official: 101 full passes over the 85 % training part, 7,300 to 9,100 steps by class;
+  default here 9494 = 101 x 94), so that every task ends an epoch at s close to its
+  maximum whatever its size.
+* MNIST is padded from 28 to 32 pixels (the official code resizes it).
+* Replay from the current parameters is the official fixed pool only while earlier tasks
+  are exactly preserved (the defaults); with ``mask_placement="before_bn"`` or
+  ``replay_gates="soft"`` it can drift within a task, where the official pool is fixed.
 * Batch norms start at scale 1 (the official first one draws N(1, 0.02)); the critic
   keeps Flax's default initialisers.
 * Tasks with several classes (split protocols): each past task replays one batch,
-  its classes in turn.
+  its classes in turn, through one head per task (the official code appends a head
+  per class but indexes them by task, which only works with one class per task).
+* The critic pads its 5x5 stride-2 convolutions as Flax's "SAME" (1, 2), torch (2, 2);
+  the transposed convolutions use the kernel unflipped (a reparametrisation).
 """
 
 from __future__ import annotations
@@ -94,18 +106,19 @@ class DGMState:
   frozen: Any = None  # DGM keeps no snapshot: the masks protect earlier tasks
 
 
-def s_schedule(step, steps_per_epoch, num_steps: int, s_max: float, nested: bool):
-  """``(s, s_max_epoch)`` at ``step`` of a task (the official code's schedules).
+def s_schedule(step, num_steps: int, epochs: int, s_max: float, nested: bool):
+  """``(s, s_max_epoch)`` at ``step`` of a task of ``num_steps`` steps cut into ``epochs`` epochs of
+  ``ceil(num_steps / epochs)`` steps (the official code's schedules, with its epochs).
 
   ``s_max_epoch = (s_max - 1/s_max) * epoch / n_epochs + 1/s_max`` rises over the task's
   epochs. ``nested`` (DGMw): within an epoch s runs from 1/s_max_epoch to s_max_epoch
   (at the first epoch that is from s_max down to about 1/s_max, as the official
   formula gives); otherwise (DGMa) s = s_max_epoch for the whole epoch.
   """
-  spe = jnp.maximum(jnp.asarray(steps_per_epoch, jnp.float32), 1.0)
+  spe = max(math.ceil(num_steps / max(epochs, 1)), 1)
+  n_epochs = max(math.ceil(num_steps / spe), 1)
   step = jnp.asarray(step, jnp.float32)
   epoch = jnp.floor(step / spe)
-  n_epochs = jnp.ceil(num_steps / spe)
   s_ep = (s_max - 1.0 / s_max) * epoch / n_epochs + 1.0 / s_max
   if not nested:
     return s_ep, s_ep
@@ -194,11 +207,12 @@ class DGM(Method):
                                  jax.random.fold_in(state.key, 1000 + task_index))
     generator = ModelState(params=params, opt_state=self._fresh_generator_opt(params, state.reserved),
                            batch_stats=stats)
-    critic = state.critic
-    if task_index == 0 or self.d.reinit_critic:
-      critic = self._init_critic(jax.random.fold_in(state.key, 2000 + task_index))
-    else:
-      critic = critic.replace(opt_state=self.critic_tx.init(critic.params))
+    critic = self._init_critic(jax.random.fold_in(state.key, 2000 + task_index))
+    if task_index > 0 and not self.d.reinit_critic:  # the official code still resets both heads
+      heads = ("wgan_head", "aux_head")
+      params = {k: (v if k in heads else state.critic.params[k]) for k, v in critic.params.items()}
+      critic = ModelState(params=params, opt_state=self.critic_tx.init(params),
+                          batch_stats=state.critic.batch_stats)
     active = jnp.asarray(active_classes, bool)
     return state.replace(generator=generator, critic=critic, task=jnp.asarray(task_index, jnp.int32),
                          step=jnp.zeros((), jnp.int32),
@@ -286,9 +300,8 @@ class DGM(Method):
 
   # -- the training iteration ----------------------------------------------------------------
 
-  def schedule(self, state: DGMState, data: TaskArrays):
-    spe = (data.count + self.batch_size - 1) // self.batch_size
-    return s_schedule(state.step, spe, self.num_steps, float(self.d.s_max), self.nested)
+  def schedule(self, state: DGMState):
+    return s_schedule(state.step, self.num_steps, int(self.d.epochs), float(self.d.s_max), self.nested)
 
   def gan_step(self, state: DGMState, data: TaskArrays, key):
     t = dgm.num_tasks_begun(state.generator.params) - 1  # static: read off the structure
@@ -296,7 +309,7 @@ class DGM(Method):
     k_idx, k_perm, k_zd, k_gp, k_zg = jax.random.split(key, 5)
     idx = jax.random.randint(k_idx, (n,), 0, data.count)
     x, y = data.x[idx], data.y[idx]
-    s, s_ep = self.schedule(state, data)
+    s, s_ep = self.schedule(state)
 
     # 1. the classifier (the critic's auxiliary head and trunk) on real + replayed, t + 1 steps
     xs, ys = [x], [y]

@@ -47,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.kernel_size = 5
   c.model.output_activation = "tanh"
   c.model.conditioning = "concat"  # concat | batchnorm (class-conditional batch norm, MeRGAN)
+  # Convolutions' implementation (gmcl.ops.conv): auto (GEMM-based forms where XLA:CPU's native
+  # ones are slow; native on GPU/TPU) | native | cpu. The same function and parameters.
+  c.model.conv_plan = "auto"
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64
@@ -164,6 +167,7 @@ def validate_config(config) -> None:
   from gmcl.methods import METHODS  # pylint: disable=import-outside-toplevel
   from gmcl.methods.dgr import parse_replay_ratio  # pylint: disable=import-outside-toplevel
   from gmcl.models.classifiers import CLASSIFIERS  # pylint: disable=import-outside-toplevel
+  from gmcl.ops.conv import PLANS  # pylint: disable=import-outside-toplevel
   _check_keys(config, base_config())
   _require(config.method in METHODS, "method", config.method, str(sorted(METHODS)))
   d, m, t = config.data, config.model, config.train
@@ -215,6 +219,7 @@ def validate_config(config) -> None:
   _require(config.dgr.targets in ("hard", "soft"), "dgr.targets", config.dgr.targets,
            "'hard' or 'soft'")
   _require(config.dgr.temperature > 0, "dgr.temperature", config.dgr.temperature, "> 0")
+  _require(m.conv_plan in PLANS, "model.conv_plan", m.conv_plan, str(list(PLANS)))
   _require(m.conditioning in ("concat", "batchnorm"), "model.conditioning", m.conditioning,
            "'concat' or 'batchnorm'")
   mg = config.mergan

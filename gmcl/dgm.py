@@ -49,6 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from gmcl.ops import conv as conv_ops
+
 KINDS = ("conv", "dense")
 MASKS = ("weight", "activation")
 PLACEMENTS = ("after_activation", "before_bn")
@@ -71,6 +73,8 @@ class GeneratorSpec:
     max_tasks: rows of each embedding table.
     kernel_init: "xavier" (DGMw's xavier_uniform, gain sqrt 2) or "normal" (DGMa's
       N(0, 0.02)); grown weights use the other one, as the official code does.
+    conv_plan: the transposed convolutions' implementation (gmcl.ops.conv): "auto"
+      (sub-pixel and GEMM forms on XLA:CPU where its native ones are slow), "native", "cpu".
   """
   kind: str = "conv"
   z_dim: int = 128
@@ -83,11 +87,13 @@ class GeneratorSpec:
   kernel_init: str = "xavier"
   bn_momentum: float = 0.9  # PyTorch's 0.1
   bn_epsilon: float = 1e-5
+  conv_plan: str = "auto"
 
   def __post_init__(self):
     for name, value, valid in (("kind", self.kind, KINDS), ("mask", self.mask, MASKS),
                                ("placement", self.placement, PLACEMENTS),
-                               ("kernel_init", self.kernel_init, ("xavier", "normal"))):
+                               ("kernel_init", self.kernel_init, ("xavier", "normal")),
+                               ("conv_plan", self.conv_plan, conv_ops.PLANS)):
       if value not in valid:
         raise ValueError(f"GeneratorSpec.{name}={value!r}; valid: {list(valid)}.")
     if not self.widths or min(self.widths) < 1:
@@ -198,13 +204,10 @@ def task_params(spec: GeneratorSpec, params: dict, batch_stats: dict, task: int)
 
 # -- the forward pass ------------------------------------------------------------------------------
 
-def _conv_transpose(x, w, stride: int, padding: int):
+def _conv_transpose(x, w, stride: int, padding: int, plan: str = "native"):
   """torch.nn.ConvTranspose2d(k, stride, padding) as a convolution of the dilated input (NHWC, HWIO)."""
-  k = w.shape[0]
-  pad = k - 1 - padding
-  return jax.lax.conv_general_dilated(x, w, (1, 1), [(pad, pad), (pad, pad)],
-                                      lhs_dilation=(stride, stride),
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  g = conv_ops.torch_conv_transpose_geometry(tuple(x.shape[1:3]), w.shape[0], stride, padding)
+  return conv_ops.conv(x, w, g, conv_ops.resolve_plan(plan, g))
 
 
 def _batch_norm(spec: GeneratorSpec, x, bn, stats, train: bool):
@@ -249,7 +252,7 @@ def generate(spec: GeneratorSpec, params: dict, batch_stats: dict, z: jax.Array,
     if spec.mask == "weight":
       w = w * g[l]
     if spec.kind == "conv":
-      h = _conv_transpose(x, w, 1 if l == 0 else 2, 0 if l == 0 else 1)
+      h = _conv_transpose(x, w, 1 if l == 0 else 2, 0 if l == 0 else 1, spec.conv_plan)
     else:
       h = x @ w
     if spec.mask == "activation" and spec.placement == "before_bn":
@@ -262,7 +265,7 @@ def generate(spec: GeneratorSpec, params: dict, batch_stats: dict, z: jax.Array,
     x = h
   head = params["head"][task]
   if spec.kind == "conv":
-    out = _conv_transpose(x, head, 2, 1)
+    out = _conv_transpose(x, head, 2, 1, spec.conv_plan)
   else:
     out = (x @ head).reshape((x.shape[0],) + tuple(spec.image_shape))
   stats = batch_stats

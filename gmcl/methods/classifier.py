@@ -45,7 +45,7 @@ class ClassifierMethod(Method):
     self.num_classes = num_classes
     model_cfg, train_cfg = config.model, config.train
     encoder_kwargs = {"hidden": tuple(model_cfg.classifier_hidden)} \
-        if model_cfg.classifier == "mlp" else {}
+        if model_cfg.classifier == "mlp" else {"conv_plan": model_cfg.conv_plan}
     self.classifier = make_classifier(model_cfg.classifier, num_classes, **encoder_kwargs)
     self.solver_tx = adam(train_cfg.solver_lr, train_cfg.solver_b1, train_cfg.solver_b2,
                           train_cfg.weight_decay)

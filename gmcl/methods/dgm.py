@@ -150,12 +150,12 @@ class DGM(Method):
         kind="conv" if d.architecture == "conv" else "dense", z_dim=m.z_dim, widths=widths,
         image_shape=self.image_shape, mask="weight" if weight else "activation",
         placement=d.mask_placement, max_tasks=d.max_tasks,
-        kernel_init="xavier" if weight else "normal")
+        kernel_init="xavier" if weight else "normal", conv_plan=m.conv_plan)
     self.nested = d.s_schedule == "nested"
     if d.critic == "dcgan":
       self.critic = DCGANCritic(num_classes=num_classes, base_features=m.critic_features,
                                 num_layers=m.critic_layers, kernel_size=m.kernel_size,
-                                batch_norm=bool(d.critic_batch_norm))
+                                batch_norm=bool(d.critic_batch_norm), conv_plan=m.conv_plan)
     else:
       self.critic = MLPCritic(num_classes=num_classes,
                               hidden=(8 * m.critic_features, 4 * m.critic_features))

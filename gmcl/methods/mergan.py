@@ -111,7 +111,8 @@ class MeRGAN(ClassifierMethod):
         m.gan, self.image_shape, num_classes, generator_features=m.generator_features,
         critic_features=m.critic_features, critic_layers=m.critic_layers,
         kernel_size=m.kernel_size, output_activation=m.output_activation,
-        bn_axis_name=parallel.axis_name, conditioning=m.conditioning)
+        bn_axis_name=parallel.axis_name, conditioning=m.conditioning,
+        conv_plan=m.conv_plan)
     self.gan_tx = adam(tr.gan_lr, tr.gan_b1, tr.gan_b2, tr.weight_decay)
     self.n_critic, self.gp_weight = tr.n_critic, tr.gp_weight
     self.oracle: Optional[oracle.Oracle] = None

@@ -11,6 +11,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from gmcl.models.layers import Conv
+
 
 class MLPEncoder(nn.Module):
   """Flatten -> [Dense -> ReLU] * len(hidden). DGR/van de Ven's MNIST solver with (400, 400)."""
@@ -28,11 +30,12 @@ class CNNEncoder(nn.Module):
   """[Conv3x3 -> ReLU -> MaxPool2] per entry of ``features`` -> Dense -> ReLU."""
   features: Sequence[int] = (32, 64)
   dense: int = 256
+  conv_plan: str = "auto"  # gmcl.ops.conv: "auto" | "native" | "cpu"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for f in self.features:
-      x = nn.relu(nn.Conv(f, (3, 3), padding="SAME")(x))
+      x = nn.relu(Conv(f, (3, 3), padding="SAME", plan=self.conv_plan)(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     return nn.relu(nn.Dense(self.dense)(x))

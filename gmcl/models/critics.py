@@ -7,6 +7,8 @@ from typing import Optional
 import flax.linen as nn
 import jax
 
+from gmcl.models.layers import Conv
+
 
 class DCGANCritic(nn.Module):
   """Image -> (Wasserstein score, auxiliary class logits).
@@ -21,6 +23,10 @@ class DCGANCritic(nn.Module):
   convolution but the first, no convolution biases (then ``train`` selects batch or
   running statistics, and the caller makes ``batch_stats`` mutable in training).
 
+  ``conv_plan`` picks the convolutions' implementation (gmcl.ops.conv; "auto": GEMM-based
+  forms on XLA:CPU where its native ones are slow, including the gradient penalty's second
+  derivative; native on GPU/TPU), with the same parameters.
+
   Because no layer mixes examples, the critic's input gradient can be taken of
   the summed scores, which the gradient penalty relies on.
   """
@@ -29,6 +35,7 @@ class DCGANCritic(nn.Module):
   num_layers: int = 3
   kernel_size: int = 5
   batch_norm: bool = False
+  conv_plan: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> tuple[jax.Array, Optional[jax.Array]]:
@@ -36,8 +43,8 @@ class DCGANCritic(nn.Module):
       raise ValueError(f"DCGANCritic: x must be (batch, H, W, C), got shape {x.shape}.")
     k = (self.kernel_size, self.kernel_size)
     for i in range(self.num_layers):
-      x = nn.Conv(self.base_features * 2 ** i, k, strides=(2, 2), padding="SAME",
-                  use_bias=not self.batch_norm)(x)
+      x = Conv(self.base_features * 2 ** i, k, strides=2, padding="SAME",
+               use_bias=not self.batch_norm, plan=self.conv_plan)(x)
       if self.batch_norm and i > 0:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
       x = nn.leaky_relu(x, 0.2)

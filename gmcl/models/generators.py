@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmcl.models.layers import ConvTranspose
+
 _OUTPUT_ACTIVATIONS = {"tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "none": lambda x: x}
 CONDITIONINGS = ("concat", "batchnorm")
 
@@ -75,6 +77,9 @@ class DCGANGenerator(nn.Module):
     base_features: ngf, the features of the last hidden layer.
     kernel_size: side of the transposed-convolution kernels.
     output_activation: "tanh" (images in [-1, 1]), "sigmoid" ([0, 1]) or "none".
+    conv_plan: the transposed convolutions' implementation (gmcl.ops.conv): "auto"
+      (GEMM-based forms on XLA:CPU where its native ones are slow; native elsewhere),
+      "native" (exactly flax.linen.ConvTranspose) or "cpu". Same parameters either way.
   """
   image_shape: tuple[int, int, int] = (32, 32, 1)
   num_classes: int = 0
@@ -83,6 +88,7 @@ class DCGANGenerator(nn.Module):
   output_activation: str = "tanh"
   bn_axis_name: Optional[str] = None  # "data" under pmap: batch statistics over all devices
   conditioning: str = "concat"
+  conv_plan: str = "auto"
 
   @nn.compact
   def __call__(self, z: jax.Array, labels: Optional[jax.Array] = None, *,
@@ -102,7 +108,7 @@ class DCGANGenerator(nn.Module):
     for i in range(n_up):
       last = i == n_up - 1
       features = c if last else features // 2
-      x = nn.ConvTranspose(features, k, strides=(2, 2), padding="SAME")(x)
+      x = ConvTranspose(features, k, strides=2, padding="SAME", plan=self.conv_plan)(x)
       if not last:
         x = nn.relu(norm()(x))
     return _OUTPUT_ACTIVATIONS[self.output_activation](x)

@@ -1,0 +1,86 @@
+"""Times each direction of each convolution of the MeRGAN and DGM GANs under every implementation.
+
+  python -m benchmarks.conv_layers                 # MeRGAN's layers, batch 64
+  python -m benchmarks.conv_layers --net dgm       # DGM's official generator (ngf 6 and 20)
+
+One JSON line per (layer, direction, implementation): milliseconds per call (median of
+--repeats rounds, each --calls calls, implementations alternating within a round), GFLOP/s
+of the layer's true work, and what gmcl.ops.conv.cpu_plan picks. This is what cpu_plan's
+rule was read from.
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmcl.ops import conv as C
+
+MERGAN = [  # (name, geometry, c_in, c_out)
+    ("G convT 4->8", C.conv_transpose_geometry((4, 4), (5, 5), 2), 128, 64),
+    ("G convT 8->16", C.conv_transpose_geometry((8, 8), (5, 5), 2), 64, 32),
+    ("G convT 16->32", C.conv_transpose_geometry((16, 16), (5, 5), 2), 32, 1),
+    ("D conv 32->16", C.conv_geometry((32, 32), (5, 5), 2), 1, 32),
+    ("D conv 16->8", C.conv_geometry((16, 16), (5, 5), 2), 32, 64),
+    ("D conv 8->4", C.conv_geometry((8, 8), (5, 5), 2), 64, 128),
+]
+
+
+def dgm_layers(ngf: int):
+  return [
+      (f"DGM ngf{ngf} convT 4->8", C.torch_conv_transpose_geometry((4, 4), 4, 2, 1), 4 * ngf, 2 * ngf),
+      (f"DGM ngf{ngf} convT 8->16", C.torch_conv_transpose_geometry((8, 8), 4, 2, 1), 2 * ngf, ngf),
+      (f"DGM ngf{ngf} convT 16->32", C.torch_conv_transpose_geometry((16, 16), 4, 2, 1), ngf, 1),
+  ]
+
+
+def direction_fns(g, impl: str, w_shape):
+  plan = C.Plan(impl, impl, impl)
+  f = C._impl(impl, g)
+  return {"forward": jax.jit(lambda x, w, dy: f(x, w)),
+          "input_grad": jax.jit(lambda x, w, dy: C._gx_raw(g, plan, dy, w)),
+          "weight_grad": jax.jit(lambda x, w, dy: C._gw_raw(g, plan, x, dy, w_shape))}
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--net", choices=["mergan", "dgm"], default="mergan")
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--calls", type=int, default=20)
+  p.add_argument("--repeats", type=int, default=5)
+  a = p.parse_args()
+  layers = MERGAN if a.net == "mergan" else dgm_layers(6) + dgm_layers(20)
+  rng = np.random.default_rng(0)
+  for name, g, cin, cout in layers:
+    x = jnp.asarray(rng.normal(size=(a.batch, *g.in_hw, cin)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(*g.kernel_hw, cin, cout)), jnp.float32)
+    dy = jnp.asarray(rng.normal(size=(a.batch, *g.out_hw, cout)), jnp.float32)
+    impls = [i for i in C.IMPLEMENTATIONS if not i.startswith("subpixel") or g.subpixel_ok()]
+    fns = {i: direction_fns(g, i, w.shape) for i in impls}
+    chosen = C.cpu_plan(g)
+    gflop = C.flops(g, a.batch, cin, cout) / 1e9
+    for direction in C.DIRECTIONS:
+      times = {i: [] for i in impls}
+      for i in impls:
+        jax.block_until_ready(fns[i][direction](x, w, dy))
+      for _ in range(a.repeats):
+        for i in impls:
+          t0 = time.perf_counter()
+          for _ in range(a.calls):
+            out = fns[i][direction](x, w, dy)
+          jax.block_until_ready(out)
+          times[i].append((time.perf_counter() - t0) / a.calls)
+      for i in impls:
+        ms = 1e3 * statistics.median(times[i])
+        print(json.dumps({"layer": name, "direction": direction, "impl": i, "ms": round(ms, 3),
+                          "gflop_per_s": round(gflop / ms * 1e3, 1),
+                          "chosen": getattr(chosen, direction) == i,
+                          "device": jax.devices()[0].device_kind}), flush=True)
+
+
+if __name__ == "__main__":
+  main()

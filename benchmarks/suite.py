@@ -1,0 +1,339 @@
+"""The benchmark suite: one JSON line per case, and BENCHMARKS.md with --write.
+
+  python -m benchmarks.suite                    # every case, PyTorch reference when torch is installed
+  python -m benchmarks.suite --write            # ... and rewrite BENCHMARKS.md
+  python -m benchmarks.suite --cases mergan     # cases whose name contains "mergan"
+
+Cases (batch 64, 32x32x1, official architectures, after one task so replay and snapshots
+are live):
+
+* ``mergan/ra``, ``mergan/jr``: one MeRGAN iteration (5 WGAN-GP + AC-GAN critic steps,
+  one generator step with replay alignment / joint retraining), under ``model.conv_plan``
+  ``auto`` (gmcl's default) and ``native`` (plain ``lax.conv``), and the PyTorch eager
+  reference (benchmarks/torch_mergan.py) when the ``bench`` extra is installed;
+* ``dgm/dgmw``: one DGM iteration at task 2 (official 4x4 transposed-conv generator with
+  weight masks, batch-norm critic), auto and native;
+* ``dgr/generator``, ``dgr/solver``: DGR's WGAN-GP iteration (DCGAN) and solver step with replay;
+* ``eval``: the evaluation pass, DGR's solver predicting 10,000 test images.
+
+All runners of one group are timed side by side: ``--rounds`` rounds, each running every
+runner for ``--calls`` calls in turn; the figure is the median over rounds (runners
+alternate, so a load change on the machine hits them alike). FLOPs are counted from the
+jaxpr of the native-plan program: conv and matmul multiply-adds x 2 that meet real input
+(not padding or dilation holes) -- the work every implementation must do. ``peak`` is a
+2048x2048 float32 matmul's GFLOP/s on this machine, measured in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmcl.data.sampling import task_arrays
+from gmcl.methods import build_method
+from gmcl.methods.base import run_chunk
+
+SHAPE = (32, 32, 1)
+
+
+# -- FLOPs from a jaxpr ---------------------------------------------------------------------------------
+
+def _conv_flops(eqn) -> int:
+  lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+  out = eqn.outvars[0].aval.shape
+  p = eqn.params
+  dn = p["dimension_numbers"]
+  taps = 1
+  for i in range(len(dn.lhs_spec) - 2):
+    n, k, o = lhs[dn.lhs_spec[2 + i]], rhs[dn.rhs_spec[2 + i]], out[dn.out_spec[2 + i]]
+    ld, rd, s = p["lhs_dilation"][i], p["rhs_dilation"][i], p["window_strides"][i]
+    pos = np.arange(o)[:, None] * s + np.arange(k)[None, :] * rd - p["padding"][i][0]
+    taps *= int(((pos >= 0) & (pos <= (n - 1) * ld) & (pos % ld == 0)).sum())
+  return 2 * out[dn.out_spec[0]] * out[dn.out_spec[1]] * rhs[dn.rhs_spec[1]] * taps
+
+
+def _dot_flops(eqn) -> int:
+  a, b = (v.aval.shape for v in eqn.invars[:2])
+  (ca, cb), (ba, bb) = eqn.params["dimension_numbers"]
+  contract = int(np.prod([a[i] for i in ca]))
+  batch = int(np.prod([a[i] for i in ba]))
+  free_a = int(np.prod([a[i] for i in range(len(a)) if i not in ca and i not in ba]))
+  free_b = int(np.prod([b[i] for i in range(len(b)) if i not in cb and i not in bb]))
+  return 2 * batch * contract * free_a * free_b
+
+
+def jaxpr_flops(jaxpr) -> int:
+  """Conv and matmul FLOPs of a (closed) jaxpr, sub-jaxprs included (a scan's body counts once)."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "conv_general_dilated":
+      total += _conv_flops(eqn)
+    elif eqn.primitive.name == "dot_general":
+      total += _dot_flops(eqn)
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          total += jaxpr_flops(sub.jaxpr)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          total += jaxpr_flops(sub)
+  return total
+
+
+def matmul_peak_gflops(n: int = 2048, calls: int = 10) -> float:
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  best = 0.0
+  for _ in range(3):
+    t0 = time.perf_counter()
+    for _ in range(calls):
+      out = f(a)
+    out.block_until_ready()
+    best = max(best, 2 * n ** 3 * calls / (time.perf_counter() - t0) / 1e9)
+  return best
+
+
+# -- runners ---------------------------------------------------------------------------------------------
+
+class StepRunner:
+  """One compiled step of a gmcl method (K = 1), advanced in place; ``flops`` from the native program."""
+
+  def __init__(self, step, state, data, key):
+    self.step, self.state, self.data, self.key, self.i = step, state, data, key, 0
+    t0 = time.perf_counter()
+    self()
+    self.first_call_s = time.perf_counter() - t0
+
+  def __call__(self):
+    self.state, m = run_chunk(self.step, self.state, self.data, self.key, self.i, 1)
+    self.i += 1
+    jax.block_until_ready(m)
+
+  def flops(self) -> int:
+    live, frozen = self.state.replace(frozen=None), self.state.frozen
+    fn = lambda live, frozen, data, key: self.step(live.replace(frozen=frozen), data, key)
+    return jaxpr_flops(jax.make_jaxpr(fn)(live, frozen, self.data, self.key).jaxpr)
+
+
+def _task_data(t: int, n: int = 2048):
+  rng = np.random.default_rng(t)
+  return task_arrays(rng.uniform(-1, 1, (n,) + SHAPE).astype(np.float32), np.full(n, t, np.int32))
+
+
+def _method_after_one_task(name: str, config):
+  """(method, state at the start of task 2 with a snapshot of task 1, task-2 data)."""
+  method = build_method(name, config, SHAPE, 10)
+  state = method.init(jax.random.PRNGKey(0))
+  state = method.begin_task(state, 0, np.arange(10) <= 0)
+  state = method.end_task(state)
+  state = method.begin_task(state, 1, np.arange(10) <= 1)
+  return method, state, _task_data(1)
+
+
+def mergan_runner(variant: str, plan: str) -> StepRunner:
+  from experiments.configs import mergan  # pylint: disable=import-outside-toplevel
+  c = mergan.get_config(f"variant={variant}")
+  c.model.conv_plan, c.mergan.oracle = plan, False
+  method, state, data = _method_after_one_task("mergan", c)
+  return StepRunner(method.gan_step, state, data, jax.random.PRNGKey(1))
+
+
+def dgm_runner(variant: str, plan: str) -> StepRunner:
+  from experiments.configs import dgm  # pylint: disable=import-outside-toplevel
+  c = dgm.get_config(f"variant={variant}")
+  c.model.conv_plan = plan
+  method, state, data = _method_after_one_task("dgm", c)
+  return StepRunner(method.gan_step, state, data, jax.random.PRNGKey(1))
+
+
+def dgr_runners(plan: str) -> dict[str, StepRunner]:
+  from experiments.configs import dgr  # pylint: disable=import-outside-toplevel
+  c = dgr.get_config("")
+  c.model.conv_plan, c.data.pad_to = plan, 32
+  c.model.generator_features = c.model.critic_features = 32
+  method, state, data = _method_after_one_task("dgr", c)
+  phases = {p.name: p.step for p in method.phases()}
+  return {name: StepRunner(step, state, data, jax.random.PRNGKey(1)) for name, step in phases.items()}
+
+
+class EvalRunner:
+  """The evaluation pass: DGR's solver predicting 10,000 images in batches of 1000."""
+
+  def __init__(self):
+    from experiments.configs import dgr  # pylint: disable=import-outside-toplevel
+    from gmcl.evaluation import predict_labels  # pylint: disable=import-outside-toplevel
+    method, state, _ = _method_after_one_task("dgr", dgr.get_config(""))
+    self.x = np.random.default_rng(0).uniform(-1, 1, (10000,) + SHAPE).astype(np.float32)
+    predict = jax.jit(lambda x: method.predict(state, x))
+    self.run = lambda: predict_labels(predict, self.x)
+    self._flops = jaxpr_flops(jax.make_jaxpr(lambda x: method.predict(state, x))(self.x[:1000]).jaxpr) * 10
+    t0 = time.perf_counter()
+    self()
+    self.first_call_s = time.perf_counter() - t0
+
+  def __call__(self):
+    self.run()
+
+  def flops(self) -> int:
+    return self._flops
+
+
+class TorchRunner:
+  def __init__(self, variant: str):
+    import torch  # pylint: disable=import-outside-toplevel
+    from benchmarks.torch_mergan import MeRGANIteration  # pylint: disable=import-outside-toplevel
+    self.torch = torch
+    self.it = MeRGANIteration(variant)
+    t0 = time.perf_counter()
+    self()
+    self.first_call_s = time.perf_counter() - t0
+
+  def __call__(self):
+    self.it()
+
+
+# -- the series -------------------------------------------------------------------------------------------
+
+def time_side_by_side(runners: dict[str, Callable], rounds: int, calls: int) -> dict[str, float]:
+  """Median seconds per call of each runner over ``rounds`` rounds in which they alternate."""
+  times = {k: [] for k in runners}
+  for r in range(rounds):
+    order = list(runners) if r % 2 == 0 else list(reversed(runners))
+    for k in order:
+      t0 = time.perf_counter()
+      for _ in range(calls):
+        runners[k]()
+      times[k].append((time.perf_counter() - t0) / calls)
+  return {k: statistics.median(v) for k, v in times.items()}
+
+
+def groups(torch_ok: bool):
+  """Each group: {label: (factory, info)}; a group's runners are timed side by side."""
+  g = {}
+  for variant in ("ra", "jr"):
+    cases = {f"mergan/{variant} gmcl auto": (lambda v=variant: mergan_runner(v, "auto"), {}),
+             f"mergan/{variant} gmcl native": (lambda v=variant: mergan_runner(v, "native"), {})}
+    if torch_ok:
+      cases[f"mergan/{variant} torch eager"] = (lambda v=variant: TorchRunner(v), {})
+    g[f"mergan/{variant}"] = cases
+  g["dgm/dgmw"] = {"dgm/dgmw gmcl auto": (lambda: dgm_runner("dgmw", "auto"), {}),
+                   "dgm/dgmw gmcl native": (lambda: dgm_runner("dgmw", "native"), {})}
+  g["dgr"] = {f"dgr/{phase} gmcl {plan}": (lambda plan=plan, phase=phase: dgr_runners(plan)[phase], {})
+              for plan in ("auto", "native") for phase in ("generator", "solver")}
+  g["eval"] = {"eval gmcl": (EvalRunner, {})}
+  return g
+
+
+def machine() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  dev = jax.devices()[0]
+  return f"{cpu}, {os.cpu_count()} cores; JAX {jax.__version__} on {dev.platform} ({dev.device_kind})"
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--cases", nargs="*", default=[], help="substrings of case names to run (default all)")
+  p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--calls", type=int, default=3)
+  p.add_argument("--no_torch", action="store_true", help="skip the PyTorch reference")
+  p.add_argument("--write", action="store_true", help="rewrite BENCHMARKS.md with this run's table")
+  a = p.parse_args()
+  torch_ok = False
+  if not a.no_torch:
+    try:
+      import torch  # pylint: disable=import-outside-toplevel
+      torch_ok = True
+      torch_version = torch.__version__
+    except ImportError:
+      print(json.dumps({"note": "torch not installed: pip install -e '.[bench]' for the reference"}))
+  peak = matmul_peak_gflops()
+  rows = []
+  for group, cases in groups(torch_ok).items():
+    cases = {k: v for k, v in cases.items() if not a.cases or any(s in k for s in a.cases)}
+    if not cases:
+      continue
+    runners = {k: factory() for k, (factory, _) in cases.items()}
+    flops = {}
+    for k, r in runners.items():
+      if hasattr(r, "flops"):
+        flops[k] = r.flops()
+    needed = max(flops.values()) if flops else None  # the native program's count; auto counts extra work
+    native = [k for k in flops if "native" in k]
+    if native:
+      needed = flops[native[0]]
+    secs = time_side_by_side(runners, a.rounds, a.calls)
+    for k, s in secs.items():
+      row = {"case": k, "group": group, "iterations_per_s": round(1 / s, 3),
+             "ms_per_iteration": round(1e3 * s, 2),
+             "images_per_s": round(64 / s, 1) if not k.startswith("eval") else round(10000 / s, 1),
+             "gflop_per_iteration": round(needed / 1e9, 3) if needed else None,
+             "fraction_of_peak": round(needed / s / 1e9 / peak, 3) if needed else None,
+             "peak_gflop_per_s": round(peak, 1), "first_call_s": round(runners[k].first_call_s, 2),
+             "device": "cpu (torch)" if "torch" in k else str(jax.devices()[0].device_kind)}
+      ref = [j for j in secs if j.startswith(group) and "torch" in j]
+      if ref and "torch" not in k:
+        row["ratio_to_torch"] = round(secs[ref[0]] / s, 3)
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+  if a.write:
+    write_markdown(rows, a, peak, torch_version if torch_ok else None)
+
+
+def write_markdown(rows, args, peak, torch_version):
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            check=False).stdout.strip()
+  except OSError:
+    commit = "?"
+  cmd = "python -m benchmarks.suite --write" + (f" --cases {' '.join(args.cases)}" if args.cases else "")
+  lines = [
+      "# Benchmarks",
+      "",
+      f"Written by `{cmd}` (rounds {args.rounds}, calls {args.calls}) on "
+      f"{datetime.date.today().isoformat()}, commit {commit}.",
+      "",
+      f"Machine: {machine()}" + (f"; PyTorch {torch_version} eager on the CPU." if torch_version else "."),
+      f"Matmul peak (2048x2048 float32, JAX): {peak:.0f} GFLOP/s.",
+      "",
+      "Each group's rows were timed side by side, alternating (medians over rounds). GFLOP per",
+      "iteration: conv and matmul work of the native program that meets real input. `auto` is",
+      "gmcl's default `model.conv_plan` (GEMM-based forms where XLA:CPU is slow), `native` plain",
+      "`lax.conv`. See benchmarks/suite.py.",
+      "",
+      "| case | iterations/s | ms/iteration | images/s | GFLOP/iteration | fraction of peak | vs PyTorch |",
+      "|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    ratio = f"{r['ratio_to_torch']:.2f}x" if "ratio_to_torch" in r else ("1" if "torch" in r["case"] else "")
+    lines.append(f"| {r['case']} | {r['iterations_per_s']:.3f} | {r['ms_per_iteration']:.1f} | "
+                 f"{r['images_per_s']:.0f} | {r['gflop_per_iteration'] or ''} | "
+                 f"{r['fraction_of_peak'] or ''} | {ratio} |")
+  body = "\n".join(lines) + "\n"
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "BENCHMARKS.md")
+  old = open(path).read() if os.path.exists(path) else ""
+  marker = "<!-- suite table above; notes below are kept -->"
+  notes = old.split(marker, 1)[1] if marker in old else "\n"
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(body + "\n" + marker + notes)
+  os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+  main()

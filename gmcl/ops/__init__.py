@@ -1,0 +1,1 @@
+"""Numerical building blocks below the layers: convolutions with a per-direction implementation."""

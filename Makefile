@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gmcl-installed
 WORKDIR ?= runs/demo
 
-.PHONY: install data demo test clean
+.PHONY: install data demo test bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ demo: data
 # alone passes. The loop stops at the first failing file.
 test: data
 	@set -e; for f in tests/test_*.py; do echo "== $$f"; $(PY) -m pytest -q $$f; done
+
+# The benchmark suite (benchmarks/suite.py): JSON lines, and BENCHMARKS.md rewritten. Installs the
+# optional PyTorch reference (the `bench` extra) first; ~20 min on 2 cores.
+bench: install
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m benchmarks.suite --write
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache runs

@@ -42,7 +42,8 @@ import numpy as np
 
 from gmcl.data.sampling import task_arrays
 from gmcl.methods import build_method
-from gmcl.methods.base import run_chunk
+from gmcl.methods.base import _compiled_chunk, run_chunk
+from gmcl.parallel import Parallel
 
 SHAPE = (32, 32, 1)
 
@@ -107,17 +108,19 @@ def matmul_peak_gflops(n: int = 2048, calls: int = 10) -> float:
 # -- runners ---------------------------------------------------------------------------------------------
 
 class StepRunner:
-  """One compiled step of a gmcl method (K = 1), advanced in place; ``flops`` from the native program."""
+  """One compiled chunk of ``k`` steps of a gmcl method, advanced in place; a call runs one chunk
+  and counts as ``k`` iterations. ``flops`` (per step) from the program as traced."""
 
-  def __init__(self, step, state, data, key):
+  def __init__(self, step, state, data, key, k: int = 1, mode: str = "unroll"):
     self.step, self.state, self.data, self.key, self.i = step, state, data, key, 0
+    self.k, self.mode = k, mode
     t0 = time.perf_counter()
     self()
     self.first_call_s = time.perf_counter() - t0
 
   def __call__(self):
-    self.state, m = run_chunk(self.step, self.state, self.data, self.key, self.i, 1)
-    self.i += 1
+    self.state, m = run_chunk(self.step, self.state, self.data, self.key, self.i, self.k, self.mode)
+    self.i += self.k
     jax.block_until_ready(m)
 
   def flops(self) -> int:
@@ -125,20 +128,51 @@ class StepRunner:
     fn = lambda live, frozen, data, key: self.step(live.replace(frozen=frozen), data, key)
     return jaxpr_flops(jax.make_jaxpr(fn)(live, frozen, self.data, self.key).jaxpr)
 
+  def memory_mb(self) -> float:
+    """Arguments + outputs + temporaries of the compiled chunk (XLA's memory analysis), MB."""
+    live, frozen = self.state.replace(frozen=None), self.state.frozen
+    fn = _compiled_chunk(self.step, self.k, self.mode, Parallel())
+    m = fn.lower(live, frozen, self.data, self.key, jnp.asarray(0, jnp.int32)).compile().memory_analysis()
+    if m is None:
+      return float("nan")
+    return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+            - m.alias_size_in_bytes) / 2 ** 20
+
 
 def _task_data(t: int, n: int = 2048):
   rng = np.random.default_rng(t)
   return task_arrays(rng.uniform(-1, 1, (n,) + SHAPE).astype(np.float32), np.full(n, t, np.int32))
 
 
-def _method_after_one_task(name: str, config):
-  """(method, state at the start of task 2 with a snapshot of task 1, task-2 data)."""
+def _method_after_one_task(name: str, config, tasks_done: int = 1):
+  """(method, state at the start of task ``tasks_done + 1`` with a snapshot of the ones before
+  (begun and ended without training), that task's data)."""
   method = build_method(name, config, SHAPE, 10)
   state = method.init(jax.random.PRNGKey(0))
-  state = method.begin_task(state, 0, np.arange(10) <= 0)
-  state = method.end_task(state)
-  state = method.begin_task(state, 1, np.arange(10) <= 1)
-  return method, state, _task_data(1)
+  for t in range(tasks_done):
+    state = method.begin_task(state, t, np.arange(10) <= t)
+    state = method.end_task(state)
+  state = method.begin_task(state, tasks_done, np.arange(10) <= tasks_done)
+  return method, state, _task_data(tasks_done)
+
+
+def cpu_schedule_runner(method: str, tasks_done: int, k: int = 1, mode: str = "unroll",
+                        phase: str = "generator") -> StepRunner:
+  """The README's ``cpu`` schedule (MLP GANs) of dgr, mergan (ra) or dgm (dgmw, no growth), at task
+  ``tasks_done + 1``."""
+  from experiments.configs import dgm, dgr, mergan  # pylint: disable=import-outside-toplevel
+  if method == "dgr":
+    c = dgr.get_config("cpu")
+  elif method == "mergan":
+    c = mergan.get_config("variant=ra,cpu")
+    c.mergan.oracle = False
+  else:
+    c = dgm.get_config("variant=dgmw,cpu")
+    c.dgm.growth = False
+  c.data.pad_to = 32
+  m, state, data = _method_after_one_task(method, c, tasks_done)
+  step = {p.name: p.step for p in m.phases()}[phase] if method == "dgr" else m.gan_step
+  return StepRunner(step, state, data, jax.random.PRNGKey(1), k, mode)
 
 
 def mergan_runner(variant: str, plan: str) -> StepRunner:
@@ -232,6 +266,14 @@ def groups(torch_ok: bool):
   g["dgr"] = {f"dgr/{phase} gmcl {plan}": (lambda plan=plan, phase=phase: dgr_runners(plan)[phase], {})
               for plan in ("auto", "native") for phase in ("generator", "solver")}
   g["eval"] = {"eval gmcl": (EvalRunner, {})}
+  # K-step chunks on the CPU: unrolled inside one jit (the CPU default) against lax.scan.
+  g["chunk"] = {f"chunk dgr/generator mlp K={k} {mode}":
+                (lambda k=k, mode=mode: cpu_schedule_runner("dgr", 1, k, mode), {"k": k})
+                for k, mode in ((1, "unroll"), (8, "unroll"), (8, "scan"))}
+  # Cost as tasks accumulate: the step at tasks 1, 5 and 10 (the cpu schedule's networks).
+  for method in ("dgr", "mergan", "dgm"):
+    g[f"tasks {method}"] = {f"tasks {method} t={t + 1}": (lambda m=method, t=t: cpu_schedule_runner(m, t), {})
+                            for t in (0, 4, 9)}
   return g
 
 
@@ -278,7 +320,10 @@ def main():
     if native:
       needed = flops[native[0]]
     secs = time_side_by_side(runners, a.rounds, a.calls)
+    secs = {k: s / getattr(runners[k], "k", 1) for k, s in secs.items()}  # per iteration
     for k, s in secs.items():
+      if group.startswith("tasks"):
+        needed = flops[k]
       row = {"case": k, "group": group, "iterations_per_s": round(1 / s, 3),
              "ms_per_iteration": round(1e3 * s, 2),
              "images_per_s": round(64 / s, 1) if not k.startswith("eval") else round(10000 / s, 1),
@@ -286,6 +331,8 @@ def main():
              "fraction_of_peak": round(needed / s / 1e9 / peak, 3) if needed else None,
              "peak_gflop_per_s": round(peak, 1), "first_call_s": round(runners[k].first_call_s, 2),
              "device": "cpu (torch)" if "torch" in k else str(jax.devices()[0].device_kind)}
+      if group.startswith("tasks"):
+        row["memory_mb"] = round(runners[k].memory_mb(), 1)
       ref = [j for j in secs if j.startswith(group) and "torch" in j]
       if ref and "torch" not in k:
         row["ratio_to_torch"] = round(secs[ref[0]] / s, 3)

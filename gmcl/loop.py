@@ -196,6 +196,11 @@ def _finished_run(workdir: str) -> Optional[int]:
   return done if total and done == total else None
 
 
+# Config keys added to gmcl after runs had been checkpointed, with the value that reproduces the code
+# from before the key existed. A checkpoint without such a key resumes when the key has that value.
+ADDED_KEYS = {"model.conv_plan": "native"}
+
+
 def _config_differences(saved: dict, current: dict, prefix="") -> list[str]:
   keys = sorted(set(saved) | set(current))
   out = []
@@ -203,10 +208,16 @@ def _config_differences(saved: dict, current: dict, prefix="") -> list[str]:
     if prefix == "" and k == "checkpoint":
       continue  # checkpoint settings may change between a run and its resumption
     a, b = saved.get(k), current.get(k)
-    if isinstance(a, dict) and isinstance(b, dict):
-      out += _config_differences(a, b, f"{prefix}{k}.")
+    name = f"{prefix}{k}"
+    if k not in saved and name in ADDED_KEYS:
+      if json.dumps(b) != json.dumps(ADDED_KEYS[name]):
+        out.append(f"{name}: absent in the checkpoint (added to gmcl since; "
+                   f"--config.{name}={ADDED_KEYS[name]} reproduces the code it was written with), "
+                   f"{b!r} now")
+    elif isinstance(a, dict) and isinstance(b, dict):
+      out += _config_differences(a, b, f"{name}.")
     elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
-      out.append(f"{prefix}{k}: {a!r} in the checkpoint, {b!r} now")
+      out.append(f"{name}: {a!r} in the checkpoint, {b!r} now")
   return out
 
 

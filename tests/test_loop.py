@@ -95,3 +95,22 @@ def test_bad_config_fails_before_any_training(tmp_path):
   with pytest.raises(ValueError, match="train.n_critic=0"):
     loop.run(c, str(tmp_path), progress=False)
   assert not os.path.exists(tmp_path / "results.json")
+
+
+def test_resume_config_check_names_differences_and_accepts_neutral_added_keys():
+  from gmcl.loop import ADDED_KEYS, _config_differences  # pylint: disable=import-outside-toplevel
+  saved = {"model": {"z_dim": 128}, "train": {"batch_size": 64}, "checkpoint": {"every": 5}}
+  same = {"model": {"z_dim": 128}, "train": {"batch_size": 64}, "checkpoint": {"every": 9}}
+  assert _config_differences(saved, same) == []
+  changed = {"model": {"z_dim": 64}, "train": {"batch_size": 64}}
+  assert _config_differences(saved, changed) == ["model.z_dim: 128 in the checkpoint, 64 now"]
+  # A key added to gmcl after the checkpoint: accepted at the value that reproduces the old code only.
+  assert ADDED_KEYS["model.conv_plan"] == "native"
+  neutral = {"model": {"z_dim": 128, "conv_plan": "native"}, "train": {"batch_size": 64}}
+  assert _config_differences(saved, neutral) == []
+  new = {"model": {"z_dim": 128, "conv_plan": "auto"}, "train": {"batch_size": 64}}
+  (diff,) = _config_differences(saved, new)
+  assert "model.conv_plan" in diff and "--config.model.conv_plan=native" in diff
+  # Any other new key is a difference.
+  other = {"model": {"z_dim": 128, "width": 3}, "train": {"batch_size": 64}}
+  assert _config_differences(saved, other) == ["model.width: None in the checkpoint, 3 now"]

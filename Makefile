@@ -27,9 +27,14 @@ demo: data
 
 # One pytest process per test file: after a few hundred compiles in one process XLA:CPU has crashed
 # (segmentation fault inside backend_compile) in whichever test came next (JAX 0.10.2); each file
-# alone passes. The loop stops at the first failing file.
+# alone passes. XLA:CPU has also aborted once inside tests/test_parallel.py (8 simulated devices)
+# on a busy machine, and passed on the rerun: a file whose pytest dies by a signal (exit status
+# above 128, never a failed test) is run once more, saying so. The loop stops at the first failing file.
 test: data
-	@set -e; for f in tests/test_*.py; do echo "== $$f"; $(PY) -m pytest -q $$f; done
+	@set -e; for f in tests/test_*.py; do echo "== $$f"; \
+	  $(PY) -m pytest -q $$f || { rc=$$?; [ $$rc -gt 128 ] || exit $$rc; \
+	    echo "== $$f: pytest died by signal $$((rc - 128)); running the file once more"; \
+	    $(PY) -m pytest -q $$f; }; done
 
 # The benchmark suite (benchmarks/suite.py): JSON lines, and BENCHMARKS.md rewritten. Installs the
 # optional PyTorch reference (the `bench` extra) first; ~20 min on 2 cores.

@@ -52,14 +52,18 @@ def main():
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--calls", type=int, default=20)
   p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--layers", nargs="*", default=[], help="substrings of layer names (default all)")
   a = p.parse_args()
   layers = MERGAN if a.net == "mergan" else dgm_layers(6) + dgm_layers(20)
   rng = np.random.default_rng(0)
   for name, g, cin, cout in layers:
+    if a.layers and not any(s in name for s in a.layers):
+      continue
     x = jnp.asarray(rng.normal(size=(a.batch, *g.in_hw, cin)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(*g.kernel_hw, cin, cout)), jnp.float32)
     dy = jnp.asarray(rng.normal(size=(a.batch, *g.out_hw, cout)), jnp.float32)
-    impls = [i for i in C.IMPLEMENTATIONS if not i.startswith("subpixel") or g.subpixel_ok()]
+    impls = [i for i in C.IMPLEMENTATIONS if (not i.startswith("subpixel") or g.subpixel_ok())
+             and (i != "space_to_depth" or g.space_to_depth_ok())]
     fns = {i: direction_fns(g, i, w.shape) for i in impls}
     chosen = C.cpu_plan(g)
     gflop = C.flops(g, a.batch, cin, cout) / 1e9

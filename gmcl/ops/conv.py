@@ -24,7 +24,10 @@ Implementations of ``F`` (each direction takes the transpose of one of them):
   ``d`` times the input): the ``d*d`` output phases as one stride-1 convolution with a
   ``(T, T, C_in, d*d*C_out)`` kernel gathered from ``w`` (``T = ceil(k/d)`` taps), then
   depth-to-space. 1.44x the multiplications for k=5, d=2, but a dense op;
-* ``subpixel_patches``: the same, its inner convolution as ``patches``.
+* ``subpixel_patches``: the same, its inner convolution as ``patches``;
+* ``space_to_depth`` (strided convolutions): the s x s blocks of the padded input as channels, then a
+  stride-1 convolution with ceil(k/s) taps -- the mirror of ``subpixel``. Measured slower than native
+  or patches in every direction of MeRGAN's critic on XLA:CPU (BENCHMARKS.md), so no plan picks it.
 
 All are the same linear maps, so they agree to float32 rounding (tests/test_conv.py).
 ``plan="native"`` reproduces ``flax.linen.Conv``/``ConvTranspose`` exactly; forward-mode
@@ -44,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-IMPLEMENTATIONS = ("native", "patches", "subpixel", "subpixel_patches")
+IMPLEMENTATIONS = ("native", "patches", "subpixel", "subpixel_patches", "space_to_depth")
 DIRECTIONS = ("forward", "input_grad", "weight_grad")
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -72,6 +75,10 @@ class ConvGeometry:
   @property
   def transposed(self) -> bool:
     return self.dilation > 1
+
+  def space_to_depth_ok(self) -> bool:
+    """Whether the space-to-depth form applies: a strided convolution (stride > 1, no input dilation)."""
+    return self.stride > 1 and self.dilation == 1
 
   def subpixel_ok(self) -> bool:
     """Whether the sub-pixel form applies: input dilation d > 1, stride 1, output d x input."""
@@ -202,12 +209,34 @@ def _subpixel(g: ConvGeometry, x, w, inner=None):
   return y.reshape(b, h * d, wd * d, cout)
 
 
+def _space_to_depth(g: ConvGeometry, x, w):
+  """A stride-s convolution as a stride-1 one with ceil(k/s) taps over the s x s blocks of the padded input."""
+  if not g.space_to_depth_ok():
+    raise ValueError(f"conv: the space-to-depth form needs stride > 1 and no input dilation; got {g}.")
+  s = g.stride
+  kh, kw, cin, cout = w.shape
+  th, tw = -(-kh // s), -(-kw // s)
+  oh, ow = g.out_hw
+  b = x.shape[0]
+  # Pad (or crop) the input to exactly s * (out + taps - 1) rows and columns.
+  hi = [s * (o + t - 1) - (n + lo) for o, t, n, (lo, _) in zip((oh, ow), (th, tw), g.in_hw, g.padding)]
+  xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (g.padding[0][0], hi[0], 0),
+                                          (g.padding[1][0], hi[1], 0), (0, 0, 0)])
+  hb, wb = oh + th - 1, ow + tw - 1
+  xs = xp.reshape(b, hb, s, wb, s, cin).transpose(0, 1, 3, 2, 4, 5).reshape(b, hb, wb, s * s * cin)
+  wz = jnp.pad(w, ((0, th * s - kh), (0, tw * s - kw), (0, 0), (0, 0)))
+  ws = wz.reshape(th, s, tw, s, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(th, tw, s * s * cin, cout)
+  inner = ConvGeometry((hb, wb), (th, tw), 1, 1, ((0, 0), (0, 0)))
+  return _native(inner, xs, ws)
+
+
 _IMPLS = {"native": _native, "patches": _patches, "subpixel": _subpixel,
-          "subpixel_patches": partial(_subpixel, inner=_patches)}
+          "subpixel_patches": partial(_subpixel, inner=_patches), "space_to_depth": _space_to_depth}
 
 
 def _impl(name: str, g: ConvGeometry):
-  if name.startswith("subpixel") and not g.subpixel_ok():
+  if (name.startswith("subpixel") and not g.subpixel_ok()) or \
+      (name == "space_to_depth" and not g.space_to_depth_ok()):
     name = "native"  # not applicable to this geometry: the native form is the same map
   return partial(_IMPLS[name], g)
 

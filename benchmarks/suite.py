@@ -43,6 +43,7 @@ import numpy as np
 from gmcl.data.sampling import task_arrays
 from gmcl.methods import build_method
 from gmcl.methods.base import _compiled_chunk, run_chunk
+from gmcl.ops.conv import real_taps
 from gmcl.parallel import Parallel
 
 SHAPE = (32, 32, 1)
@@ -57,10 +58,9 @@ def _conv_flops(eqn) -> int:
   dn = p["dimension_numbers"]
   taps = 1
   for i in range(len(dn.lhs_spec) - 2):
-    n, k, o = lhs[dn.lhs_spec[2 + i]], rhs[dn.rhs_spec[2 + i]], out[dn.out_spec[2 + i]]
-    ld, rd, s = p["lhs_dilation"][i], p["rhs_dilation"][i], p["window_strides"][i]
-    pos = np.arange(o)[:, None] * s + np.arange(k)[None, :] * rd - p["padding"][i][0]
-    taps *= int(((pos >= 0) & (pos <= (n - 1) * ld) & (pos % ld == 0)).sum())
+    taps *= real_taps(lhs[dn.lhs_spec[2 + i]], rhs[dn.rhs_spec[2 + i]], out[dn.out_spec[2 + i]],
+                      p["window_strides"][i], p["padding"][i][0], p["lhs_dilation"][i],
+                      p["rhs_dilation"][i])
   return 2 * out[dn.out_spec[0]] * out[dn.out_spec[1]] * rhs[dn.rhs_spec[1]] * taps
 
 
@@ -226,9 +226,7 @@ class EvalRunner:
 
 class TorchRunner:
   def __init__(self, variant: str):
-    import torch  # pylint: disable=import-outside-toplevel
     from benchmarks.torch_mergan import MeRGANIteration  # pylint: disable=import-outside-toplevel
-    self.torch = torch
     self.it = MeRGANIteration(variant)
     t0 = time.perf_counter()
     self()

@@ -363,13 +363,17 @@ def resolve_plan(name: Union[str, Plan], g: ConvGeometry) -> Plan:
   return NATIVE if name == "native" else cpu_plan(g)
 
 
+def real_taps(n: int, k: int, out: int, stride: int, pad_lo: int, lhs_dilation: int = 1,
+              rhs_dilation: int = 1) -> int:
+  """Along one axis: the (output position, kernel tap) pairs that land on real input -- not on
+  padding or on the holes of a dilated input."""
+  pos = np.arange(out)[:, None] * stride + np.arange(k)[None, :] * rhs_dilation - pad_lo
+  return int(((pos >= 0) & (pos <= (n - 1) * lhs_dilation) & (pos % lhs_dilation == 0)).sum())
+
+
 def flops(g: ConvGeometry, batch: int, c_in: int, c_out: int) -> int:
   """Multiply-adds x 2 of the convolution's true work (taps that meet input, not dilation zeros)."""
-  # Count taps meeting real input: for each output position and kernel tap, whether it lands on a
-  # non-padding, non-dilation-hole position.
   total = 1
   for n, k, (lo, _), o in zip(g.in_hw, g.kernel_hw, g.padding, g.out_hw):
-    pos = np.arange(o)[:, None] * g.stride + np.arange(k)[None, :] - lo  # dilated-input index
-    real = (pos >= 0) & (pos <= (n - 1) * g.dilation) & (pos % g.dilation == 0)
-    total *= int(real.sum())
+    total *= real_taps(n, k, o, g.stride, lo, g.dilation)
   return 2 * batch * c_in * c_out * total

@@ -115,6 +115,46 @@ def base_config() -> ml_collections.ConfigDict:
   c.dgm.clip_norm = 10000.0  # the generator's gradient-norm clip (official; effectively off)
   c.dgm.max_tasks = 10  # rows of the task embeddings
 
+  # The seed author's proposals (gmcl.methods.lgm, lsa, ogm; experiments/configs/{lgm,lsa,ogm}.py).
+  c.lgm = ml_collections.ConfigDict()  # latent generative memory: a conditional GAN in f's feature space
+  c.lgm.protection = "ra"  # Q1, how G keeps old classes: ra (replay alignment) | hat (DGM-style masks)
+  c.lgm.encoder = "train"  # Q2, the encoder after task 1: train | frozen | prototype | bridge
+  c.lgm.ra_weight = 1.0  # lambda of replay alignment on generated features
+  c.lgm.drift_weight = 1.0  # prototype: beta of the encoder's drift penalty
+  c.lgm.bridge = "linear"  # bridge (old -> new feature space): linear | mlp
+  c.lgm.bridge_hidden = 256
+  c.lgm.z_dim = 32
+  c.lgm.generator_hidden = (256, 256)
+  c.lgm.critic_hidden = (256, 256)
+  c.lgm.gan_iterations = 1  # WGAN-GP iterations (n_critic critic + 1 generator update) per step
+  c.lgm.hat_mask = "weight"  # protection=hat: weight (DGMw) | activation (DGMa) masks
+  c.lgm.s_max = 400.0  # protection=hat
+  c.lgm.sparsity = 0.75  # protection=hat: c of HAT's sparsity regulariser
+  c.lgm.prototype_steps = 100  # encoder=prototype: batches of a task's data averaged into its prototypes
+  c.lgm.drift_eval_limit = 2000  # held-out images of old classes for the drift score
+
+  c.lsa = ml_collections.ConfigDict()  # latent space alignment: multi-head, bridges g_{t->t-1}
+  c.lsa.mode = "sequential"  # sequential | parallel (the T task models at once, vmap over tasks)
+  c.lsa.bridge = "linear"  # linear | mlp
+  c.lsa.bridge_hidden = 256
+  c.lsa.bridge_steps = 1000
+  c.lsa.bridge_lr = 1e-3
+  c.lsa.compose = False  # linear bridges: precompose the chain T -> k into one map per task
+
+  c.ogm = ml_collections.ConfigDict()  # online generative memory: keep earlier predictions while learning
+  c.ogm.variant = "distill"  # lookahead (a) | distill (b) | project (c)
+  c.ogm.memory = "current"  # current (LwF-style: current inputs) | generator (G_{t-1}'s samples)
+  c.ogm.memory_batch = 64
+  c.ogm.refresh_every = 1  # steps between new saved memory batches
+  c.ogm.lookahead_steps = 1  # (a) k
+  c.ogm.lookahead_lr = 0.1  # (a) step size of the k lookahead steps (1e-3 moved theta by ~1e-6)
+  c.ogm.inner_lr = 0.1  # (a) eta of the virtual step theta - eta grad L(theta)
+  c.ogm.distill_weight = 1.0  # (b) the distillation step's Adam update, relative to the main step's
+  c.ogm.temperature = 2.0  # (b)
+  c.ogm.epsilon = 0.1  # (c) the bound on ||f(X) - Y|| (1.0 never bound with batch 16)
+  c.ogm.norm = "frobenius"  # (c) frobenius | spectral
+  c.ogm.backtracking = 8  # (c) halvings of the in-span part before it is dropped
+
   c.parallel = ml_collections.ConfigDict()
   c.parallel.mode = "none"  # none | jit (device mesh, NamedSharding) | pmap
   c.parallel.num_devices = 0  # 0: every local device
@@ -260,6 +300,9 @@ def validate_config(config) -> None:
   _require(h.learning_rate > 0, "hat.learning_rate", h.learning_rate, "> 0")
   _require(h.clip_norm > 0, "hat.clip_norm", h.clip_norm, "> 0")
   _require(h.max_tasks >= 1, "hat.max_tasks", h.max_tasks, ">= 1")
+  from gmcl.methods import lgm, ogm  # pylint: disable=import-outside-toplevel
+  lgm.check_config(config)
+  ogm.check_config(config)
   _require(config.parallel.mode in ("none", "jit", "pmap"), "parallel.mode", config.parallel.mode,
            "'none', 'jit' or 'pmap'")
   _require(config.parallel.num_devices >= 0, "parallel.num_devices", config.parallel.num_devices,

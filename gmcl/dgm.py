@@ -54,6 +54,7 @@ from gmcl.ops import conv as conv_ops
 KINDS = ("conv", "dense")
 MASKS = ("weight", "activation")
 PLACEMENTS = ("after_activation", "before_bn")
+OUTPUTS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "none": lambda x: x}
 OLD_TASK_FILL = -90.0  # the official code's embedding value for new units in earlier tasks' rows
 
 
@@ -66,7 +67,8 @@ class GeneratorSpec:
       -> ... -> image size) or "dense".
     z_dim: noise dimensions (the first ``num_classes`` carry the one-hot label).
     widths: initial output widths of the masked layers (official: 4 ngf, 2 ngf, ngf).
-    image_shape: (H, W, C) of the output; for "conv", H = W = 4 * 2**len(widths).
+    image_shape: (H, W, C) of the output; for "conv", H = W = 4 * 2**len(widths); a "dense"
+      generator makes any shape (lgm: (D,) features).
     mask: "weight" (DGMw) or "activation" (DGMa).
     placement: where activation masks act: "after_activation" (paper, HAT) or
       "before_bn" (official DGMa code).
@@ -79,7 +81,7 @@ class GeneratorSpec:
   kind: str = "conv"
   z_dim: int = 128
   widths: tuple[int, ...] = (24, 12, 6)
-  image_shape: tuple[int, int, int] = (32, 32, 1)
+  image_shape: tuple[int, ...] = (32, 32, 1)
   mask: str = "weight"
   placement: str = "after_activation"
   max_tasks: int = 10
@@ -88,17 +90,21 @@ class GeneratorSpec:
   bn_momentum: float = 0.9  # PyTorch's 0.1
   bn_epsilon: float = 1e-5
   conv_plan: str = "auto"
+  output: str = "tanh"  # the head's activation: tanh (images in [-1, 1]) | relu (features) | none
 
   def __post_init__(self):
     for name, value, valid in (("kind", self.kind, KINDS), ("mask", self.mask, MASKS),
                                ("placement", self.placement, PLACEMENTS),
                                ("kernel_init", self.kernel_init, ("xavier", "normal")),
-                               ("conv_plan", self.conv_plan, conv_ops.PLANS)):
+                               ("conv_plan", self.conv_plan, conv_ops.PLANS),
+                               ("output", self.output, tuple(OUTPUTS))):
       if value not in valid:
         raise ValueError(f"GeneratorSpec.{name}={value!r}; valid: {list(valid)}.")
     if not self.widths or min(self.widths) < 1:
       raise ValueError(f"GeneratorSpec.widths={self.widths}: one or more positive widths.")
-    h, w, _ = self.image_shape
+    if self.kind == "conv" and len(self.image_shape) != 3:
+      raise ValueError(f"GeneratorSpec: a conv generator makes (H, W, C) images, not {self.image_shape}.")
+    h, w = self.image_shape[:2] if self.kind == "conv" else (0, 0)
     if self.kind == "conv" and not (h == w == 4 * 2 ** len(self.widths)):
       raise ValueError(f"GeneratorSpec: a conv generator with {len(self.widths)} masked layers makes "
                        f"{4 * 2 ** len(self.widths)}x{4 * 2 ** len(self.widths)} images, not "
@@ -159,13 +165,12 @@ def add_task(spec: GeneratorSpec, params: dict, batch_stats: dict, key) -> tuple
   widths = current_widths(params)
   bn = [{"scale": jnp.ones((w,), jnp.float32), "bias": jnp.zeros((w,), jnp.float32)} for w in widths]
   stats = [{"mean": jnp.zeros((w,), jnp.float32), "var": jnp.ones((w,), jnp.float32)} for w in widths]
-  h, w_img, c = spec.image_shape
   if spec.kind == "conv":  # torch's default ConvTranspose2d init: U(+-1/sqrt(C k k))
     head = nn.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform")(
-        key, spec.kernel_shape(widths[-1], c), jnp.float32)
+        key, spec.kernel_shape(widths[-1], spec.image_shape[-1]), jnp.float32)
   else:
     head = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")(
-        key, (widths[-1], h * w_img * c), jnp.float32)
+        key, (widths[-1], math.prod(spec.image_shape)), jnp.float32)
   params = dict(params, bn=params["bn"] + [bn], head=params["head"] + [head])
   return params, {"bn": batch_stats["bn"] + [stats]}
 
@@ -273,7 +278,7 @@ def generate(spec: GeneratorSpec, params: dict, batch_stats: dict, z: jax.Array,
     bn = list(batch_stats["bn"])
     bn[task] = new_stats
     stats = {"bn": bn}
-  return jnp.tanh(out), g, stats
+  return OUTPUTS[spec.output](out), g, stats
 
 
 def noise(key, labels: jax.Array, z_dim: int, num_classes: int) -> jax.Array:

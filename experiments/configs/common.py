@@ -3,7 +3,8 @@
 Arguments:
   dataset=NAME      mnist | fashion_mnist | svhn_cropped | cifar10
   protocol=NAME     per_class | split | permuted
-  variant=NAME      mergan: sft | jr | ra; dgm: dgmw | dgma
+  variant=NAME      mergan: sft | jr | ra; dgm: dgmw | dgma; lgm: PROTECTION-ENCODER (ra-train, hat-bridge, ...);
+                    lsa: sequential | parallel; ogm: lookahead | distill | project
   smoke             tiny models, a few steps and a data subset (tests, notebooks)
   demo              the README's demo schedule (minutes on a 2-core CPU)
   cpu               the schedule of the README's results table (under an hour on a 2-core CPU)
@@ -13,6 +14,7 @@ from gmcl.config import PROTOCOLS, base_config
 from gmcl.data.sources import DATASETS
 
 ARGUMENTS = ("dataset", "protocol", "variant", "smoke", "demo", "cpu")
+VARIANT_METHODS = ("mergan", "dgm", "lgm", "lsa", "ogm")
 
 
 def parse_args(arg: str | None) -> dict:
@@ -34,8 +36,9 @@ def parse_args(arg: str | None) -> dict:
 def make_config(method: str, arg: str | None, method_defaults=None):
   """The base config for ``method``: base values, then ``method_defaults(c)``, then arguments."""
   args = parse_args(arg)
-  if "variant" in args and method not in ("mergan", "dgm"):
-    raise ValueError(f"Config argument 'variant' is for mergan and dgm only; {method!r} has none.")
+  if "variant" in args and method not in VARIANT_METHODS:
+    raise ValueError(f"Config argument 'variant' is for {', '.join(VARIANT_METHODS)} only; "
+                     f"{method!r} has none.")
   c = base_config()
   c.method = method
   if method_defaults is not None:

@@ -5,10 +5,13 @@ from gmcl.methods.classifier import ClassifierMethod, make_joint, make_sft
 from gmcl.methods.dgm import DGM, make_dgm
 from gmcl.methods.dgr import DGR, make_dgr
 from gmcl.methods.hat import HATClassifier, make_hat
+from gmcl.methods.lgm import LGM, make_lgm
 from gmcl.methods.mergan import MeRGAN, make_mergan
+from gmcl.methods.ogm import OGM, make_ogm
 
 METHODS = {"sft": make_sft, "joint": make_joint, "dgr": make_dgr, "mergan": make_mergan,
-           "hat": make_hat, "dgm": make_dgm}
+           "hat": make_hat, "dgm": make_dgm, "lgm": make_lgm,
+           "ogm": make_ogm}
 
 
 def build_method(name: str, config, image_shape, num_classes, parallel=None) -> Method:
@@ -23,5 +26,5 @@ def build_method(name: str, config, image_shape, num_classes, parallel=None) -> 
   return METHODS[name](config, image_shape, num_classes, parallel or Parallel())
 
 
-__all__ = ["ClassifierMethod", "DGM", "DGR", "HATClassifier", "METHODS", "MeRGAN", "Method", "ModelState", "Phase",
-           "build_method", "run_chunk", "step_key"]
+__all__ = ["ClassifierMethod", "DGM", "DGR", "HATClassifier", "LGM", "METHODS", "MeRGAN", "Method", "ModelState",
+           "OGM", "Phase", "build_method", "run_chunk", "step_key"]

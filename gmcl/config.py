@@ -140,6 +140,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.lsa.bridge_steps = 1000
   c.lsa.bridge_lr = 1e-3
   c.lsa.compose = False  # linear bridges: precompose the chain T -> k into one map per task
+  c.lsa.max_tasks = 0  # task slots of the stacked heads and bridges; 0: the config's sequence length
 
   c.ogm = ml_collections.ConfigDict()  # online generative memory: keep earlier predictions while learning
   c.ogm.variant = "distill"  # lookahead (a) | distill (b) | project (c)
@@ -183,7 +184,8 @@ def _check_keys(config, reference, prefix=""):
       _check_keys(config[key], reference[key], path + ".")
 
 
-def _require(ok: bool, key: str, value, valid: str):
+def require(ok: bool, key: str, value, valid: str):
+  """Raises ``ValueError("config.KEY=VALUE is invalid; valid: VALID.")`` unless ``ok``."""
   if not ok:
     raise ValueError(f"config.{key}={value!r} is invalid; valid: {valid}.")
 
@@ -196,7 +198,7 @@ def parse_class_order(value: str, num_classes: int):
   except ValueError:
     raise ValueError(f"config.data.class_order={value!r}; valid: comma-separated integers, "
                      f"a permutation of 0..{num_classes - 1}.") from None
-  _require(sorted(order) == list(range(num_classes)), "data.class_order", value,
+  require(sorted(order) == list(range(num_classes)), "data.class_order", value,
            f"a permutation of 0..{num_classes - 1}")
   return order
 
@@ -209,105 +211,105 @@ def validate_config(config) -> None:
   from gmcl.models.classifiers import CLASSIFIERS  # pylint: disable=import-outside-toplevel
   from gmcl.ops.conv import PLANS  # pylint: disable=import-outside-toplevel
   _check_keys(config, base_config())
-  _require(config.method in METHODS, "method", config.method, str(sorted(METHODS)))
+  require(config.method in METHODS, "method", config.method, str(sorted(METHODS)))
   d, m, t = config.data, config.model, config.train
-  _require(d.dataset in DATASETS, "data.dataset", d.dataset, str(sorted(DATASETS)))
-  _require(d.protocol in PROTOCOLS, "data.protocol", d.protocol, str(list(PROTOCOLS)))
+  require(d.dataset in DATASETS, "data.dataset", d.dataset, str(sorted(DATASETS)))
+  require(d.protocol in PROTOCOLS, "data.protocol", d.protocol, str(list(PROTOCOLS)))
   num_classes = DATASETS[d.dataset].num_classes
   parse_class_order(d.class_order, num_classes)
   if d.protocol == "split":
-    _require(1 <= d.classes_per_task <= num_classes and num_classes % d.classes_per_task == 0,
+    require(1 <= d.classes_per_task <= num_classes and num_classes % d.classes_per_task == 0,
              "data.classes_per_task", d.classes_per_task,
              f"a divisor of the {num_classes} classes (fewer classes than tasks is impossible)")
   if d.protocol == "permuted":
-    _require(d.num_tasks >= 1, "data.num_tasks", d.num_tasks, ">= 1")
+    require(d.num_tasks >= 1, "data.num_tasks", d.num_tasks, ">= 1")
   size = DATASETS[d.dataset].image_shape[0]
-  _require(d.pad_to == 0 or d.pad_to >= size, "data.pad_to", d.pad_to,
+  require(d.pad_to == 0 or d.pad_to >= size, "data.pad_to", d.pad_to,
            f"0 (no padding) or >= {size}")
-  _require(len(d.value_range) == 2 and d.value_range[1] > d.value_range[0], "data.value_range",
+  require(len(d.value_range) == 2 and d.value_range[1] > d.value_range[0], "data.value_range",
            d.value_range, "(low, high) with high > low")
   gan_method = config.method in GAN_METHODS
   if gan_method and m.gan == "dcgan":
-    _require((d.pad_to or size) in (28, 32, 64), "data.pad_to", d.pad_to,
+    require((d.pad_to or size) in (28, 32, 64), "data.pad_to", d.pad_to,
              f"an image size the DCGAN generator supports: 28, 32 or 64 (images are {size})")
   low, high = d.value_range
   reachable = {"tanh": (-1.0, 1.0), "sigmoid": (0.0, 1.0)}.get(m.output_activation)
   if gan_method and reachable is not None:
-    _require(reachable[0] <= low and high <= reachable[1], "model.output_activation",
+    require(reachable[0] <= low and high <= reachable[1], "model.output_activation",
              m.output_activation, f"an activation whose range covers data.value_range={tuple(d.value_range)}"
              " ('tanh' for (-1, 1), 'sigmoid' for (0, 1), or 'none')")
-  _require(d.max_tasks >= 0, "data.max_tasks", d.max_tasks, ">= 0 (0 keeps every task)")
-  _require(d.train_limit >= 0, "data.train_limit", d.train_limit, ">= 0")
-  _require(d.test_limit >= 0, "data.test_limit", d.test_limit, ">= 0")
-  _require(m.classifier in CLASSIFIERS, "model.classifier", m.classifier, str(sorted(CLASSIFIERS)))
-  _require(m.gan in ("dcgan", "mlp"), "model.gan", m.gan, "'dcgan' or 'mlp'")
-  _require(m.z_dim >= 1, "model.z_dim", m.z_dim, ">= 1")
-  _require(m.output_activation in ("tanh", "sigmoid", "none"), "model.output_activation",
+  require(d.max_tasks >= 0, "data.max_tasks", d.max_tasks, ">= 0 (0 keeps every task)")
+  require(d.train_limit >= 0, "data.train_limit", d.train_limit, ">= 0")
+  require(d.test_limit >= 0, "data.test_limit", d.test_limit, ">= 0")
+  require(m.classifier in CLASSIFIERS, "model.classifier", m.classifier, str(sorted(CLASSIFIERS)))
+  require(m.gan in ("dcgan", "mlp"), "model.gan", m.gan, "'dcgan' or 'mlp'")
+  require(m.z_dim >= 1, "model.z_dim", m.z_dim, ">= 1")
+  require(m.output_activation in ("tanh", "sigmoid", "none"), "model.output_activation",
            m.output_activation, "'tanh', 'sigmoid' or 'none'")
-  _require(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")
-  _require(t.solver_steps >= 0, "train.solver_steps", t.solver_steps, ">= 0")
-  _require(t.generator_steps >= 0, "train.generator_steps", t.generator_steps, ">= 0")
-  _require(t.n_critic >= 1, "train.n_critic", t.n_critic, ">= 1")
-  _require(t.gp_weight >= 0, "train.gp_weight", t.gp_weight, ">= 0")
+  require(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")
+  require(t.solver_steps >= 0, "train.solver_steps", t.solver_steps, ">= 0")
+  require(t.generator_steps >= 0, "train.generator_steps", t.generator_steps, ">= 0")
+  require(t.n_critic >= 1, "train.n_critic", t.n_critic, ">= 1")
+  require(t.gp_weight >= 0, "train.gp_weight", t.gp_weight, ">= 0")
   for key in ("solver_lr", "gan_lr"):
-    _require(t[key] > 0, f"train.{key}", t[key], "> 0")
+    require(t[key] > 0, f"train.{key}", t[key], "> 0")
   for key in ("solver_b1", "solver_b2", "gan_b1", "gan_b2"):
-    _require(0 <= t[key] < 1, f"train.{key}", t[key], "[0, 1)")
-  _require(t.chunk_steps >= 1, "train.chunk_steps", t.chunk_steps, ">= 1")
-  _require(t.chunk_mode in CHUNK_MODES, "train.chunk_mode", t.chunk_mode, str(list(CHUNK_MODES)))
+    require(0 <= t[key] < 1, f"train.{key}", t[key], "[0, 1)")
+  require(t.chunk_steps >= 1, "train.chunk_steps", t.chunk_steps, ">= 1")
+  require(t.chunk_mode in CHUNK_MODES, "train.chunk_mode", t.chunk_mode, str(list(CHUNK_MODES)))
   parse_replay_ratio(config.dgr.replay_ratio)
-  _require(config.dgr.targets in ("hard", "soft"), "dgr.targets", config.dgr.targets,
+  require(config.dgr.targets in ("hard", "soft"), "dgr.targets", config.dgr.targets,
            "'hard' or 'soft'")
-  _require(config.dgr.temperature > 0, "dgr.temperature", config.dgr.temperature, "> 0")
-  _require(m.conv_plan in PLANS, "model.conv_plan", m.conv_plan, str(list(PLANS)))
-  _require(m.conditioning in ("concat", "batchnorm"), "model.conditioning", m.conditioning,
+  require(config.dgr.temperature > 0, "dgr.temperature", config.dgr.temperature, "> 0")
+  require(m.conv_plan in PLANS, "model.conv_plan", m.conv_plan, str(list(PLANS)))
+  require(m.conditioning in ("concat", "batchnorm"), "model.conditioning", m.conditioning,
            "'concat' or 'batchnorm'")
   mg = config.mergan
-  _require(mg.variant in ("sft", "jr", "ra"), "mergan.variant", mg.variant, "'sft', 'jr' or 'ra'")
-  _require(mg.ra_weight >= 0, "mergan.ra_weight", mg.ra_weight, ">= 0")
-  _require(mg.classifier in ("replay", "auxiliary"), "mergan.classifier", mg.classifier,
+  require(mg.variant in ("sft", "jr", "ra"), "mergan.variant", mg.variant, "'sft', 'jr' or 'ra'")
+  require(mg.ra_weight >= 0, "mergan.ra_weight", mg.ra_weight, ">= 0")
+  require(mg.classifier in ("replay", "auxiliary"), "mergan.classifier", mg.classifier,
            "'replay' or 'auxiliary'")
-  _require(mg.replay_source in ("current", "previous"), "mergan.replay_source", mg.replay_source,
+  require(mg.replay_source in ("current", "previous"), "mergan.replay_source", mg.replay_source,
            "'current' or 'previous'")
-  _require(mg.oracle_classifier in CLASSIFIERS, "mergan.oracle_classifier", mg.oracle_classifier,
+  require(mg.oracle_classifier in CLASSIFIERS, "mergan.oracle_classifier", mg.oracle_classifier,
            str(sorted(CLASSIFIERS)))
   for key in ("oracle_steps", "oracle_batch_size", "oracle_samples_per_class",
               "oracle_sample_batch"):
-    _require(mg[key] >= 1, f"mergan.{key}", mg[key], ">= 1")
+    require(mg[key] >= 1, f"mergan.{key}", mg[key], ">= 1")
   g = config.dgm
-  _require(g.variant in ("dgmw", "dgma"), "dgm.variant", g.variant, "'dgmw' or 'dgma'")
-  _require(g.architecture in ("conv", "dense"), "dgm.architecture", g.architecture, "'conv' or 'dense'")
-  _require(g.ngf >= 1, "dgm.ngf", g.ngf, ">= 1")
-  _require(len(g.hidden) >= 1 and min(g.hidden) >= 1, "dgm.hidden", g.hidden,
+  require(g.variant in ("dgmw", "dgma"), "dgm.variant", g.variant, "'dgmw' or 'dgma'")
+  require(g.architecture in ("conv", "dense"), "dgm.architecture", g.architecture, "'conv' or 'dense'")
+  require(g.ngf >= 1, "dgm.ngf", g.ngf, ">= 1")
+  require(len(g.hidden) >= 1 and min(g.hidden) >= 1, "dgm.hidden", g.hidden,
            "one or more positive widths")
-  _require(g.s_max >= 1, "dgm.s_max", g.s_max, ">= 1")
-  _require(g.epochs >= 1, "dgm.epochs", g.epochs, ">= 1")
-  _require(g.sparsity >= 0, "dgm.sparsity", g.sparsity, ">= 0")
-  _require(g.s_schedule in ("nested", "epoch"), "dgm.s_schedule", g.s_schedule, "'nested' or 'epoch'")
-  _require(g.mask_placement in ("after_activation", "before_bn"), "dgm.mask_placement",
+  require(g.s_max >= 1, "dgm.s_max", g.s_max, ">= 1")
+  require(g.epochs >= 1, "dgm.epochs", g.epochs, ">= 1")
+  require(g.sparsity >= 0, "dgm.sparsity", g.sparsity, ">= 0")
+  require(g.s_schedule in ("nested", "epoch"), "dgm.s_schedule", g.s_schedule, "'nested' or 'epoch'")
+  require(g.mask_placement in ("after_activation", "before_bn"), "dgm.mask_placement",
            g.mask_placement, "'after_activation' or 'before_bn'")
-  _require(g.replay_gates in ("binary", "soft"), "dgm.replay_gates", g.replay_gates,
+  require(g.replay_gates in ("binary", "soft"), "dgm.replay_gates", g.replay_gates,
            "'binary' or 'soft'")
-  _require(g.critic in ("dcgan", "mlp"), "dgm.critic", g.critic, "'dcgan' or 'mlp'")
-  _require(g.clip_norm > 0, "dgm.clip_norm", g.clip_norm, "> 0")
-  _require(g.max_tasks >= 1, "dgm.max_tasks", g.max_tasks, ">= 1")
+  require(g.critic in ("dcgan", "mlp"), "dgm.critic", g.critic, "'dcgan' or 'mlp'")
+  require(g.clip_norm > 0, "dgm.clip_norm", g.clip_norm, "> 0")
+  require(g.max_tasks >= 1, "dgm.max_tasks", g.max_tasks, ">= 1")
   if config.method == "dgm" and g.architecture == "conv":
-    _require((d.pad_to or size) == 32, "data.pad_to", d.pad_to,
+    require((d.pad_to or size) == 32, "data.pad_to", d.pad_to,
              f"32: DGM's conv generator makes 32x32 images (images are {size}); or dgm.architecture='dense'")
   h = config.hat
-  _require(h.s_max >= 1, "hat.s_max", h.s_max, ">= 1")
-  _require(h.sparsity >= 0, "hat.sparsity", h.sparsity, ">= 0")
-  _require(h.learning_rate > 0, "hat.learning_rate", h.learning_rate, "> 0")
-  _require(h.clip_norm > 0, "hat.clip_norm", h.clip_norm, "> 0")
-  _require(h.max_tasks >= 1, "hat.max_tasks", h.max_tasks, ">= 1")
-  from gmcl.methods import lgm, ogm  # pylint: disable=import-outside-toplevel
-  lgm.check_config(config)
-  ogm.check_config(config)
-  _require(config.parallel.mode in ("none", "jit", "pmap"), "parallel.mode", config.parallel.mode,
+  require(h.s_max >= 1, "hat.s_max", h.s_max, ">= 1")
+  require(h.sparsity >= 0, "hat.sparsity", h.sparsity, ">= 0")
+  require(h.learning_rate > 0, "hat.learning_rate", h.learning_rate, "> 0")
+  require(h.clip_norm > 0, "hat.clip_norm", h.clip_norm, "> 0")
+  require(h.max_tasks >= 1, "hat.max_tasks", h.max_tasks, ">= 1")
+  from gmcl.methods import lgm, lsa, ogm  # pylint: disable=import-outside-toplevel
+  for module in (lgm, lsa, ogm):
+    module.check_config(config)
+  require(config.parallel.mode in ("none", "jit", "pmap"), "parallel.mode", config.parallel.mode,
            "'none', 'jit' or 'pmap'")
-  _require(config.parallel.num_devices >= 0, "parallel.num_devices", config.parallel.num_devices,
+  require(config.parallel.num_devices >= 0, "parallel.num_devices", config.parallel.num_devices,
            ">= 0 (0: every local device)")
-  _require(config.checkpoint.every_steps >= 0, "checkpoint.every_steps",
+  require(config.checkpoint.every_steps >= 0, "checkpoint.every_steps",
            config.checkpoint.every_steps, ">= 0 (0: only at task boundaries)")
-  _require(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, ">= 1")
-  _require(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, ">= 1")
+  require(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, ">= 1")
+  require(config.eval.batch_size >= 1, "eval.batch_size", config.eval.batch_size, ">= 1")

@@ -221,6 +221,50 @@ def _config_differences(saved: dict, current: dict, prefix="") -> list[str]:
   return out
 
 
+def _run_lsa_parallel(config, workdir: str, data: Data, seq: TaskSequence, method, log) -> dict:
+  """``lsa.mode="parallel"``: every task's model at once (:func:`gmcl.methods.lsa.train_parallel`,
+  one compiled program vmapped over tasks), then the bridges. Row t of R is scored on the models
+  of tasks 0..t, which never depend on later tasks. One uninterrupted call: no checkpoints."""
+  from gmcl.methods.lsa import train_parallel  # pylint: disable=import-outside-toplevel
+  limit = config.data.train_limit
+  capacity = max(_task_sizes(data, seq, limit))
+  tasks = [task_arrays(*training_examples(data, seq, t, False, limit), capacity) for t in range(len(seq))]
+  start = time.time()
+  state, info = train_parallel(method, jax.random.PRNGKey(config.seed), tasks,
+                               chunk_steps=config.train.chunk_steps,
+                               chunk_mode=resolve_chunk_mode(config.train.chunk_mode))
+  jax.block_until_ready(state)
+  train_time = time.time() - start
+  bad = {k: v for k, v in info["metrics"].items() if not np.isfinite(v)}
+  if bad:
+    raise FloatingPointError(f"Non-finite loss in lsa's parallel training: {bad}")
+  predict_task = jax.jit(method.predict_task)
+  record = {"A": [], "R": [], "per_task": [], "scores": {}}
+  for t in range(len(seq)):
+    s_t = method.state_after(state, info["encoders"], t)
+    scores = evaluation.evaluate_task_incremental(
+        lambda xb, j, s_t=s_t: predict_task(s_t, xb, jnp.asarray(j, jnp.int32)), data.x_test,
+        data.y_test, seq, t, config.eval.batch_size)
+    row = [float(v) for v in scores["row"]]
+    row[t + 1:] = [None] * (len(seq) - t - 1)
+    record["R"].append(row)
+    record["A"].append(scores["A"])
+    for name, value in method.extra_scores(s_t, data, seq, t, None).items():
+      record["scores"].setdefault(name, []).append(value)
+    record["per_task"].append({"task": t + 1, "classes": list(seq[t].classes), "A": scores["A"],
+                               "metrics": info["metrics"] if t == len(seq) - 1 else {}})
+    log(f"task {t + 1:2d}/{len(seq)} classes={list(seq[t].classes)} A_{t + 1}={100 * scores['A']:.2f}%")
+  results = _results_payload(config, seq, record, "task_incremental")
+  if jax.process_index() == 0:
+    write_json(os.path.join(workdir, "results.json"), results)
+    write_json(os.path.join(workdir, "timings.json"), {
+        "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+        "wall_seconds": train_time, "per_task": []})
+  log(evaluation.format_table(record["A"], f"lsa (parallel) on {config.data.dataset} "
+                              f"({config.data.protocol}): mean accuracy over tasks so far, task id given, %"))
+  return results
+
+
 def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = True,
         log: Callable[[str], None] = print, resume: bool = True, overwrite: bool = False,
         stop_after_steps: Optional[int] = None) -> dict:
@@ -265,6 +309,8 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
   parallel = make_parallel(config.parallel.mode, config.parallel.num_devices)
   method = build_method(config.method, config, data.image_shape, data.num_classes, parallel)
   method.setup(data, log=log)
+  if config.method == "lsa" and config.lsa.mode == "parallel":
+    return _run_lsa_parallel(config, workdir, data, seq, method, log)
   chunk_mode = resolve_chunk_mode(t_cfg.chunk_mode)
   cumulative = method.data_mode == "cumulative"
   sizes = _task_sizes(data, seq, config.data.train_limit)

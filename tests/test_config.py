@@ -1,6 +1,6 @@
 import pytest
 
-from experiments.configs import common, dgm, dgr, hat, joint, lgm, mergan, ogm, sft
+from experiments.configs import common, dgm, dgr, hat, joint, lgm, lsa, mergan, ogm, sft
 from gmcl.config import base_config, validate_config
 
 
@@ -16,15 +16,16 @@ def test_shipped_configs_validate(module):
            "dataset=svhn_cropped")),
     (hat, ("dataset=mnist", "smoke")),
     (lgm, ("", "smoke", "cpu,variant=hat-bridge", "variant=ra-prototype", "dataset=fashion_mnist,protocol=split")),
-    (ogm, ("", "variant=lookahead", "variant=project,cpu", "smoke,protocol=permuted"))],
-    ids=["mergan", "dgm", "hat", "lgm", "ogm"])
+    (ogm, ("", "variant=lookahead", "variant=project,cpu", "smoke,protocol=permuted")),
+    (lsa, ("", "variant=parallel", "demo", "smoke,protocol=permuted"))],
+    ids=["mergan", "dgm", "hat", "lgm", "ogm", "lsa"])
 def test_method_configs_validate(module, args):
   for arg in args:
     validate_config(module.get_config(arg))
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda c: setattr(c, "method", "ewc"), r"config.method='ewc'.*\['dgm', 'dgr', 'hat', 'joint', 'lgm', 'mergan', 'ogm', 'sft'\]"),
+    (lambda c: setattr(c, "method", "ewc"), r"config.method='ewc'.*\['dgm', 'dgr', 'hat', 'joint', 'lgm', 'lsa', 'mergan', 'ogm', 'sft'\]"),
     (lambda c: setattr(c.data, "dataset", "imagenet"), r"data.dataset='imagenet'.*mnist"),
     (lambda c: setattr(c.data, "protocol", "blurry"), r"data.protocol='blurry'.*per_class"),
     (lambda c: setattr(c.train, "n_critic", 0), r"train.n_critic=0.*>= 1"),

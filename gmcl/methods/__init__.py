@@ -6,12 +6,13 @@ from gmcl.methods.dgm import DGM, make_dgm
 from gmcl.methods.dgr import DGR, make_dgr
 from gmcl.methods.hat import HATClassifier, make_hat
 from gmcl.methods.lgm import LGM, make_lgm
+from gmcl.methods.lsa import LSA, make_lsa
 from gmcl.methods.mergan import MeRGAN, make_mergan
 from gmcl.methods.ogm import OGM, make_ogm
 
 METHODS = {"sft": make_sft, "joint": make_joint, "dgr": make_dgr, "mergan": make_mergan,
            "hat": make_hat, "dgm": make_dgm, "lgm": make_lgm,
-           "ogm": make_ogm}
+           "lsa": make_lsa, "ogm": make_ogm}
 
 
 def build_method(name: str, config, image_shape, num_classes, parallel=None) -> Method:
@@ -26,5 +27,5 @@ def build_method(name: str, config, image_shape, num_classes, parallel=None) -> 
   return METHODS[name](config, image_shape, num_classes, parallel or Parallel())
 
 
-__all__ = ["ClassifierMethod", "DGM", "DGR", "HATClassifier", "LGM", "METHODS", "MeRGAN", "Method", "ModelState",
+__all__ = ["ClassifierMethod", "DGM", "DGR", "HATClassifier", "LGM", "LSA", "METHODS", "MeRGAN", "Method", "ModelState",
            "OGM", "Phase", "build_method", "run_chunk", "step_key"]

@@ -70,6 +70,7 @@ import optax
 from flax import struct
 
 from gmcl import dgm, hat
+from gmcl.config import require
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.losses.gan import gradient_penalty, wasserstein_critic_loss, wasserstein_generator_loss
@@ -84,26 +85,22 @@ ENCODERS = ("train", "frozen", "prototype", "bridge")
 HAT_MASKS = ("weight", "activation")
 
 
-def _require(ok: bool, key: str, value, valid: str):
-  if not ok:
-    raise ValueError(f"config.{key}={value!r} is invalid; valid: {valid}.")
-
 
 def check_config(config) -> None:
   """Validates ``config.lgm``; raises ValueError naming the key and the valid values."""
   g = config.lgm
-  _require(g.protection in PROTECTIONS, "lgm.protection", g.protection, str(list(PROTECTIONS)))
-  _require(g.encoder in ENCODERS, "lgm.encoder", g.encoder, str(list(ENCODERS)))
-  _require(g.bridge in BRIDGES, "lgm.bridge", g.bridge, str(list(BRIDGES)))
-  _require(g.hat_mask in HAT_MASKS, "lgm.hat_mask", g.hat_mask, str(list(HAT_MASKS)))
+  require(g.protection in PROTECTIONS, "lgm.protection", g.protection, str(list(PROTECTIONS)))
+  require(g.encoder in ENCODERS, "lgm.encoder", g.encoder, str(list(ENCODERS)))
+  require(g.bridge in BRIDGES, "lgm.bridge", g.bridge, str(list(BRIDGES)))
+  require(g.hat_mask in HAT_MASKS, "lgm.hat_mask", g.hat_mask, str(list(HAT_MASKS)))
   for key in ("ra_weight", "drift_weight", "sparsity"):
-    _require(g[key] >= 0, f"lgm.{key}", g[key], ">= 0")
+    require(g[key] >= 0, f"lgm.{key}", g[key], ">= 0")
   for key in ("z_dim", "bridge_hidden", "gan_iterations", "prototype_steps", "drift_eval_limit"):
-    _require(g[key] >= 1, f"lgm.{key}", g[key], ">= 1")
+    require(g[key] >= 1, f"lgm.{key}", g[key], ">= 1")
   for key in ("generator_hidden", "critic_hidden"):
-    _require(len(g[key]) >= 1 and min(g[key]) >= 1, f"lgm.{key}", g[key], "one or more positive widths")
-  _require(g.s_max >= 1, "lgm.s_max", g.s_max, ">= 1")
-  _require(config.hat.max_tasks >= 1, "hat.max_tasks", config.hat.max_tasks, ">= 1")
+    require(len(g[key]) >= 1 and min(g[key]) >= 1, f"lgm.{key}", g[key], "one or more positive widths")
+  require(g.s_max >= 1, "lgm.s_max", g.s_max, ">= 1")
+  require(config.hat.max_tasks >= 1, "hat.max_tasks", config.hat.max_tasks, ">= 1")
 
 
 def relative_drift(*, new: jax.Array, old: jax.Array) -> jax.Array:

@@ -70,6 +70,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from gmcl.config import require
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.losses.replay import replay_loss
@@ -88,10 +89,6 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # -- configuration ---------------------------------------------------------------------------------
 
 
-def _require(ok: bool, key: str, value, valid: str):
-  if not ok:
-    raise ValueError(f"config.{key}={value!r} is invalid; valid: {valid}.")
-
 
 def check_config(config) -> None:
   """Validates the ``config.ogm`` section; raises ValueError naming the key and the valid values.
@@ -101,20 +98,20 @@ def check_config(config) -> None:
   the "project" variant, a ``parallel.mode`` other than "none") only when ``config.method == "ogm"``.
   """
   o = config.ogm
-  _require(o.variant in VARIANTS, "ogm.variant", o.variant, "'lookahead', 'distill' or 'project'")
-  _require(o.memory in MEMORIES, "ogm.memory", o.memory, "'current' or 'generator'")
-  _require(o.norm in NORMS, "ogm.norm", o.norm, "'frobenius' or 'spectral'")
-  _require(o.memory_batch >= 1, "ogm.memory_batch", o.memory_batch, ">= 1")
-  _require(o.refresh_every >= 1, "ogm.refresh_every", o.refresh_every,
+  require(o.variant in VARIANTS, "ogm.variant", o.variant, "'lookahead', 'distill' or 'project'")
+  require(o.memory in MEMORIES, "ogm.memory", o.memory, "'current' or 'generator'")
+  require(o.norm in NORMS, "ogm.norm", o.norm, "'frobenius' or 'spectral'")
+  require(o.memory_batch >= 1, "ogm.memory_batch", o.memory_batch, ">= 1")
+  require(o.refresh_every >= 1, "ogm.refresh_every", o.refresh_every,
            ">= 1 (1: a new memory batch every step)")
-  _require(o.lookahead_steps >= 0, "ogm.lookahead_steps", o.lookahead_steps,
+  require(o.lookahead_steps >= 0, "ogm.lookahead_steps", o.lookahead_steps,
            ">= 0 (0: no lookahead, i.e. sequential fine-tuning)")
-  _require(o.lookahead_lr >= 0, "ogm.lookahead_lr", o.lookahead_lr, ">= 0")
-  _require(o.inner_lr >= 0, "ogm.inner_lr", o.inner_lr, ">= 0")
-  _require(o.distill_weight >= 0, "ogm.distill_weight", o.distill_weight, ">= 0")
-  _require(o.temperature > 0, "ogm.temperature", o.temperature, "> 0")
-  _require(o.epsilon >= 0, "ogm.epsilon", o.epsilon, ">= 0")
-  _require(o.backtracking >= 0, "ogm.backtracking", o.backtracking,
+  require(o.lookahead_lr >= 0, "ogm.lookahead_lr", o.lookahead_lr, ">= 0")
+  require(o.inner_lr >= 0, "ogm.inner_lr", o.inner_lr, ">= 0")
+  require(o.distill_weight >= 0, "ogm.distill_weight", o.distill_weight, ">= 0")
+  require(o.temperature > 0, "ogm.temperature", o.temperature, "> 0")
+  require(o.epsilon >= 0, "ogm.epsilon", o.epsilon, ">= 0")
+  require(o.backtracking >= 0, "ogm.backtracking", o.backtracking,
            ">= 0 (halvings of the in-span part before it is dropped)")
   if config.method == "ogm":
     _check_combination(config.model.classifier, o.variant, config.parallel.mode)

@@ -1,0 +1,186 @@
+"""Side-by-side comparison of the seed author's proposals with the published methods.
+
+  python -m experiments.compare --out runs/compare --schedule demo
+  python -m experiments.compare --out runs/compare --schedule cpu --benchmarks per_class_mnist \
+      --methods lgm/ra-train,lgm/hat-bridge,ogm/project
+
+Every (method, benchmark) pair is one ordinary run of ``gmcl.loop.run`` in ``OUT/BENCHMARK/METHOD``; a pair whose results.json
+exists is read, not rerun, so the command resumes where it stopped and a table can be rebuilt
+from finished runs. A pair a method does not support (lsa on one class per task, where the task
+id gives the label away) is marked n/a; a run that fails is marked with its error and the others
+go on. The table (``OUT/table.md``, also printed) gives the final accuracy A_T (A_5/A_10 on the
+one-class-per-task benchmarks), the scenario, and each run's training wall time, with the command
+that made it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+import traceback
+
+from absl import app, flags
+
+BENCHMARKS = {  # name -> config arguments
+    "split_mnist": "dataset=mnist,protocol=split",
+    "per_class_mnist": "dataset=mnist,protocol=per_class",
+    "permuted_mnist": "dataset=mnist,protocol=permuted",
+    "fashion_mnist": "dataset=fashion_mnist,protocol=per_class",
+}
+METHODS = {  # name -> (config module, variant or None)
+    **{f"lgm/{p}-{e}": ("lgm", f"{p}-{e}") for p in ("ra", "hat")
+       for e in ("train", "frozen", "prototype", "bridge")},
+    "lsa/sequential": ("lsa", "sequential"),
+    "lsa/parallel": ("lsa", "parallel"),
+    "ogm/lookahead": ("ogm", "lookahead"),
+    "ogm/distill": ("ogm", "distill"),
+    "ogm/project": ("ogm", "project"),
+    "dgr": ("dgr", None),
+    "mergan/ra": ("mergan", "ra"),
+    "dgm/dgmw": ("dgm", "dgmw"),
+}
+SCHEDULES = ("smoke", "demo", "cpu")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", None, "Folder of the runs and the table.")
+flags.DEFINE_enum("schedule", "demo", SCHEDULES, "Config argument giving each run's schedule.")
+flags.DEFINE_list("benchmarks", list(BENCHMARKS), f"Subset of {list(BENCHMARKS)}.")
+flags.DEFINE_list("methods", list(METHODS), "Subset of the method names (see METHODS).")
+flags.DEFINE_integer("max_tasks", 0, "> 0: keep only the first N tasks of every sequence.")
+flags.DEFINE_bool("table_only", False, "Only rebuild the table from finished runs.")
+
+
+def unsupported(method: str, benchmark: str) -> str | None:
+  """Why a pair is not run, or None."""
+  if method.startswith("lsa/") and benchmark in ("per_class_mnist", "fashion_mnist"):
+    return "task-incremental with one class per task: the task id is the label"
+  if method in ("mergan/ra", "dgm/dgmw") and benchmark == "permuted_mnist":
+    return "class-conditional generator: every permuted task has the same 10 classes"
+  return None
+
+
+def config_arg(method: str, benchmark: str, schedule: str) -> str:
+  module, variant = METHODS[method]
+  args = [BENCHMARKS[benchmark], schedule] + ([f"variant={variant}"] if variant else [])
+  return f"experiments/configs/{module}.py:" + ",".join(args)
+
+
+def build_config(method: str, benchmark: str, schedule: str, max_tasks: int = 0):
+  module, _ = METHODS[method]
+  arg = config_arg(method, benchmark, schedule).split(":", 1)[1]
+  config = importlib.import_module(f"experiments.configs.{module}").get_config(arg)
+  if benchmark == "split_mnist" and config.data.classes_per_task != 2:
+    config.data.classes_per_task = 2
+  if max_tasks:
+    config.data.max_tasks = max_tasks
+  return config
+
+
+def command(method: str, benchmark: str, schedule: str, workdir: str, max_tasks: int = 0) -> str:
+  extra = f" --config.data.max_tasks={max_tasks}" if max_tasks else ""
+  return (f"python -m experiments.main --config {config_arg(method, benchmark, schedule)}{extra} "
+          f"--workdir {workdir}")
+
+
+def run_pair(method: str, benchmark: str, schedule: str, workdir: str, data_cache: dict,
+             max_tasks: int = 0) -> dict:
+  """Runs one pair (or reads its finished results); returns the table's cell."""
+  from gmcl import loop  # pylint: disable=import-outside-toplevel
+  results_path = os.path.join(workdir, "results.json")
+  if not os.path.exists(results_path):
+    config = build_config(method, benchmark, schedule, max_tasks)
+    settings = loop.data_settings(config)
+    if settings not in data_cache:
+      data_cache[settings] = loop.load_data(config)
+    start = time.time()
+    loop.run(config, workdir, data=data_cache[settings], progress=False, overwrite=True)
+    print(f"{method} on {benchmark}: {time.time() - start:.0f} s", flush=True)
+  return read_cell(workdir)
+
+
+def read_cell(workdir: str) -> dict:
+  with open(os.path.join(workdir, "results.json")) as f:
+    res = json.load(f)
+  cell = {"A": res["A"], "scenario": res["scenario"], "forgetting": res["average_forgetting"]}
+  timings = os.path.join(workdir, "timings.json")
+  if os.path.exists(timings):
+    with open(timings) as f:
+      cell["seconds"] = json.load(f)["wall_seconds"]
+  return cell
+
+
+def format_cell(cell: dict, benchmark: str) -> str:
+  if "error" in cell or "na" in cell:
+    return cell.get("error") or "n/a"
+  a = cell["A"]
+  if benchmark in ("per_class_mnist", "fashion_mnist") and len(a) >= 10:
+    text = f"{100 * a[4]:.2f} / {100 * a[9]:.2f}"
+  else:
+    text = f"{100 * a[-1]:.2f}"
+  if cell["scenario"] == "task_incremental":
+    text += " (TI)"
+  if "seconds" in cell:
+    text += f", {cell['seconds'] / 60:.1f} min"
+  return text
+
+
+def table(cells: dict, benchmarks, methods, schedule: str, out: str, max_tasks: int = 0) -> str:
+  lines = [f"Schedule `{schedule}`" + (f", first {max_tasks} tasks" if max_tasks else "")
+           + ". Cells: final A_T in % (per-class benchmarks: A_5 / A_10), training wall time. "
+           "(TI): task-incremental (task id given at test time); all others class-incremental.", "",
+           "| method | " + " | ".join(benchmarks) + " |", "|---" * (len(benchmarks) + 1) + "|"]
+  for m in methods:
+    lines.append(f"| {m} | " + " | ".join(format_cell(cells[(m, b)], b) for b in benchmarks) + " |")
+  lines += ["", "Commands (one per run; the config's arguments are the cell's):", ""]
+  for b in benchmarks:
+    for m in methods:
+      if "na" not in cells[(m, b)]:
+        lines.append(f"    {command(m, b, schedule, os.path.join(out, b, m.replace('/', '_')), max_tasks)}")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  del argv
+  for b in FLAGS.benchmarks:
+    if b not in BENCHMARKS:
+      raise app.UsageError(f"Unknown benchmark {b!r}; valid: {list(BENCHMARKS)}.")
+  for m in FLAGS.methods:
+    if m not in METHODS:
+      raise app.UsageError(f"Unknown method {m!r}; valid: {list(METHODS)}.")
+  os.makedirs(FLAGS.out, exist_ok=True)
+  cells, data_cache = {}, {}
+  for b in FLAGS.benchmarks:
+    for m in FLAGS.methods:
+      workdir = os.path.join(FLAGS.out, b, m.replace("/", "_"))
+      why = unsupported(m, b)
+      if why:
+        cells[(m, b)] = {"na": why}
+      elif FLAGS.table_only:
+        cells[(m, b)] = read_cell(workdir) if os.path.exists(os.path.join(workdir, "results.json")) \
+            else {"error": "not run"}
+      else:
+        try:
+          cells[(m, b)] = run_pair(m, b, FLAGS.schedule, workdir, data_cache, FLAGS.max_tasks)
+        except Exception as e:  # pylint: disable=broad-except
+          traceback.print_exc()
+          cells[(m, b)] = {"error": f"failed: {type(e).__name__}"}
+      write_table(cells)
+  print(write_table(cells))
+
+
+def write_table(cells: dict) -> str:
+  """Writes OUT/table.md (pairs not run yet: "pending") and returns its text."""
+  full = {(m, b): cells.get((m, b), {"error": "pending"}) for m in FLAGS.methods for b in FLAGS.benchmarks}
+  text = table(full, FLAGS.benchmarks, FLAGS.methods, FLAGS.schedule, FLAGS.out, FLAGS.max_tasks)
+  tmp = os.path.join(FLAGS.out, "table.md.tmp")
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, os.path.join(FLAGS.out, "table.md"))
+  return text
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["out"])
+  app.run(main)

@@ -4,11 +4,13 @@
   python -m experiments.compare --out runs/compare --schedule cpu --benchmarks per_class_mnist \
       --methods lgm/ra-train,lgm/hat-bridge,ogm/project
 
-Every (method, benchmark) pair is one ordinary run of ``gmcl.loop.run`` in ``OUT/BENCHMARK/METHOD``; a pair whose results.json
-exists is read, not rerun, so the command resumes where it stopped and a table can be rebuilt
-from finished runs. A pair a method does not support (lsa on one class per task, where the task
-id gives the label away) is marked n/a; a run that fails is marked with its error and the others
-go on. The table (``OUT/table.md``, also printed) gives the final accuracy A_T (A_5/A_10 on the
+Every (method, benchmark) pair is one ordinary run of ``gmcl.loop.run`` in
+``OUT/SCHEDULE/BENCHMARK/METHOD``; a finished run is read, not rerun, and an interrupted one
+continues from its checkpoints, so the command resumes where it stopped and a table can be
+rebuilt from finished runs (``--table_only``; unfinished runs are marked with how far they got).
+A pair a method does not support (lsa on one class per task, where the task id gives the label
+away) is marked n/a; a run that fails is marked with its error and the others
+go on. The table (``OUT/table_SCHEDULE.md``, also printed) gives the final accuracy A_T (A_5/A_10 on the
 one-class-per-task benchmarks), the scenario, and each run's training wall time, with the command
 that made it.
 """
@@ -88,21 +90,33 @@ def run_pair(method: str, benchmark: str, schedule: str, workdir: str, data_cach
              max_tasks: int = 0) -> dict:
   """Runs one pair (or reads its finished results); returns the table's cell."""
   from gmcl import loop  # pylint: disable=import-outside-toplevel
-  results_path = os.path.join(workdir, "results.json")
-  if not os.path.exists(results_path):
+  if loop._finished_run(workdir) is None:  # pylint: disable=protected-access
     config = build_config(method, benchmark, schedule, max_tasks)
     settings = loop.data_settings(config)
     if settings not in data_cache:
       data_cache[settings] = loop.load_data(config)
     start = time.time()
-    loop.run(config, workdir, data=data_cache[settings], progress=False, overwrite=True)
+    # An interrupted run continues from its checkpoints; a finished one is read, never rerun.
+    loop.run(config, workdir, data=data_cache[settings], progress=False)
     print(f"{method} on {benchmark}: {time.time() - start:.0f} s", flush=True)
   return read_cell(workdir)
 
 
+def run_dir(out: str, schedule: str, max_tasks: int, benchmark: str, method: str) -> str:
+  """``OUT/SCHEDULE[_firstN]/BENCHMARK/METHOD``: runs of other schedules are never mistaken for these."""
+  tag = schedule + (f"_first{max_tasks}" if max_tasks else "")
+  return os.path.join(out, tag, benchmark, method.replace("/", "_"))
+
+
 def read_cell(workdir: str) -> dict:
-  with open(os.path.join(workdir, "results.json")) as f:
+  """A finished run's cell; an unfinished one is marked with how far it got."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return {"error": "not run"}
+  with open(path) as f:
     res = json.load(f)
+  if res["completed_tasks"] != len(res["tasks"]):
+    return {"error": f"incomplete ({res['completed_tasks']}/{len(res['tasks'])} tasks)"}
   cell = {"A": res["A"], "scenario": res["scenario"], "forgetting": res["average_forgetting"]}
   timings = os.path.join(workdir, "timings.json")
   if os.path.exists(timings):
@@ -137,7 +151,7 @@ def table(cells: dict, benchmarks, methods, schedule: str, out: str, max_tasks: 
   for b in benchmarks:
     for m in methods:
       if "na" not in cells[(m, b)]:
-        lines.append(f"    {command(m, b, schedule, os.path.join(out, b, m.replace('/', '_')), max_tasks)}")
+        lines.append(f"    {command(m, b, schedule, run_dir(out, schedule, max_tasks, b, m), max_tasks)}")
   return "\n".join(lines) + "\n"
 
 
@@ -153,13 +167,12 @@ def main(argv):
   cells, data_cache = {}, {}
   for b in FLAGS.benchmarks:
     for m in FLAGS.methods:
-      workdir = os.path.join(FLAGS.out, b, m.replace("/", "_"))
+      workdir = run_dir(FLAGS.out, FLAGS.schedule, FLAGS.max_tasks, b, m)
       why = unsupported(m, b)
       if why:
         cells[(m, b)] = {"na": why}
       elif FLAGS.table_only:
-        cells[(m, b)] = read_cell(workdir) if os.path.exists(os.path.join(workdir, "results.json")) \
-            else {"error": "not run"}
+        cells[(m, b)] = read_cell(workdir)
       else:
         try:
           cells[(m, b)] = run_pair(m, b, FLAGS.schedule, workdir, data_cache, FLAGS.max_tasks)
@@ -174,10 +187,11 @@ def write_table(cells: dict) -> str:
   """Writes OUT/table.md (pairs not run yet: "pending") and returns its text."""
   full = {(m, b): cells.get((m, b), {"error": "pending"}) for m in FLAGS.methods for b in FLAGS.benchmarks}
   text = table(full, FLAGS.benchmarks, FLAGS.methods, FLAGS.schedule, FLAGS.out, FLAGS.max_tasks)
-  tmp = os.path.join(FLAGS.out, "table.md.tmp")
+  tmp = os.path.join(FLAGS.out, f"table_{FLAGS.schedule}.md.tmp")
+  os.makedirs(os.path.dirname(tmp), exist_ok=True)
   with open(tmp, "w") as f:
     f.write(text)
-  os.replace(tmp, os.path.join(FLAGS.out, "table.md"))
+  os.replace(tmp, tmp[:-len(".tmp")])
   return text
 
 

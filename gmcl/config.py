@@ -228,7 +228,7 @@ def validate_config(config) -> None:
            f"0 (no padding) or >= {size}")
   require(len(d.value_range) == 2 and d.value_range[1] > d.value_range[0], "data.value_range",
            d.value_range, "(low, high) with high > low")
-  gan_method = config.method in GAN_METHODS
+  gan_method = config.method in GAN_METHODS or (config.method == "ogm" and config.ogm.memory == "generator")
   if gan_method and m.gan == "dcgan":
     require((d.pad_to or size) in (28, 32, 64), "data.pad_to", d.pad_to,
              f"an image size the DCGAN generator supports: 28, 32 or 64 (images are {size})")

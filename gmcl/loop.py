@@ -259,7 +259,7 @@ def _run_lsa_parallel(config, workdir: str, data: Data, seq: TaskSequence, metho
     write_json(os.path.join(workdir, "results.json"), results)
     write_json(os.path.join(workdir, "timings.json"), {
         "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-        "wall_seconds": train_time, "per_task": []})
+        "wall_seconds": time.time() - start, "train_seconds": train_time, "per_task": []})
   log(evaluation.format_table(record["A"], f"lsa (parallel) on {config.data.dataset} "
                               f"({config.data.protocol}): mean accuracy over tasks so far, task id given, %"))
   return results

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from experiments.configs import dgm, dgr, mergan, sft
+from experiments.configs import dgm, dgr, lgm, lsa, mergan, ogm, sft
 from gmcl import loop
 
 
@@ -29,10 +29,17 @@ def _quiet(_):
   pass
 
 
-@pytest.mark.parametrize("module, stops", [(sft, [25, 20]), (dgr, [27]), (mergan, [37]), (dgm, [15])],
-                         ids=["sft", "dgr", "mergan-jr", "dgm-growth"])
+@pytest.mark.parametrize("module, stops", [(sft, [25, 20]), (dgr, [27]), (mergan, [37]), (dgm, [15]),
+                                           (lgm, [27]), (lsa, [25, 30]), (ogm, [30])],
+                         ids=["sft", "dgr", "mergan-jr", "dgm-growth", "lgm-hat-bridge", "lsa", "ogm-generator"])
 def test_interrupted_run_resumes_to_identical_results(mnist_data, tmp_path, module, stops):
   c = _config(module)
+  if module is lgm:  # HAT masks (a batch norm and head per task begun) and a bridge
+    c.lgm.protection, c.lgm.encoder = "hat", "bridge"
+  if module is lsa:  # stops in task 1's bridge phase, then in task 2's solver phase
+    c.data.pad_to, c.data.value_range = 32, (-1.0, 1.0)  # the fixture's data
+  if module is ogm:  # DGR's generator as the memory, the distillation step's own Adam state
+    c.ogm.memory, c.ogm.variant = "generator", "distill"
   if module is dgm:  # the network grows after task 1: the checkpoint at step 14 (mid task 2)
     c.train.generator_steps = 10  # is restored into a template built from the recorded widths
   if module is mergan:  # joint retraining; the oracle's scores must come out the same too

@@ -45,8 +45,7 @@ def _leaves_equal(a, b):
   return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-@pytest.mark.parametrize("classifier, width", [("mlp", 64), ("cnn", 256)])
-@pytest.mark.parametrize("variant", ["ra-train", "hat-bridge"])
+@pytest.mark.parametrize("classifier, width, variant", [("mlp", 64, "ra-train"), ("cnn", 256, "hat-bridge")])
 def test_latent_generator_makes_features_of_the_split_point_shape(classifier, width, variant):
   c = _config(variant)
   c.model.classifier = classifier
@@ -88,6 +87,31 @@ def test_trained_encoder_moves_and_drift_is_scored():
   assert not _leaves_equal(before["encoder"], state.solver.params["encoder"])
   # the snapshot's prior classifier is task 1's: the drift score compares f_2 with f_1
   assert _leaves_equal(before, state.frozen.prior_solver_params)
+  # the drift score, by hand, on held-out images of the old class
+  rng = np.random.default_rng(3)
+
+  class Held:
+    x_test = rng.uniform(-1, 1, (20,) + SHAPE).astype(np.float32)
+    y_test = np.arange(20) % 3
+
+  class Seq:
+    seen_classes = staticmethod(lambda t: list(range(t + 1)))
+
+  scores = m.extra_scores(state, Held, Seq, 1, jax.random.PRNGKey(0))
+  x_old = Held.x_test[Held.y_test == 0]
+  expected = relative_drift(new=m.encode(state.solver.params, x_old), old=m.encode(before, x_old))
+  np.testing.assert_allclose(scores["drift"], float(expected), rtol=1e-5)
+  assert 0.0 <= scores["memory_accuracy"] <= 1.0 and scores["memory_gap"] > 0.0
+
+
+def test_permuted_tasks_keep_every_class_current_and_weigh_tasks_equally():
+  m = make_lgm(_config("hat-train"), SHAPE, 10)
+  state = m.begin_task(m.init(jax.random.PRNGKey(0)), 0, np.ones(10, bool))
+  state = m.begin_task(m.end_task(state), 1, np.ones(10, bool))  # the same ten classes again
+  assert bool(jnp.all(state.current)) and bool(jnp.all(state.task_classes[1]))
+  np.testing.assert_allclose(state.ratio, 0.5)
+  phi, labels = m.memories(state, jax.random.PRNGKey(1), 20)
+  assert phi.shape == (20, m.feature_dim) and len(set(np.asarray(labels).tolist())) == 10
 
 
 def test_hat_memories_of_earlier_tasks_are_unchanged_by_later_training():
@@ -160,13 +184,17 @@ def test_k_step_chunk_equals_single_steps(variant):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-def test_state_template_matches_a_checkpointed_hat_state():
-  m = make_lgm(_config("hat-bridge"), SHAPE, 10)
+@pytest.mark.parametrize("variant", ["hat-bridge", "ra-prototype"])
+@pytest.mark.parametrize("begun", [True, False], ids=["mid-task", "between-tasks"])
+def test_state_template_matches_a_checkpointed_state(variant, begun):
+  m = make_lgm(_config(variant), SHAPE, 10)
   state, _ = _run_task(m, m.init(jax.random.PRNGKey(0)), 0, steps=1)
-  state = m.begin_task(state, 1, np.arange(10) <= 1)
-  tmpl = m.state_template(jax.random.PRNGKey(0), {"position": {"task": 1, "begun": True}})
+  if begun:
+    state = m.begin_task(state, 1, np.arange(10) <= 1)
+  tmpl = m.state_template(jax.random.PRNGKey(0), {"position": {"task": 1, "begun": begun}})
   assert jax.tree.structure(tmpl) == jax.tree.structure(state)
-  assert [x.shape for x in jax.tree.leaves(tmpl)] == [x.shape for x in jax.tree.leaves(state)]
+  assert [(x.shape, x.dtype) for x in jax.tree.leaves(tmpl)] == \
+      [(x.shape, x.dtype) for x in jax.tree.leaves(state)]
 
 
 @pytest.mark.parametrize("key, value, message", [

@@ -280,10 +280,9 @@ def test_compose_needs_linear_bridges_and_other_errors(method):
     lsa.train_parallel(method, jax.random.PRNGKey(0), [_data([0, 1]), _data([2, 3], capacity=80)])
 
 
-def test_split_mnist_two_tasks_through_the_loop(mnist_data, tmp_path, monkeypatch):
+def test_split_mnist_two_tasks_through_the_loop(mnist_data, tmp_path):
   from gmcl import loop
   from gmcl import methods
-  monkeypatch.setitem(methods.METHODS, "lsa", lsa.make_lsa)  # until gmcl.methods registers lsa
   c = lsa_config.get_config("smoke")
   c.data.max_tasks = 2
   c.data.pad_to = 32  # the session's preloaded MNIST

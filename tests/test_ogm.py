@@ -394,10 +394,9 @@ def test_unsupported_combinations_are_refused():
 # -- the loop ----------------------------------------------------------------------------------
 
 
-def test_smoke_run_through_the_loop(mnist_data, tmp_path, monkeypatch):
+def test_smoke_run_through_the_loop(mnist_data, tmp_path):
   from gmcl import loop  # pylint: disable=import-outside-toplevel
   from gmcl import methods  # pylint: disable=import-outside-toplevel
-  monkeypatch.setitem(methods.METHODS, "ogm", make_ogm)  # until the registry lists ogm
   c = _config("project", memory="generator", epsilon=2.0)
   c.train.n_critic = 1  # a smaller generator step to compile
   c.data.max_tasks = 2

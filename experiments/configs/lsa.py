@@ -18,7 +18,7 @@ first task's bridge steps are no-ops. The whole run takes minutes on a 2-core CP
 
 ``variant=sequential|parallel`` sets ``lsa.mode``; ``lsa.bridge`` (linear | mlp) and
 ``lsa.compose`` (linear bridges only) are set with ``--config.lsa.KEY=VALUE``. ``lsa.mode = "parallel"`` trains the tasks at once
-(gmcl.methods.lsa.train_parallel); gmcl.loop.run drives the sequential mode.
+(gmcl.methods.lsa.train_parallel), through the same gmcl.loop.run.
 
 Measured with ``demo`` (seed 0, 2-core CPU, gmcl.loop.run; parallel: train_parallel, row t
 scored on the models of tasks 0..t): A_5 / average forgetting, task id given:

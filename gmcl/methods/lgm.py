@@ -11,7 +11,8 @@ jointly, step by step, with no separate distillation phase:
 * task t > 1: every step draws fake memories ``phi ~ G_{t-1}(z, c)`` of earlier classes c
   and trains the head on ``r * CE(h(f(x)), y) + (1 - r) * CE(h(phi), c)``, r = (classes of
   this task) / (classes seen), as DGR's balanced ratio. The encoder learns from the real
-  term only (fake features do not depend on it).
+  term only (fake features do not depend on it). Permuted MNIST (every task has every
+  class): the memories cover all classes, r = 1/t, and "the task's classes" are all of them.
 
 Two open questions of the slides, each a config option:
 
@@ -136,8 +137,10 @@ class LGMState:
   task_classes: jax.Array  # (max_tasks, K) bool
   active: jax.Array  # (K,) bool: classes seen so far
   current: jax.Array  # (K,) bool: this task's classes
+  ratio: jax.Array  # () float32: r, the weight of real data in the head's loss
   task: jax.Array  # () int32
   step: jax.Array  # () int32: joint steps in this task (HAT's s schedule)
+  key: jax.Array  # the run's init key: per-task heads and bridges are drawn from it
   frozen: Optional[LGMSnapshot] = None
 
 
@@ -160,6 +163,7 @@ class LGM(Method):
     self.batch_size, self.n_critic, self.gp_weight = tr.batch_size, tr.n_critic, tr.gp_weight
     self.solver_tx = adam(tr.solver_lr, tr.solver_b1, tr.solver_b2, tr.weight_decay)
     self.gan_tx = adam(tr.gan_lr, tr.gan_b1, tr.gan_b2)
+    self.bridge_tx = adam(tr.solver_lr, tr.solver_b1, tr.solver_b2)  # no weight decay: it starts at the identity
     self.max_tasks = int(config.hat.max_tasks)
     self.critic = LatentCritic(num_classes=num_classes, hidden=tuple(g.critic_hidden))
     self.bridge_net = Bridge(self.feature_dim, g.bridge, int(g.bridge_hidden))
@@ -192,7 +196,7 @@ class LGM(Method):
 
   def _fresh_bridge(self, key) -> ModelState:
     params = self.bridge_net.init(key, jnp.zeros((1, self.feature_dim)))["params"]
-    return ModelState(params=params, opt_state=self.solver_tx.init(params))
+    return ModelState(params=params, opt_state=self.bridge_tx.init(params))
 
   def init(self, key) -> LGMState:
     k_s, k_g, k_c, k_b = jax.random.split(key, 4)
@@ -218,15 +222,21 @@ class LGM(Method):
         bridge=bridge, bridges=bridges, reserved=reserved,
         proto_sum=jnp.zeros((k, self.feature_dim)), proto_count=jnp.zeros((k,)),
         task_classes=jnp.zeros((self.max_tasks, k), bool), active=jnp.zeros((k,), bool),
-        current=jnp.zeros((k,), bool), task=jnp.zeros((), jnp.int32), step=jnp.zeros((), jnp.int32))
+        current=jnp.zeros((k,), bool), ratio=jnp.ones((), jnp.float32), task=jnp.zeros((), jnp.int32),
+        step=jnp.zeros((), jnp.int32), key=key)
 
   def begin_task(self, state: LGMState, task_index: int, active_classes: np.ndarray) -> LGMState:
     if task_index >= self.max_tasks:
       raise ValueError(f"lgm: task {task_index + 1} exceeds hat.max_tasks={self.max_tasks} (the rows "
                        "of the task tables); raise hat.max_tasks.")
     active = jnp.asarray(active_classes, bool)
-    current = active & ~state.active
-    state = state.replace(active=active, current=current, task=jnp.asarray(task_index, jnp.int32),
+    new = active & ~state.active
+    if bool(jnp.any(new)):  # class-incremental: the new classes' share of the classes seen
+      current, ratio = new, jnp.sum(new) / jnp.sum(active)
+    else:  # permuted: every task has every class; each task weighs the same (DGR's r = 1/t)
+      current, ratio = active, jnp.asarray(1.0 / (task_index + 1))
+    state = state.replace(active=active, current=current, ratio=jnp.asarray(ratio, jnp.float32),
+                          task=jnp.asarray(task_index, jnp.int32),
                           step=jnp.zeros((), jnp.int32),
                           task_classes=state.task_classes.at[task_index].set(current),
                           proto_sum=jnp.where(current[:, None], 0.0, state.proto_sum),
@@ -236,11 +246,11 @@ class LGM(Method):
         raise ValueError(f"lgm: begin_task({task_index}) after "
                          f"{dgm.num_tasks_begun(state.generator.params)} tasks; tasks run in order.")
       params, stats = dgm.add_task(self.spec, state.generator.params, state.generator.batch_stats,
-                                   jax.random.PRNGKey(1000 + task_index))
+                                   jax.random.fold_in(state.key, 1000 + task_index))
       state = state.replace(generator=ModelState(params=params, batch_stats=stats,
                                                  opt_state=self._hat_opt(params, state.reserved)))
     if self.g.encoder == "bridge":
-      state = state.replace(bridge=self._fresh_bridge(jax.random.PRNGKey(2000 + task_index)))
+      state = state.replace(bridge=self._fresh_bridge(jax.random.fold_in(state.key, 2000 + task_index)))
     if self.config.train.reset_optimizers:
       state = state.replace(solver=reset_optimizer(state.solver, self.solver_tx),
                             critic=reset_optimizer(state.critic, self.gan_tx))
@@ -339,16 +349,13 @@ class LGM(Method):
 
   # -- the joint step ------------------------------------------------------------------------
 
-  def _ratio(self, state) -> jax.Array:
-    return jnp.sum(state.current) / jnp.maximum(jnp.sum(state.active), 1)
-
   def joint_step(self, state: LGMState, data: TaskArrays, key):
     """One classifier step (with fake memories after task 1), the bridge's step (``bridge``),
     then ``lgm.gan_iterations`` WGAN-GP iterations of the latent generator."""
     replaying = state.frozen is not None  # static
     k_x, k_mem, k_gan = jax.random.split(key, 3)
     x, y = self.sample_batch(data, k_x, self.batch_size)
-    r = self._ratio(state)
+    r = state.ratio
     metrics = {}
     if replaying:
       phi, phi_labels = self.memories(state, k_mem, self.batch_size)
@@ -401,7 +408,7 @@ class LGM(Method):
         return jnp.mean(feature_alignment_loss(mapped=self._bridge(params, old_feats), target=new_feats))
 
       b_loss, b_grads = jax.value_and_grad(bridge_loss)(state.bridge.params)
-      state = state.replace(bridge=apply_gradients(state.bridge, b_grads, self.solver_tx))
+      state = state.replace(bridge=apply_gradients(state.bridge, b_grads, self.bridge_tx))
       metrics["bridge_loss"] = b_loss
 
     for i in range(int(self.g.gan_iterations)):

@@ -41,7 +41,8 @@ is the natural first guess.
 models at once (``vmap`` over tasks: each (f_k, h_k) from the same initial embedder and
 task k's data), then the bridges g_{k+1->k} on task k+1's inputs (``vmap`` over k), and
 builds the same :class:`LSAState`, so prediction is the same chain from f_T.
-``gmcl.loop.run`` drives the sequential mode only.
+``gmcl.loop.run`` drives both modes (the parallel one in one uninterrupted call, without
+checkpoints; row t of R is scored on the models of tasks 0..t).
 
 Settings and deviations: the solver's Adam is re-created at every task (its head is new;
 ``train.reset_optimizers`` is not consulted), as is the bridge's; per-task heads and

@@ -74,7 +74,7 @@ from gmcl.config import require
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.losses.replay import replay_loss
-from gmcl.methods.base import ModelState, Phase, apply_gradients
+from gmcl.methods.base import ModelState, Phase, adam, apply_gradients
 from gmcl.methods.classifier import ClassifierMethod
 from gmcl.methods.dgr import DGR, DGRSnapshot
 from gmcl.parallel import Parallel
@@ -333,6 +333,8 @@ class OGM(DGR):
     self.lookahead_lr = o.lookahead_lr
     self.inner_lr = o.inner_lr
     self.distill_weight = o.distill_weight
+    tr = config.train  # the distillation step: the solver's Adam without weight decay (the main step has it)
+    self.distill_tx = adam(tr.solver_lr, tr.solver_b1, tr.solver_b2)
     self.distill_temperature = o.temperature
     self.epsilon = o.epsilon
     self.norm = o.norm
@@ -349,7 +351,7 @@ class OGM(DGR):
       solver, generator, critic = self._init_solver(jax.random.split(key, 3)[0]), None, None
     memory = OGMMemory(x=jnp.zeros((self.memory_batch,) + self.image_shape, jnp.float32),
                        logits=jnp.zeros((self.memory_batch, self.num_classes), jnp.float32))
-    distill = self.solver_tx.init(solver.params) if self.variant == "distill" else None
+    distill = self.distill_tx.init(solver.params) if self.variant == "distill" else None
     return OGMState(solver=solver, active=jnp.zeros((self.num_classes,), bool),
                     ratio=jnp.ones((), jnp.float32), memory=memory,
                     memory_step=jnp.zeros((), jnp.int32), distill_opt_state=distill,
@@ -361,7 +363,7 @@ class OGM(DGR):
     else:
       state = ClassifierMethod.begin_task(self, state, task_index, active_classes)
     if self.variant == "distill" and self.config.train.reset_optimizers:
-      state = state.replace(distill_opt_state=self.solver_tx.init(state.solver.params))
+      state = state.replace(distill_opt_state=self.distill_tx.init(state.solver.params))
     return state.replace(memory_step=jnp.zeros((), jnp.int32))  # the first step saves a new batch
 
   def end_task(self, state):
@@ -457,7 +459,7 @@ class OGM(DGR):
     solver = apply_gradients(state.solver, grads, self.solver_tx)
     teacher = jax.lax.stop_gradient(self._logits(teacher_params, memory.x))
     d_loss, d_grads = jax.value_and_grad(self.distill_loss)(solver.params, memory.x, teacher, active)
-    d_updates, d_opt = self.solver_tx.update(d_grads, state.distill_opt_state, solver.params)
+    d_updates, d_opt = self.distill_tx.update(d_grads, state.distill_opt_state, solver.params)
     d_updates = jax.tree.map(lambda u: self.distill_weight * u, d_updates)
     solver = solver.replace(params=optax.apply_updates(solver.params, d_updates))
     return (state.replace(solver=solver, distill_opt_state=d_opt),

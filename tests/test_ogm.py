@@ -227,6 +227,33 @@ def test_lookahead_moves_parameters_before_the_main_step():
   assert float(metrics["solver_loss"]) != float(ref_metrics["solver_loss"])
   for m in (metrics, ref_metrics):
     assert all(np.isfinite(float(v)) for v in m.values())
+  # By hand: k plain SGD steps on D (second order) from theta, then optax's Adam at the moved point.
+  c = method.config
+  apply = lambda p, xb: method.classifier.apply({"params": p}, xb)
+  active = jnp.asarray(ACTIVE)
+
+  @jax.jit
+  def by_hand(state):
+    k_batch, k_memory = jax.random.split(jax.random.fold_in(key, 0))  # run_chunk's key of step 0
+    x, y = sample_batch(data, k_batch, c.train.batch_size)
+    x_mem, _ = sample_batch(data, k_memory, c.ogm.memory_batch)
+
+    def ce(p):
+      logp = jax.nn.log_softmax(jnp.where(active, apply(p, x), -1e30))
+      return -jnp.mean(logp[jnp.arange(x.shape[0]), y])
+
+    params = state.solver.params
+    for _ in range(c.ogm.lookahead_steps):
+      g = jax.grad(lambda p: lookahead_objective(p, apply_fn=apply, loss_fn=ce, x_memory=x_mem,
+                                                 inner_lr=c.ogm.inner_lr, where=active))(params)
+      params = jax.tree.map(lambda p, d: p - c.ogm.lookahead_lr * d, params, g)
+    tx = optax.adam(c.train.solver_lr, b1=c.train.solver_b1, b2=c.train.solver_b2)
+    u, _ = tx.update(jax.grad(ce)(params), state.solver.opt_state, params)
+    return optax.apply_updates(params, u)
+
+  expected = by_hand(state)
+  for a, b in zip(jax.tree.leaves(new.solver.params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
 # -- (b) distill -------------------------------------------------------------------------------

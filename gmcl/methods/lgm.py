@@ -315,6 +315,16 @@ class LGM(Method):
     z = dgm.noise(key, labels, self.spec.z_dim, self.num_classes)
     return dgm.generate(self.spec, params, stats, z, task, s, train=train, hard=hard)
 
+  def _previous_draws(self, state: LGMState, k_z, k_c, n: int):
+    """``(z, c, G_{t-1}(z, c))`` for ``c`` uniform over the classes seen before this task, the
+    features mapped into the current space by the live bridge with ``bridge`` (``ra`` only)."""
+    c = jax.random.categorical(k_c, jnp.where(state.frozen.active, 0.0, -jnp.inf), shape=(n,))
+    z = jax.random.normal(k_z, (n, self.g.z_dim))
+    phi = self.generator.apply({"params": state.frozen.generator_params}, z, c)
+    if self.g.encoder == "bridge":
+      phi = self._bridge(jax.lax.stop_gradient(state.bridge.params), phi)
+    return z, c, phi
+
   def memories(self, state: LGMState, key, n: int):
     """Fake features of earlier classes in the current feature space, with their labels.
 
@@ -325,11 +335,7 @@ class LGM(Method):
     """
     if self.g.protection == "ra":
       k_z, k_c = jax.random.split(key)
-      labels = jax.random.categorical(k_c, jnp.where(state.frozen.active, 0.0, -jnp.inf), shape=(n,))
-      z = jax.random.normal(k_z, (n, self.g.z_dim))
-      phi = self.generator.apply({"params": state.frozen.generator_params}, z, labels)
-      if self.g.encoder == "bridge":
-        phi = self._bridge(jax.lax.stop_gradient(state.bridge.params), phi)
+      _, labels, phi = self._previous_draws(state, k_z, k_c, n)
       return jax.lax.stop_gradient(phi), labels
     t = self._hat_task(state)
     m = math.ceil(n / t)
@@ -468,11 +474,7 @@ class LGM(Method):
       out = {"generator_loss": loss}
       if self.g.protection == "ra" and replaying:
         k_c, k_zr = jax.random.split(k_ra)
-        c = jax.random.categorical(k_c, jnp.where(state.frozen.active, 0.0, -jnp.inf), shape=(n,))
-        z = jax.random.normal(k_zr, (n, self.g.z_dim))
-        old = self.generator.apply({"params": state.frozen.generator_params}, z, c)
-        if self.g.encoder == "bridge":
-          old = self._bridge(jax.lax.stop_gradient(state.bridge.params), old)
+        z, c, old = self._previous_draws(state, k_zr, k_c, n)
         ra = 0.5 * jnp.mean(feature_alignment_loss(mapped=self.generator.apply({"params": params}, z, c),
                                                    target=old))
         loss = loss + self.g.ra_weight * ra

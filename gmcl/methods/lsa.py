@@ -282,8 +282,9 @@ class LSA(Method):
     active classes when none is new (permuted: every task has the same classes).
     """
     if self.mode != "sequential":
-      raise ValueError(f"lsa.mode={self.mode!r}: gmcl.loop.run drives lsa.mode='sequential' only; "
-                       "train all tasks at once with gmcl.methods.lsa.train_parallel.")
+      raise ValueError(f"lsa.mode={self.mode!r}: begin_task belongs to lsa.mode='sequential'; the "
+                       "parallel mode trains all tasks at once with gmcl.methods.lsa.train_parallel "
+                       "(gmcl.loop.run calls it).")
     if not 0 <= task_index < self.max_tasks:
       raise ValueError(f"lsa: task {task_index + 1} exceeds the {self.max_tasks} task slots (the "
                        "config's sequence: data.protocol, data.max_tasks); set lsa.max_tasks.")

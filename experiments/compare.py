@@ -39,10 +39,15 @@ METHODS = {  # name -> (config module, variant or None)
     "ogm/lookahead": ("ogm", "lookahead"),
     "ogm/distill": ("ogm", "distill"),
     "ogm/project": ("ogm", "project"),
+    # the memory from DGR's generator instead of the current inputs
+    "ogm/lookahead-G": ("ogm", "lookahead"),
+    "ogm/distill-G": ("ogm", "distill"),
+    "ogm/project-G": ("ogm", "project"),
     "dgr": ("dgr", None),
     "mergan/ra": ("mergan", "ra"),
     "dgm/dgmw": ("dgm", "dgmw"),
 }
+OVERRIDES = {m: {"ogm.memory": "generator"} for m in METHODS if m.endswith("-G")}  # --config.KEY=VALUE
 SCHEDULES = ("smoke", "demo", "cpu")
 
 FLAGS = flags.FLAGS
@@ -73,15 +78,17 @@ def build_config(method: str, benchmark: str, schedule: str, max_tasks: int = 0)
   module, _ = METHODS[method]
   arg = config_arg(method, benchmark, schedule).split(":", 1)[1]
   config = importlib.import_module(f"experiments.configs.{module}").get_config(arg)
-  if benchmark == "split_mnist" and config.data.classes_per_task != 2:
-    config.data.classes_per_task = 2
   if max_tasks:
     config.data.max_tasks = max_tasks
+  for key, value in OVERRIDES.get(method, {}).items():
+    section, name = key.split(".")
+    config[section][name] = value
   return config
 
 
 def command(method: str, benchmark: str, schedule: str, workdir: str, max_tasks: int = 0) -> str:
   extra = f" --config.data.max_tasks={max_tasks}" if max_tasks else ""
+  extra += "".join(f" --config.{k}={v}" for k, v in OVERRIDES.get(method, {}).items())
   return (f"python -m experiments.main --config {config_arg(method, benchmark, schedule)}{extra} "
           f"--workdir {workdir}")
 

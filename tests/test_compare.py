@@ -1,0 +1,60 @@
+"""experiments.compare: the table reads finished runs only, and each printed command rebuilds its run's config."""
+
+import importlib
+import json
+import os
+
+import pytest
+
+from experiments import compare
+from gmcl.config import validate_config
+
+
+def _write(workdir, A, tasks, seconds=None):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump({"A": A, "tasks": [[i] for i in range(tasks)], "completed_tasks": len(A),
+               "scenario": "class_incremental", "average_forgetting": 0.1}, f)
+  if seconds is not None:
+    with open(os.path.join(workdir, "timings.json"), "w") as f:
+      json.dump({"wall_seconds": seconds}, f)
+
+
+def test_cells_of_finished_unfinished_and_missing_runs(tmp_path):
+  done = str(tmp_path / "done")
+  _write(done, [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3], 10, seconds=120.0)
+  cell = compare.read_cell(done)
+  assert compare.format_cell(cell, "per_class_mnist") == "60.00 / 30.00, 2.0 min"
+  assert compare.format_cell(cell, "split_mnist") == "30.00, 2.0 min"
+  half = str(tmp_path / "half")
+  _write(half, [1.0, 0.9], 10)
+  assert compare.read_cell(half) == {"error": "incomplete (2/10 tasks)"}
+  assert compare.read_cell(str(tmp_path / "none")) == {"error": "not run"}
+
+
+def test_schedules_and_truncations_never_share_a_run_folder():
+  dirs = {compare.run_dir("out", s, m, "split_mnist", "lgm/ra-train")
+          for s in compare.SCHEDULES for m in (0, 2)}
+  assert len(dirs) == 2 * len(compare.SCHEDULES)
+
+
+def test_unsupported_pairs_say_why():
+  assert "task id" in compare.unsupported("lsa/sequential", "per_class_mnist")
+  assert compare.unsupported("lsa/sequential", "split_mnist") is None
+  assert compare.unsupported("lgm/ra-train", "permuted_mnist") is None
+
+
+@pytest.mark.parametrize("method", ["lgm/hat-bridge", "ogm/project-G", "lsa/parallel", "dgr"])
+def test_the_printed_command_rebuilds_the_config(method):
+  cmd = compare.command(method, "split_mnist", "demo", "runs/x", max_tasks=3)
+  arg = cmd.split("--config ")[1].split(" ")[0]
+  path, _, args = arg.partition(":")
+  module = importlib.import_module("experiments.configs." + os.path.basename(path)[:-3])
+  config = module.get_config(args)
+  for flag in cmd.split(" --config.")[1:]:
+    key, _, value = flag.split(" ")[0].partition("=")
+    section, name = key.split(".")
+    config[section][name] = type(config[section][name])(value)
+  expected = compare.build_config(method, "split_mnist", "demo", max_tasks=3)
+  validate_config(expected)
+  assert config.to_dict() == expected.to_dict()

@@ -203,7 +203,7 @@ def test_bad_variant_is_named():
   c.mergan.variant = "xx"
   with pytest.raises(ValueError, match=r"mergan.variant='xx'.*'sft', 'jr' or 'ra'"):
     validate_config(c)
-  with pytest.raises(ValueError, match="'variant' is for mergan and dgm only"):
+  with pytest.raises(ValueError, match=r"'variant' is for mergan, dgm, lgm, lsa, ogm only; 'dgr' has none"):
     from experiments.configs import dgr
     dgr.get_config("variant=ra")
 

@@ -9,7 +9,8 @@ from experiments.configs import lgm as lgm_config
 from gmcl import dgm
 from gmcl.data.sampling import sample_batch, task_arrays
 from gmcl.methods.base import run_chunk
-from gmcl.methods.lgm import feature_alignment_loss, make_lgm, relative_drift
+from gmcl.losses.alignment import alignment_loss as feature_alignment_loss, relative_drift
+from gmcl.methods.lgm import make_lgm
 
 SHAPE = (32, 32, 1)
 

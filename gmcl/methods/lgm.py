@@ -73,6 +73,7 @@ from flax import struct
 from gmcl import dgm, hat
 from gmcl.config import require
 from gmcl.data.sampling import TaskArrays
+from gmcl.losses.alignment import alignment_loss, relative_drift
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.losses.gan import gradient_penalty, wasserstein_critic_loss, wasserstein_generator_loss
 from gmcl.losses.mergan import balanced_labels
@@ -102,17 +103,6 @@ def check_config(config) -> None:
     require(len(g[key]) >= 1 and min(g[key]) >= 1, f"lgm.{key}", g[key], "one or more positive widths")
   require(g.s_max >= 1, "lgm.s_max", g.s_max, ">= 1")
   require(config.hat.max_tasks >= 1, "hat.max_tasks", config.hat.max_tasks, ">= 1")
-
-
-def relative_drift(*, new: jax.Array, old: jax.Array) -> jax.Array:
-  """``sum_i ||new_i - old_i||^2 / sum_i ||old_i||^2`` over a batch of features (B, D)."""
-  return jnp.sum(jnp.square(new - old)) / jnp.maximum(jnp.sum(jnp.square(old)), 1e-12)
-
-
-def feature_alignment_loss(*, mapped: jax.Array, target: jax.Array) -> jax.Array:
-  """Per-example ``||mapped - target||^2`` (summed over features); no gradient reaches ``target``."""
-  diff = mapped - jax.lax.stop_gradient(target)
-  return jnp.sum(jnp.square(diff.reshape(diff.shape[0], -1)), axis=-1)
 
 
 @struct.dataclass
@@ -393,7 +383,7 @@ class LGM(Method):
         out["memory_loss"] = fake
         if self.g.encoder == "prototype":
           old_feats = self.encode(jax.lax.stop_gradient(prior_encoder), x)
-          drift = jnp.mean(feature_alignment_loss(mapped=feats, target=old_feats))
+          drift = jnp.mean(alignment_loss(mapped=feats, target=old_feats))
           loss = loss + self.g.drift_weight * drift
           out["drift_penalty"] = drift
       out["solver_loss"] = loss
@@ -411,7 +401,7 @@ class LGM(Method):
       new_feats = jax.lax.stop_gradient(self.encode(solver.params, x))
 
       def bridge_loss(params):
-        return jnp.mean(feature_alignment_loss(mapped=self._bridge(params, old_feats), target=new_feats))
+        return jnp.mean(alignment_loss(mapped=self._bridge(params, old_feats), target=new_feats))
 
       b_loss, b_grads = jax.value_and_grad(bridge_loss)(state.bridge.params)
       state = state.replace(bridge=apply_gradients(state.bridge, b_grads, self.bridge_tx))
@@ -475,7 +465,7 @@ class LGM(Method):
       if self.g.protection == "ra" and replaying:
         k_c, k_zr = jax.random.split(k_ra)
         z, c, old = self._previous_draws(state, k_zr, k_c, n)
-        ra = 0.5 * jnp.mean(feature_alignment_loss(mapped=self.generator.apply({"params": params}, z, c),
+        ra = 0.5 * jnp.mean(alignment_loss(mapped=self.generator.apply({"params": params}, z, c),
                                                    target=old))
         loss = loss + self.g.ra_weight * ra
         out["replay_alignment"] = ra

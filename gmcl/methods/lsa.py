@@ -66,37 +66,20 @@ from flax import struct
 from gmcl.checks import check_array
 from gmcl.config import require
 from gmcl.data.sampling import TaskArrays
+from gmcl.losses.alignment import alignment_loss
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.methods.base import Method, ModelState, Phase, adam, apply_gradients, run_chunk, step_key
 from gmcl.models.classifiers import Classifier, make_classifier
-from gmcl.models.latent import Bridge
+from gmcl.models.latent import BRIDGES, Bridge
 from gmcl.parallel import Parallel
 from gmcl.types import PRNGKey
 
 MODES = ("sequential", "parallel")
-BRIDGES = ("linear", "mlp")
 
 
-# -- loss and bridge --------------------------------------------------------------------------
+# -- bridges ------------------------------------------------------------------------------------
 
 
-def alignment_loss(*, mapped: jax.Array, target: jax.Array) -> jax.Array:
-  """Per-example latent alignment loss ``l_i = || g(f_t(x_i)) - f_{t-1}(x_i) ||_2^2``.
-
-  The bridge's objective in latent space alignment: the squared Euclidean distance,
-  summed over features, between a bridged new embedding and the old embedding of the
-  same input. The caller reduces over examples (a mean gives L_align).
-
-  Args:
-    mapped: (B, D) bridged embeddings g(f_t(x)).
-    target: (B, D) old embeddings f_{t-1}(x).
-
-  Returns:
-    (B,) losses.
-  """
-  check_array("alignment_loss", "mapped", mapped, ndim=2, kind="float")
-  check_array("alignment_loss", "target", target, shape=mapped.shape, kind="float")
-  return jnp.sum(jnp.square(mapped - target), axis=-1)
 
 
 def compose_affine(kernels: jax.Array, biases: jax.Array, task: jax.Array):

@@ -36,6 +36,7 @@ METHODS = {  # name -> (config module, variant or None)
        for e in ("train", "frozen", "prototype", "bridge")},
     "lsa/sequential": ("lsa", "sequential"),
     "lsa/parallel": ("lsa", "parallel"),
+    "lsa/sequential-G": ("lsa", "sequential"),  # bridges also aligned on G_{t-1}'s samples
     "ogm/lookahead": ("ogm", "lookahead"),
     "ogm/distill": ("ogm", "distill"),
     "ogm/project": ("ogm", "project"),
@@ -47,7 +48,9 @@ METHODS = {  # name -> (config module, variant or None)
     "mergan/ra": ("mergan", "ra"),
     "dgm/dgmw": ("dgm", "dgmw"),
 }
-OVERRIDES = {m: {"ogm.memory": "generator"} for m in METHODS if m.endswith("-G")}  # --config.KEY=VALUE
+# --config.KEY=VALUE; "-G": a generative memory of the inputs (DGR's generator)
+OVERRIDES = {**{m: {"ogm.memory": "generator"} for m in METHODS if m.startswith("ogm/") and m.endswith("-G")},
+             "lsa/sequential-G": {"lsa.replay": "generator"}}
 SCHEDULES = ("smoke", "demo", "cpu")
 
 FLAGS = flags.FLAGS

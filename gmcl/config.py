@@ -141,6 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.lsa.bridge_lr = 1e-3
   c.lsa.compose = False  # linear bridges: precompose the chain T -> k into one map per task
   c.lsa.max_tasks = 0  # task slots of the stacked heads and bridges; 0: the config's sequence length
+  c.lsa.replay = "none"  # none | generator: the bridge also sees G_{t-1}'s samples (DGR's generator)
 
   c.ogm = ml_collections.ConfigDict()  # online generative memory: keep earlier predictions while learning
   c.ogm.variant = "distill"  # lookahead (a) | distill (b) | project (c)
@@ -150,6 +151,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.ogm.lookahead_steps = 1  # (a) k
   c.ogm.lookahead_lr = 0.1  # (a) step size of the k lookahead steps (1e-3 moved theta by ~1e-6)
   c.ogm.inner_lr = 0.1  # (a) eta of the virtual step theta - eta grad L(theta)
+  c.ogm.lookahead_clip = 1.0  # (a) clip each lookahead gradient to this global norm; 0: the proposal's plain step
+  c.ogm.lookahead_target = "current"  # (a) current: f_theta(X) (the proposal's) | saved: the saved Y
   c.ogm.distill_weight = 1.0  # (b) the distillation step's Adam update, relative to the main step's
   c.ogm.temperature = 2.0  # (b)
   c.ogm.epsilon = 0.1  # (c) the bound on ||f(X) - Y|| (1.0 never bound with batch 16)
@@ -228,7 +231,9 @@ def validate_config(config) -> None:
            f"0 (no padding) or >= {size}")
   require(len(d.value_range) == 2 and d.value_range[1] > d.value_range[0], "data.value_range",
            d.value_range, "(low, high) with high > low")
-  gan_method = config.method in GAN_METHODS or (config.method == "ogm" and config.ogm.memory == "generator")
+  gan_method = (config.method in GAN_METHODS
+                or (config.method == "ogm" and config.ogm.memory == "generator")
+                or (config.method == "lsa" and config.lsa.replay == "generator"))
   if gan_method and m.gan == "dcgan":
     require((d.pad_to or size) in (28, 32, 64), "data.pad_to", d.pad_to,
              f"an image size the DCGAN generator supports: 28, 32 or 64 (images are {size})")

@@ -31,13 +31,16 @@ def _quiet(_):
 
 @pytest.mark.parametrize("module, stops", [(sft, [25, 20]), (dgr, [27]), (mergan, [37]), (dgm, [15]),
                                            (lgm, [27]), (lsa, [25, 30]), (ogm, [30])],
-                         ids=["sft", "dgr", "mergan-jr", "dgm-growth", "lgm-hat-bridge", "lsa", "ogm-generator"])
+                         ids=["sft", "dgr", "mergan-jr", "dgm-growth", "lgm-hat-bridge", "lsa-replay", "ogm-generator"])
 def test_interrupted_run_resumes_to_identical_results(mnist_data, tmp_path, module, stops):
   c = _config(module)
   if module is lgm:  # HAT masks (a batch norm and head per task begun) and a bridge
     c.lgm.protection, c.lgm.encoder = "hat", "bridge"
-  if module is lsa:  # stops in task 1's bridge phase, then in task 2's solver phase
+  if module is lsa:  # with the generative memory (a DGR state inside lsa's, its snapshot G_{t-1});
+    # 4 generator + 20 solver + 20 bridge steps per task: stops in task 1's solver phase, then
+    # in task 2's solver phase
     c.data.pad_to, c.data.value_range = 32, (-1.0, 1.0)  # the fixture's data
+    c.lsa.replay, c.model.output_activation = "generator", "tanh"
   if module is ogm:  # DGR's generator as the memory, the distillation step's own Adam state
     c.ogm.memory, c.ogm.variant = "generator", "distill"
   if module is dgm:  # the network grows after task 1: the checkpoint at step 14 (mid task 2)

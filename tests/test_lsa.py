@@ -52,6 +52,11 @@ def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
+def _max_diff(a, b):
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 def _run_tasks(method, num_tasks, train=True, before_end=None):
   """Sequential tasks 0..num_tasks-1 (each phase one chunk); ``before_end(state, t)`` may
   change the state before end_task. Returns the final state and the heads after each task."""
@@ -269,8 +274,12 @@ def test_compose_needs_linear_bridges_and_other_errors(method):
   with pytest.raises(ValueError, match="lsa.compose=True.*lsa.bridge='linear'"):
     lsa.make_lsa(_config(compose=True, bridge="mlp"), SHAPE, K)
   pmap = Parallel("pmap", tuple(jax.devices()[:2]))
-  with pytest.raises(ValueError, match="lsa supports parallel.mode='none'"):
-    lsa.make_lsa(_config(), SHAPE, K, pmap)
+  with pytest.raises(ValueError, match="lsa.mode='parallel'.*supports parallel.mode='none' only"):
+    lsa.make_lsa(_config(mode="parallel"), SHAPE, K, pmap)
+  odd = _config()
+  odd.train.batch_size = 7
+  with pytest.raises(ValueError, match="batch_size=7 must be divisible by the 2 devices"):
+    lsa.make_lsa(odd, SHAPE, K, pmap)
   parallel_method = lsa.make_lsa(_config(mode="parallel"), SHAPE, K)
   with pytest.raises(ValueError, match="train_parallel"):
     parallel_method.begin_task(parallel_method.init(jax.random.PRNGKey(0)), 0, _mask([0, 1]))
@@ -316,3 +325,87 @@ def test_parallel_mode_through_the_loop(mnist_data, tmp_path):
   assert runs["parallel"]["scenario"] == "task_incremental"
   # task 1's model is trained the same way in both modes (same keys): the same first row
   np.testing.assert_allclose(R[0, 0], runs["sequential"]["accuracy_matrix"][0][0], atol=1e-6)
+
+
+# -- replay from a generative memory (lsa.replay = "generator") --------------------------------
+
+
+@pytest.fixture(scope="module")
+def replay_method():
+  return lsa.make_lsa(_config(replay="generator"), SHAPE, K)
+
+
+def test_replay_bridge_step_mixes_current_and_replayed_alignment_by_hand(replay_method):
+  """With replay, the bridge's Adam step follows r * L_align(current) + (1 - r) * L_align(x' ~
+  G_{t-1}), written here with optax's Adam; G_{t-1} is the memory's snapshot of task 1's
+  generator, and the generator phase moved it."""
+  import optax
+  from gmcl.data.sampling import sample_batch
+  m = replay_method
+  assert [p.name for p in m.phases()] == ["generator", "solver", "bridge"]
+  state0 = m.begin_task(m.init(jax.random.PRNGKey(0)), 0, _mask([0, 1]))
+  g_before = _copy(state0.memory.generator.params)
+  state, _ = _run_tasks(m, 1)
+  assert _max_diff(state.memory.frozen.generator_params, g_before) > 1e-6  # the memory trained
+  state = m.begin_task(state, 1, _mask([0, 1, 2, 3]))
+  state, _ = run_chunk(m.solver_step, state, _data([2, 3], seed=1), jax.random.PRNGKey(3), 0, 3)
+  r = float(state.memory.ratio)
+  assert r == pytest.approx(0.5)  # balanced: 1/t at the second task
+  data, key = _data([2, 3], seed=2), jax.random.PRNGKey(5)
+  new, metrics = run_chunk(m.bridge_step, _copy(state), data, key, 0, 1)
+
+  k_batch, k_rep = jax.random.split(jax.random.fold_in(key, 0))  # run_chunk's key of step 0
+  x, _ = sample_batch(data, k_batch, m.batch_size)
+  z = jax.random.normal(jax.random.split(k_rep)[0], (m.batch_size, m.memory.z_dim))
+  x_rep = m.memory.generator.apply(
+      {"params": state.memory.frozen.generator_params,
+       "batch_stats": state.memory.frozen.generator_batch_stats}, z, None, train=False)
+  enc = lambda p, xb: m.classifier.apply({"params": {"encoder": p}}, xb, method="encode")
+
+  def loss(params):
+    def align(xb):
+      diff = m.bridge_apply(params, enc(state.solver.params["encoder"], xb)) - enc(state.frozen, xb)
+      return jnp.mean(jnp.sum(diff ** 2, -1))
+    return r * align(x) + (1 - r) * align(x_rep), (align(x), align(x_rep))
+
+  (value, (cur, rep)), grads = jax.value_and_grad(loss, has_aux=True)(state.bridge.params)
+  np.testing.assert_allclose(float(metrics["bridge_loss"]), float(value), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["bridge_current_loss"]), float(cur), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["bridge_replay_loss"]), float(rep), rtol=1e-5)
+  assert abs(float(cur) - float(rep)) > 1e-3 * float(value)  # both terms are there, and differ
+  u, _ = optax.adam(m.config.lsa.bridge_lr).update(grads, state.bridge.opt_state, state.bridge.params)
+  _assert_trees_close(new.bridge.params, optax.apply_updates(state.bridge.params, u))
+  _assert_trees_close(new.memory, state.memory, rtol=0, atol=0)  # the bridge step leaves G alone
+
+
+def test_replay_template_and_errors(replay_method):
+  m = replay_method
+  state, _ = _run_tasks(m, 1, train=False)
+  state = m.begin_task(state, 1, _mask([0, 1, 2, 3]))
+  template = m.state_template(jax.random.PRNGKey(1), {"position": {"task": 1}, "method": {}})
+  assert jax.tree.structure(template) == jax.tree.structure(state)
+  assert state.memory.frozen is not None and state.memory.solver.params == {}
+  assert lsa.make_lsa(_config(), SHAPE, K).init(jax.random.PRNGKey(0)).memory is None
+  for values, match in (({"replay": "buffer"}, "lsa.replay='buffer'.*'none'.*'generator'"),
+                        ({"replay": "generator", "mode": "parallel"},
+                         "lsa.replay='generator'.*lsa.mode='sequential'")):
+    with pytest.raises(ValueError, match=match):
+      lsa.check_config(_config(**values))
+
+
+def test_replay_through_the_loop(mnist_data, tmp_path):
+  from gmcl import loop
+  c = lsa_config.get_config("smoke")
+  c.lsa.replay = "generator"
+  c.data.max_tasks = 2
+  c.data.pad_to = 32  # the session's preloaded MNIST
+  c.data.value_range = (-1.0, 1.0)
+  c.model.output_activation = "tanh"
+  c.eval.save_samples = True
+  results = loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=lambda s: None)
+  R = np.array(results["accuracy_matrix"], dtype=float)
+  assert R[0, 0] > 0.9 and R[1, 1] > 0.8
+  second = results["per_task"][1]["metrics"]
+  assert second["bridge/bridge_replay_loss"] > 0 and second["bridge/bridge_current_loss"] > 0
+  assert np.isfinite(second["generator/generator_loss"])
+  assert (tmp_path / "samples_task02.png").exists()

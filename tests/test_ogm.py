@@ -44,7 +44,9 @@ def _method(variant="distill", **ogm):
 FREE = dict(epsilon=1e9, refresh_every=100)  # project: the constraint never binds
 FROZEN = dict(epsilon=0.0, refresh_every=100)  # project: predictions on X must not move
 DISTILL = dict(distill_weight=0.7, temperature=2.0, refresh_every=2)
-LOOKAHEAD = dict(lookahead_steps=2, lookahead_lr=0.1, inner_lr=0.1)  # moves theta visibly
+LOOKAHEAD = dict(lookahead_steps=2, lookahead_lr=0.1, inner_lr=0.1, lookahead_clip=0.0)  # moves theta visibly
+# Clipping that binds (D's gradient norm is far above 1e-2 here) and the anchored objective.
+LOOKAHEAD_CLIPPED = dict(LOOKAHEAD, lookahead_clip=1e-2, lookahead_target="saved", refresh_every=2)
 
 
 def _sft():
@@ -166,7 +168,8 @@ def test_projected_step_with_zero_epsilon_keeps_memory_predictions():
 # -- (a) lookahead -----------------------------------------------------------------------------
 
 
-def test_lookahead_objective_gradient_matches_finite_differences():
+@pytest.mark.parametrize("anchored", [False, True], ids=["current", "saved"])
+def test_lookahead_objective_gradient_matches_finite_differences(anchored):
   with jax.enable_x64(True):
     model = make_classifier("mlp", 3, hidden=(4,))
     rng = np.random.default_rng(0)
@@ -185,14 +188,17 @@ def test_lookahead_objective_gradient_matches_finite_differences():
       return -jnp.mean(logp[jnp.arange(5), y])
 
     eta = 0.5
+    target = jnp.asarray(rng.normal(size=(3, 3))) if anchored else None  # the saved Y
     objective = lambda v: lookahead_objective(unravel(v), apply_fn=apply_fn, loss_fn=loss_fn,
-                                              x_memory=x_mem, inner_lr=eta, where=where)
+                                              x_memory=x_mem, inner_lr=eta, where=where,
+                                              target=target)
 
     def first_order(v):  # the gradient through grad L dropped (first-order MAML)
       p = unravel(v)
       g = jax.lax.stop_gradient(jax.grad(loss_fn)(p))
       virtual = jax.tree.map(lambda a, b: a - eta * b, p, g)
-      diff = jnp.where(where, apply_fn(p, x_mem) - apply_fn(virtual, x_mem), 0.0)
+      anchor = apply_fn(p, x_mem) if target is None else target
+      diff = jnp.where(where, anchor - apply_fn(virtual, x_mem), 0.0)
       return jnp.mean(jnp.sum(diff ** 2, -1))
 
     h = 1e-6
@@ -213,13 +219,25 @@ def test_lookahead_objective_gradient_matches_finite_differences():
     assert np.max(np.abs(grad_fo - fd)) > 1e-2 * scale
 
 
-def test_lookahead_moves_parameters_before_the_main_step():
-  method = _method("lookahead", **LOOKAHEAD)
+@pytest.mark.parametrize("setting", [LOOKAHEAD, LOOKAHEAD_CLIPPED], ids=["proposal", "clipped-saved"])
+def test_lookahead_moves_parameters_before_the_main_step(setting):
+  method = _method("lookahead", **setting)
   data, key = _data(), jax.random.PRNGKey(4)
   state = _state(method)
+  if setting.get("lookahead_target") == "saved":
+    # The saved logits Y differ from f_theta(X) here, as after earlier steps of a refresh interval.
+    state = state.replace(memory_step=jnp.ones((), jnp.int32), memory=state.memory.replace(
+        x=sample_batch(data, jax.random.PRNGKey(9), method.memory_batch)[0],
+        logits=jax.random.normal(jax.random.PRNGKey(8), state.memory.logits.shape)))
   new, metrics = _step(method, state, data, key)
   assert float(metrics["ogm_lookahead_objective"]) > 0
-  assert float(metrics["ogm_lookahead_shift"]) > 1e-3
+  shift = float(metrics["ogm_lookahead_shift"])
+  assert shift > 1e-3
+  clip = setting["lookahead_clip"]
+  if clip:  # each of the k steps moves theta by at most lookahead_lr * clip, and here exactly that
+    bound = setting["lookahead_steps"] * setting["lookahead_lr"] * clip
+    assert shift <= bound * (1 + 1e-5)
+    assert shift > 0.5 * bound
   # The main step alone would be sequential fine-tuning's Adam step; the lookahead changed it.
   ref, ref_metrics = _sft_step(state, data, key)
   assert _max_change(new.solver.params, ref.solver.params) > 1e-4
@@ -236,7 +254,10 @@ def test_lookahead_moves_parameters_before_the_main_step():
   def by_hand(state):
     k_batch, k_memory = jax.random.split(jax.random.fold_in(key, 0))  # run_chunk's key of step 0
     x, y = sample_batch(data, k_batch, c.train.batch_size)
-    x_mem, _ = sample_batch(data, k_memory, c.ogm.memory_batch)
+    if c.ogm.lookahead_target == "saved":  # the saved memory (no refresh at memory_step 1)
+      x_mem, target = state.memory.x, state.memory.logits
+    else:
+      x_mem, target = sample_batch(data, k_memory, c.ogm.memory_batch)[0], None
 
     def ce(p):
       logp = jax.nn.log_softmax(jnp.where(active, apply(p, x), -1e30))
@@ -245,7 +266,10 @@ def test_lookahead_moves_parameters_before_the_main_step():
     params = state.solver.params
     for _ in range(c.ogm.lookahead_steps):
       g = jax.grad(lambda p: lookahead_objective(p, apply_fn=apply, loss_fn=ce, x_memory=x_mem,
-                                                 inner_lr=c.ogm.inner_lr, where=active))(params)
+                                                 inner_lr=c.ogm.inner_lr, where=active,
+                                                 target=target))(params)
+      if c.ogm.lookahead_clip:
+        g, _ = optax.clip_by_global_norm(c.ogm.lookahead_clip).update(g, None)
       params = jax.tree.map(lambda p, d: p - c.ogm.lookahead_lr * d, params, g)
     tx = optax.adam(c.train.solver_lr, b1=c.train.solver_b1, b2=c.train.solver_b2)
     u, _ = tx.update(jax.grad(ce)(params), state.solver.opt_state, params)
@@ -279,7 +303,10 @@ def test_distill_step_is_main_step_then_distillation_from_the_pre_update_teacher
   def by_hand(state):
     k_batch, k_memory = jax.random.split(jax.random.fold_in(key, 2))  # run_chunk's key of step 2
     x, y = sample_batch(data, k_batch, c.train.batch_size)
-    x_mem, _ = sample_batch(data, k_memory, c.ogm.memory_batch)
+    if c.ogm.lookahead_target == "saved":  # the saved memory (no refresh at memory_step 1)
+      x_mem, target = state.memory.x, state.memory.logits
+    else:
+      x_mem, target = sample_batch(data, k_memory, c.ogm.memory_batch)[0], None
 
     def ce(p):
       logp = jax.nn.log_softmax(jnp.where(active, apply(p, x), -1e30))
@@ -387,7 +414,8 @@ def test_k_step_chunk_equals_single_steps(variant, settings):
 
 @pytest.mark.parametrize("key,value", [("variant", "maml"), ("memory", "buffer"),
                                        ("norm", "nuclear"), ("refresh_every", 0),
-                                       ("temperature", 0.0), ("epsilon", -1.0)])
+                                       ("temperature", 0.0), ("epsilon", -1.0),
+                                       ("lookahead_clip", -1.0), ("lookahead_target", "virtual")])
 def test_bad_ogm_values_name_the_key(key, value):
   c = _config()
   c.ogm[key] = value

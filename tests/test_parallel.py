@@ -96,6 +96,50 @@ def test_eight_devices_match_one(one_device, mode):
   assert _diffs(init, single, np.mean)["solver"] > 100 * mean["solver"]
 
 
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_lsa_eight_devices_match_one(mode):
+  """lsa's solver, bridge and generative-memory steps (lsa.replay = "generator") are data-parallel:
+  two tasks, N_STEPS of each phase, on 8 devices equal one device up to summation order."""
+  from experiments.configs import lsa as lsa_config
+  c = lsa_config.get_config("smoke")
+  c.lsa.replay = "generator"
+  c.model.classifier_hidden = (32,)
+  c.model.generator_features = c.model.critic_features = 16
+  c.train.batch_size = 16  # 2 per device
+  states = {}
+  for m in ("none", mode):
+    parallel = make_parallel(m, 8)
+    method = build_method("lsa", c, SHAPE, 10, parallel)
+    state = method.init(jax.random.PRNGKey(0))
+    for t, classes in ((0, [0, 1]), (1, [2, 3])):
+      state = method.begin_task(state, t, np.isin(np.arange(10), sum(([0, 1], [2, 3])[:t + 1], [])))
+      for p, phase in enumerate(method.phases()):
+        key = jax.random.fold_in(jax.random.PRNGKey(t), p)
+        for i in range(N_STEPS):
+          state, metrics = run_chunk(phase.step, state, _data(classes), key, i, 1, "unroll",
+                                     parallel)
+        if phase.name == "bridge" and t == 1:
+          assert float(metrics["bridge_replay_loss"]) > 0
+      if t == 0:
+        state = method.end_task(state)
+    states[m] = jax.device_get((state.solver.params, state.bridge.params,
+                                state.memory.generator.params, metrics))
+  (s1, b1, g1, m1), (s8, b8, g8, m8) = states["none"], states[mode]
+  for one, eight, lr in ((s1, s8, c.train.solver_lr), (b1, b8, c.lsa.bridge_lr),
+                         (g1, g8, c.train.gan_lr)):
+    diffs = np.concatenate([np.abs(x - y).ravel() for x, y in zip(jax.tree.leaves(one),
+                                                                  jax.tree.leaves(eight))])
+    assert np.max(diffs) < 2 * N_STEPS * lr * 5 and np.mean(diffs) < 2e-3 * lr  # as above
+  for key in ("bridge_loss", "bridge_current_loss", "bridge_replay_loss"):
+    np.testing.assert_allclose(m1[key], m8[key], rtol=1e-4)
+  b0 = build_method("lsa", c, SHAPE, 10).init(jax.random.PRNGKey(0)).bridge.params
+  assert np.mean(np.abs(ravel(b0) - ravel(b1))) > 100 * np.mean(np.abs(ravel(b1) - ravel(b8)))
+
+
+def ravel(tree):
+  return np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(tree)])
+
+
 def test_batch_must_divide_over_devices():
   c = _config("dgr-unconditional")
   c.train.batch_size = 12

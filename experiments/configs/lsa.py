@@ -26,8 +26,13 @@ sequential, linear bridges 98.9% / 1.0%; MLP bridges 99.2% / 0.6%; no bridge tra
 (identity bridges: multi-head fine-tuning) 96.4% / 4.2%; parallel, linear bridges
 74.1% / 31.8%; MLP bridges 83.7% / 19.9%; identity 57.6% / 52.5%.
 
+Replay (``--config.lsa.replay=generator``, sequential mode): a generative memory of the inputs,
+trained as DGR's generator (here DGR's ``cpu`` fully connected WGAN-GP, 1500 iterations per task;
+``demo`` 300), whose samples of earlier tasks join the current inputs in the bridge's alignment
+loss with weights 1 - r and r (r = 1/t).
+
 Deviations: the proposal has no reference code or schedule; the step counts are this
-library's (as hat.py's). No replay from a generative memory (an option of the proposal).
+library's (as hat.py's).
 """
 from experiments.configs.common import make_config
 
@@ -44,6 +49,14 @@ def defaults(c):
   c.lsa.bridge = "linear"
   c.lsa.bridge_steps = 1000
   c.lsa.bridge_lr = 1e-3
+  # The generative memory of --config.lsa.replay=generator (inert without it): DGR's cpu
+  # schedule's fully connected WGAN-GP, sigmoid output for images in [0, 1], r = 1/t.
+  c.model.gan = "mlp"
+  c.model.generator_features = 64  # generator 128 -> 256 -> 512 -> 28x28, critic 512 -> 256
+  c.model.critic_features = 64
+  c.model.output_activation = "sigmoid"
+  c.dgr.replay_ratio = "balanced"
+  c.train.generator_steps = 1500
 
 
 def get_config(arg=None):
@@ -52,7 +65,9 @@ def get_config(arg=None):
   if args.get("demo"):
     c.train.solver_steps = 500
     c.lsa.bridge_steps = 300
+    c.train.generator_steps = 300
   if args.get("smoke"):
+    c.train.generator_steps = 4
     c.lsa.bridge_steps = 20
     c.lsa.bridge_hidden = 32
   return c

@@ -24,8 +24,11 @@ Schedule per task: with ``ogm.memory = "generator"``, ``train.generator_steps`` 
 * ``smoke``: tiny models, a few steps, a data subset (tests, notebooks); memory batch 16.
 
 Deviations and open choices, each a config value: the proposal fixes no optimiser, so the main step
-uses the solver's Adam(1e-3, 0.9, 0.999) as DGR's solver does; the lookahead steps are plain SGD
-(``ogm.lookahead_lr``); the distillation step uses Adam with the solver's hyperparameters and its
+uses the solver's Adam(1e-3, 0.9, 0.999) as DGR's solver does; the lookahead steps are SGD
+(``ogm.lookahead_lr``) on gradients clipped to global norm ``ogm.lookahead_clip = 1`` (0: the plain
+step, which diverged in task 3 of the per-class demo: D's gradient grows with the square of the
+cross-entropy's, largest when a new class arrives); ``ogm.lookahead_target = "saved"`` anchors D
+at the saved logits Y instead of f_theta(X); the distillation step uses Adam with the solver's hyperparameters and its
 own state; the ``project`` variant supports only the MLP classifier (``model.classifier = "mlp"``).
 """
 from experiments.configs.common import make_config

@@ -46,8 +46,21 @@ checkpoints; row t of R is scored on the models of tasks 0..t).
 
 Settings and deviations: the solver's Adam is re-created at every task (its head is new;
 ``train.reset_optimizers`` is not consulted), as is the bridge's; per-task heads and
-bridges are initialised from keys folded from ``state.key`` by task index. Replay from a
-generative memory (an option of the proposal) is not built.
+bridges are initialised from keys folded from ``state.key`` by task index.
+
+Replay (``lsa.replay = "generator"``, sequential mode; the proposal's option "and optionally
+replayed samples from a generative memory"): the current inputs cover task t's input
+distribution only, while the bridge g_{t->t-1} must be right on the inputs of tasks 1..t-1,
+whose heads it serves. With replay, a generative memory of the inputs is trained as DGR's
+generator (Shin et al. 2017; :meth:`gmcl.methods.dgr.DGR.generator_step`: WGAN-GP on the mixture
+``r * D_t + (1 - r) * G_{t-1}``, r = ``dgr.replay_ratio``, 1/t when "balanced"), in a
+"generator" phase before the solver's, and the bridge minimises
+
+    r * E_{x ~ D_t} || g(f_t(x)) - f_{t-1}(x) ||^2 + (1 - r) * E_{x' ~ G_{t-1}} || g(f_t(x')) - f_{t-1}(x') ||^2.
+
+The memory's state is a :class:`gmcl.methods.dgr.DGRState` in ``state.memory`` (its solver
+slot empty: the solver is LSA's); ``end_task`` takes its snapshot G_t. Labels are never
+needed, so the generator is DGR's unconditional one by default (``model.conditional``).
 """
 
 from __future__ import annotations
@@ -75,6 +88,7 @@ from gmcl.parallel import Parallel
 from gmcl.types import PRNGKey
 
 MODES = ("sequential", "parallel")
+REPLAYS = ("none", "generator")
 
 
 # -- bridges ------------------------------------------------------------------------------------
@@ -131,6 +145,8 @@ class LSAState:
     task_classes: (M, K) bool, each task's classes.
     active: (K,) bool, the classes seen so far.
     frozen: f_{t-1}'s encoder parameters (the snapshot), or None before the first task ends.
+    memory: with ``lsa.replay = "generator"``, the generative memory (a DGR state whose solver
+      slot is empty), else None.
   """
   solver: ModelState
   bridge: ModelState
@@ -142,6 +158,7 @@ class LSAState:
   task_classes: jax.Array
   active: jax.Array
   frozen: Any = None
+  memory: Any = None
 
 
 def sequence_length(config, num_classes: int) -> int:
@@ -166,6 +183,11 @@ def check_config(config) -> None:
            "True needs lsa.bridge='linear'")
   require(int(s.get("max_tasks", 0)) >= 0, "lsa.max_tasks", s.get("max_tasks", 0),
            ">= 0 (0: the config's sequence length)")
+  require(s.replay in REPLAYS, "lsa.replay", s.replay,
+           "'none' (the bridge sees current inputs only) or 'generator' (and G_{t-1}'s samples)")
+  require(not (s.replay == "generator" and s.mode == "parallel"), "lsa.replay", s.replay,
+           "'none' with lsa.mode='parallel' (the parallel mode trains every task model at once, "
+           "with no earlier generator to replay); 'generator' needs lsa.mode='sequential'")
 
 
 class LSA(Method):
@@ -174,10 +196,14 @@ class LSA(Method):
   scenario = "task_incremental"
 
   def __init__(self, config, image_shape, num_classes: int, parallel: Parallel = Parallel()):
-    if parallel.mode != "none":
-      raise ValueError(f"lsa supports parallel.mode='none' for now (got {parallel.mode!r}); "
-                       "lsa.mode='parallel' (all tasks at once) is another thing: train_parallel.")
     check_config(config)
+    if parallel.mode != "none" and config.lsa.mode == "parallel":
+      raise ValueError(f"lsa.mode='parallel' (all task models at once, vmap over tasks) supports "
+                       f"parallel.mode='none' only (got {parallel.mode!r}); data-parallel "
+                       "training (parallel.mode='jit' or 'pmap') needs lsa.mode='sequential'.")
+    if config.train.batch_size % parallel.num_devices:
+      raise ValueError(f"train.batch_size={config.train.batch_size} must be divisible by the "
+                       f"{parallel.num_devices} devices of parallel mode {parallel.mode!r}.")
     self.config, self.parallel = config, parallel
     self.image_shape, self.num_classes = tuple(image_shape), int(num_classes)
     s, m, t = config.lsa, config.model, config.train
@@ -194,6 +220,13 @@ class LSA(Method):
                                                 jnp.zeros((1,) + self.image_shape)))
     self.features = int(feats.shape[-1])
     self.bridge_module = Bridge(self.features, self.bridge_kind, int(s.bridge_hidden))
+    self.replay = s.replay
+    self.memory = None
+    if self.replay == "generator":
+      from gmcl.methods.dgr import DGR  # pylint: disable=import-outside-toplevel
+      self.memory = DGR(config, image_shape, num_classes, parallel)
+    self.has_generator = self.memory is not None  # the loop's sample grids
+    self.conditional = self.memory is not None and self.memory.conditional
 
   # -- models ---------------------------------------------------------------------------------
 
@@ -252,11 +285,15 @@ class LSA(Method):
     composed = None
     if self.compose:
       composed = compose_affine(*self._linear_parts(stack(bridge.params)), jnp.int32(0))
+    memory = None
+    if self.memory is not None:  # DGR's GAN from its own key; the solver slot left empty
+      memory = self.memory.init(jax.random.fold_in(key, 2)).replace(
+          solver=ModelState(params={}, opt_state=()))
     return LSAState(solver=solver, bridge=bridge, heads=stack(solver.params["head"]),
                     bridges=stack(bridge.params), composed=composed, key=k_tasks,
                     task=jnp.zeros((), jnp.int32),
                     task_classes=jnp.zeros((self.max_tasks, self.num_classes), bool),
-                    active=jnp.zeros((self.num_classes,), bool))
+                    active=jnp.zeros((self.num_classes,), bool), memory=memory)
 
   def begin_task(self, state: LSAState, task_index: int, active_classes: np.ndarray) -> LSAState:
     """A new head for task ``task_index`` and a fresh bridge; f_t starts from f_{t-1}.
@@ -276,13 +313,18 @@ class LSA(Method):
     current = jnp.where(jnp.any(new), new, active)
     solver, bridge = self._fresh_models_jit(state.key, state.solver.params["encoder"],
                                             jnp.asarray(task_index, jnp.int32))
+    memory = state.memory
+    if self.memory is not None:  # DGR's: seen classes, r, GAN optimiser resets
+      memory = self.memory.begin_task(memory, task_index, active_classes)
     return state.replace(solver=solver, bridge=bridge, task=jnp.asarray(task_index, jnp.int32),
                          task_classes=state.task_classes.at[task_index].set(current),
-                         active=active)
+                         active=active, memory=memory)
 
   def phases(self):
-    return (Phase("solver", self.solver_steps, self.solver_step),
-            Phase("bridge", self.bridge_steps, self.bridge_step))
+    generator = ((Phase("generator", self.config.train.generator_steps, self.generator_step),)
+                 if self.memory is not None else ())
+    return generator + (Phase("solver", self.solver_steps, self.solver_step),
+                        Phase("bridge", self.bridge_steps, self.bridge_step))
 
   def _linear_parts(self, bridges):
     return bridges["linear"]["kernel"], bridges["linear"]["bias"]
@@ -298,7 +340,9 @@ class LSA(Method):
     """Stores h_t and g_{t->t-1} (at the first task: the unused identity), recomposes the
     chain (``lsa.compose``) and takes the snapshot f_t."""
     state = self._store_jit(state, state.task, state.solver.params["head"], state.bridge.params)
-    return state.replace(frozen=jax.tree.map(jnp.copy, state.solver.params["encoder"]))
+    memory = self.memory.end_task(state.memory) if self.memory is not None else None
+    return state.replace(frozen=jax.tree.map(jnp.copy, state.solver.params["encoder"]),
+                         memory=memory)
 
   # -- steps ----------------------------------------------------------------------------------
 
@@ -312,21 +356,35 @@ class LSA(Method):
       acc = jnp.mean(jnp.argmax(mask_logits(logits, classes), -1) == y)
       return ce, {"solver_loss": ce, "train_acc": acc}
 
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(solver.params)
+    grads, metrics = self.cross_device_mean(jax.grad(loss_fn, has_aux=True)(solver.params))
     return apply_gradients(solver, grads, self.solver_tx), metrics
 
-  def _bridge_update(self, bridge: ModelState, new_encoder, old_encoder, data: TaskArrays, key):
-    """One Adam step of g on L_align, with f_t (``new_encoder``) and f_{t-1} held fixed."""
+  def _bridge_update(self, bridge: ModelState, new_encoder, old_encoder, data: TaskArrays, key,
+                     replayed: Optional[jax.Array] = None, ratio=1.0):
+    """One Adam step of g on L_align, with f_t (``new_encoder``) and f_{t-1} held fixed; with
+    ``replayed`` inputs, ``ratio * L_align(current) + (1 - ratio) * L_align(replayed)``."""
     x, _ = self.sample_batch(data, key, self.batch_size)
+    n = x.shape[0]
+    if replayed is not None:
+      x = jnp.concatenate([x, replayed.astype(x.dtype)])
     z_new = jax.lax.stop_gradient(self._encode(new_encoder, x))
     z_old = jax.lax.stop_gradient(self._encode(old_encoder, x))
 
     def loss_fn(params):
-      loss = jnp.mean(alignment_loss(mapped=self.bridge_apply(params, z_new), target=z_old))
-      rel = loss / jnp.maximum(jnp.mean(jnp.sum(jnp.square(z_old), -1)), 1e-12)
-      return loss, {"bridge_loss": loss, "bridge_relative_error": rel}
+      per_example = alignment_loss(mapped=self.bridge_apply(params, z_new), target=z_old)
+      energy = jnp.sum(jnp.square(z_old), -1)
+      if replayed is None:
+        loss, scale = jnp.mean(per_example), jnp.mean(energy)
+        metrics = {}
+      else:
+        mix = lambda v: ratio * jnp.mean(v[:n]) + (1.0 - ratio) * jnp.mean(v[n:])
+        loss, scale = mix(per_example), mix(energy)
+        metrics = {"bridge_current_loss": jnp.mean(per_example[:n]),
+                   "bridge_replay_loss": jnp.mean(per_example[n:])}
+      rel = loss / jnp.maximum(scale, 1e-12)
+      return loss, dict(metrics, bridge_loss=loss, bridge_relative_error=rel)
 
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(bridge.params)
+    grads, metrics = self.cross_device_mean(jax.grad(loss_fn, has_aux=True)(bridge.params))
     return apply_gradients(bridge, grads, self.bridge_tx), metrics
 
   def solver_step(self, state: LSAState, data: TaskArrays, key):
@@ -335,13 +393,32 @@ class LSA(Method):
     return state.replace(solver=solver), metrics
 
   def bridge_step(self, state: LSAState, data: TaskArrays, key):
-    """One step of g_{t->t-1} on the alignment loss; a no-op without a snapshot (first task)."""
+    """One step of g_{t->t-1} on the alignment loss (with replay: on current and G_{t-1}'s
+    inputs); a no-op without a snapshot (first task)."""
+    replaying = self.memory is not None
     if state.frozen is None:
       zero = jnp.zeros(())
-      return state, {"bridge_loss": zero, "bridge_relative_error": zero}
+      extra = ("bridge_current_loss", "bridge_replay_loss") if replaying else ()
+      return state, {k: zero for k in ("bridge_loss", "bridge_relative_error") + extra}
+    replayed, ratio = None, 1.0
+    if replaying:
+      key, k_rep = jax.random.split(key)
+      replayed = self.memory._replay_batch(state.memory.frozen, k_rep, self.batch_size)[0]  # pylint: disable=protected-access
+      ratio = state.memory.ratio
     bridge, metrics = self._bridge_update(state.bridge, state.solver.params["encoder"],
-                                          state.frozen, data, key)
+                                          state.frozen, data, key, replayed, ratio)
     return state.replace(bridge=bridge), metrics
+
+  def generator_step(self, state: LSAState, data: TaskArrays, key):
+    """One WGAN-GP iteration of the generative memory (DGR's generator step)."""
+    memory, metrics = self.memory.generator_step(state.memory, data, key)
+    return state.replace(memory=memory), metrics
+
+  def sample(self, state: LSAState, key, labels):
+    """The generative memory's samples (``lsa.replay = "generator"``), else None."""
+    if self.memory is None:
+      return None
+    return self.memory.sample(state.memory, key, labels)
 
   # -- prediction -----------------------------------------------------------------------------
 

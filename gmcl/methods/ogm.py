@@ -33,6 +33,13 @@ Three ways to preserve them, ``ogm.variant``:
     barely moves theta, and with large ones plain SGD on D (a quartic-like objective) can
     diverge; D does not anchor theta either (nothing keeps the lookahead steps themselves from
     moving f(X)). The metrics ``ogm_lookahead_objective`` and ``ogm_lookahead_shift`` show both.
+    Two options address this, each off in the proposal's form: ``ogm.lookahead_clip = c > 0``
+    clips each lookahead gradient to global norm c (so a step moves theta by at most
+    ``lookahead_lr * c``; the demo schedule diverged in task 3 without it: D's gradient grows with
+    the square of the cross-entropy's, which is largest when a new class arrives), and
+    ``ogm.lookahead_target = "saved"`` replaces f_theta(x) in D by the saved logits Y, i.e.
+    D_Y(theta) = mean || Y - f_{theta - eta grad L(theta)}(x) ||^2, which anchors the memory
+    predictions to where they were saved instead of to where the lookahead steps moved them.
 (b) ``"distill"`` (saved-batch teacher distillation, Hinton et al. 2015): the main Adam step
     ``theta_0 -> theta_1`` on L, then a distillation step from ``theta_1`` on
 
@@ -82,6 +89,7 @@ from gmcl.parallel import Parallel
 VARIANTS = ("lookahead", "distill", "project")
 MEMORIES = ("current", "generator")
 NORMS = ("frobenius", "spectral")
+LOOKAHEAD_TARGETS = ("current", "saved")
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -107,6 +115,10 @@ def check_config(config) -> None:
   require(o.lookahead_steps >= 0, "ogm.lookahead_steps", o.lookahead_steps,
            ">= 0 (0: no lookahead, i.e. sequential fine-tuning)")
   require(o.lookahead_lr >= 0, "ogm.lookahead_lr", o.lookahead_lr, ">= 0")
+  require(o.lookahead_clip >= 0, "ogm.lookahead_clip", o.lookahead_clip,
+          ">= 0 (0: no clipping, the proposal's plain step)")
+  require(o.lookahead_target in LOOKAHEAD_TARGETS, "ogm.lookahead_target", o.lookahead_target,
+          "'current' (f_theta(X), the proposal's) or 'saved' (the saved logits Y)")
   require(o.inner_lr >= 0, "ogm.inner_lr", o.inner_lr, ">= 0")
   require(o.distill_weight >= 0, "ogm.distill_weight", o.distill_weight, ">= 0")
   require(o.temperature > 0, "ogm.temperature", o.temperature, "> 0")
@@ -156,7 +168,8 @@ def prediction_drift(*, logits: jax.Array, saved_logits: jax.Array, where: Optio
 
 def lookahead_objective(params, *, apply_fn: Callable[[Any, jax.Array], jax.Array],
                         loss_fn: Callable[[Any], jax.Array], x_memory: jax.Array, inner_lr: float,
-                        where: Optional[jax.Array] = None) -> jax.Array:
+                        where: Optional[jax.Array] = None,
+                        target: Optional[jax.Array] = None) -> jax.Array:
   """The lookahead variant's objective: how much a virtual step on L would move the memory logits.
 
       D(theta) = (1 / B) sum_{i <= B} || f_theta(x_i) - f_{theta - eta grad L(theta)}(x_i) ||^2,
@@ -164,7 +177,9 @@ def lookahead_objective(params, *, apply_fn: Callable[[Any, jax.Array], jax.Arra
   the squared norm running over the seen classes' logits. ``grad L`` is taken inside, so
   ``jax.grad(lookahead_objective)`` differentiates through it (Hessian-vector products: the
   second-order MAML gradient, Finn et al. 2017, Eq. 1). Minimising D moves theta where the next
-  step on L leaves the memory predictions where they are.
+  step on L leaves the memory predictions where they are. With ``target`` (the saved logits Y,
+  treated as constants) the first term is Y instead of f_theta(x): the anchored form
+  ``ogm.lookahead_target = "saved"``.
 
   Args:
     params: theta, the classifier's parameters.
@@ -173,13 +188,16 @@ def lookahead_objective(params, *, apply_fn: Callable[[Any, jax.Array], jax.Arra
     x_memory: (B, ...) the memory inputs X.
     inner_lr: eta, the virtual SGD step's size.
     where: optional boolean (K,) mask of the seen classes.
+    target: optional (B, K) logits to keep the virtual step's predictions at (no gradient flows
+      into them); None: f_theta(x_memory).
 
   Returns:
     () D(theta).
   """
   grads = jax.grad(loss_fn)(params)
   virtual = jax.tree.map(lambda p, g: p - inner_lr * g, params, grads)
-  diff = apply_fn(params, x_memory) - apply_fn(virtual, x_memory)
+  anchor = apply_fn(params, x_memory) if target is None else jax.lax.stop_gradient(target)
+  diff = anchor - apply_fn(virtual, x_memory)
   if where is not None:
     diff = jnp.where(where, diff, 0.0)
   return jnp.mean(jnp.sum(diff ** 2, axis=-1))
@@ -331,6 +349,8 @@ class OGM(DGR):
     self.refresh_every = o.refresh_every
     self.lookahead_steps = o.lookahead_steps
     self.lookahead_lr = o.lookahead_lr
+    self.lookahead_clip = o.lookahead_clip
+    self.lookahead_target = o.lookahead_target
     self.inner_lr = o.inner_lr
     self.distill_weight = o.distill_weight
     tr = config.train  # the distillation step: the solver's Adam without weight decay (the main step has it)
@@ -440,10 +460,15 @@ class OGM(DGR):
     active = state.active
     params = start = state.solver.params
     first = jnp.zeros(())
+    target = memory.logits if self.lookahead_target == "saved" else None
     for i in range(self.lookahead_steps):  # k is small: unrolled (scan is slow on XLA:CPU)
       value, grads = jax.value_and_grad(lookahead_objective)(
           params, apply_fn=self._logits, loss_fn=lambda p: self.main_loss(p, x, y, active)[0],
-          x_memory=memory.x, inner_lr=self.inner_lr, where=active)
+          x_memory=memory.x, inner_lr=self.inner_lr, where=active, target=target)
+      if self.lookahead_clip > 0:  # to global norm <= c; a no-op below it
+        norm = optax.tree.norm(grads)
+        scale = jnp.minimum(1.0, self.lookahead_clip / jnp.maximum(norm, 1e-30))
+        grads = jax.tree.map(lambda g: g * scale, grads)
       params = jax.tree.map(lambda p, g: p - self.lookahead_lr * g, params, grads)
       first = value if i == 0 else first
     grads, metrics = jax.grad(self.main_loss, has_aux=True)(params, x, y, active)

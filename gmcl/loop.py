@@ -198,7 +198,10 @@ def _finished_run(workdir: str) -> Optional[int]:
 
 # Config keys added to gmcl after runs had been checkpointed, with the value that reproduces the code
 # from before the key existed. A checkpoint without such a key resumes when the key has that value.
-ADDED_KEYS = {"model.conv_plan": "native"}
+ADDED_KEYS = {"model.conv_plan": "native", "lsa.replay": "none", "ogm.lookahead_target": "current",
+              "ogm.lookahead_clip": 0.0}
+# Sections read by one method only: another method's run ignores them when it resumes.
+OWN_SECTIONS = ("lgm", "lsa", "ogm")
 
 
 def _config_differences(saved: dict, current: dict, prefix="") -> list[str]:
@@ -207,6 +210,8 @@ def _config_differences(saved: dict, current: dict, prefix="") -> list[str]:
   for k in keys:
     if prefix == "" and k == "checkpoint":
       continue  # checkpoint settings may change between a run and its resumption
+    if prefix == "" and k in OWN_SECTIONS and current.get("method") != k:
+      continue
     a, b = saved.get(k), current.get(k)
     name = f"{prefix}{k}"
     if k not in saved and name in ADDED_KEYS:

@@ -37,8 +37,8 @@ def test_interrupted_run_resumes_to_identical_results(mnist_data, tmp_path, modu
   if module is lgm:  # HAT masks (a batch norm and head per task begun) and a bridge
     c.lgm.protection, c.lgm.encoder = "hat", "bridge"
   if module is lsa:  # with the generative memory (a DGR state inside lsa's, its snapshot G_{t-1});
-    # 4 generator + 20 solver + 20 bridge steps per task: stops in task 1's solver phase, then
-    # in task 2's solver phase
+    # 4 generator + 20 solver + 20 bridge steps per task: stops at step 25 (task 1's bridge phase,
+    # a no-op there), then at step 55 (task 2's solver phase, with the snapshots restored)
     c.data.pad_to, c.data.value_range = 32, (-1.0, 1.0)  # the fixture's data
     c.lsa.replay, c.model.output_activation = "generator", "tanh"
   if module is ogm:  # DGR's generator as the memory, the distillation step's own Adam state
@@ -134,3 +134,25 @@ def test_same_seed_gives_the_same_results_bytes(mnist_data, tmp_path):
   c.seed = 1
   loop.run(c, str(tmp_path / "c"), data=mnist_data, progress=False, log=_quiet)
   assert _read(str(tmp_path / "a" / "results.json")) != _read(str(tmp_path / "c" / "results.json"))
+
+
+def test_config_comparison_of_a_resume_knows_added_keys_and_other_methods_sections():
+  """A checkpoint written before a key existed resumes when the key has the value that reproduces
+  the old code; another method's own section (lgm, lsa, ogm) never blocks a resume."""
+  from gmcl.loop import _config_differences
+  saved = dgr.get_config("smoke").to_dict()
+  for section in ("lsa", "ogm", "lgm"):
+    saved.pop(section)  # as written before these methods existed
+  assert _config_differences(saved, dgr.get_config("smoke").to_dict()) == []
+  old_ogm = ogm.get_config("smoke,variant=lookahead").to_dict()
+  for key in ("lookahead_clip", "lookahead_target"):
+    old_ogm["ogm"].pop(key)
+  now = ogm.get_config("smoke,variant=lookahead")
+  diffs = _config_differences(old_ogm, now.to_dict())
+  assert len(diffs) == 1 and diffs[0].startswith("ogm.lookahead_clip: absent in the checkpoint")
+  assert "--config.ogm.lookahead_clip=0.0 reproduces" in diffs[0]
+  now.ogm.lookahead_clip = 0.0
+  assert _config_differences(old_ogm, now.to_dict()) == []
+  changed = now.to_dict()
+  changed["ogm"]["epsilon"] = 0.5  # the method's own section is still compared
+  assert [d.split(":")[0] for d in _config_differences(old_ogm, changed)] == ["ogm.epsilon"]

@@ -227,3 +227,13 @@ def test_a_two_task_run_through_the_loop(mnist_data, tmp_path):
   scores = res["scores"]
   assert scores["drift"][0] is None and scores["drift"][1] > 0.0
   assert np.isfinite(scores["bridged_drift"][0]) and 0.0 <= scores["memory_accuracy"][1] <= 1.0
+
+
+def test_pmap_is_refused_and_the_batch_must_divide_over_devices():
+  from gmcl.parallel import Parallel
+  with pytest.raises(ValueError, match="lgm: parallel.mode='pmap' is not implemented.*'jit'"):
+    make_lgm(_config(), SHAPE, 10, Parallel("pmap", tuple(jax.devices()[:2])))
+  c = _config()
+  c.train.batch_size = 7
+  with pytest.raises(ValueError, match="batch_size=7 must be divisible by the 2 devices"):
+    make_lgm(c, SHAPE, 10, Parallel("jit", tuple(jax.devices()[:2])))

@@ -348,7 +348,10 @@ def test_replay_bridge_step_mixes_current_and_replayed_alignment_by_hand(replay_
   state, _ = _run_tasks(m, 1)
   assert _max_diff(state.memory.frozen.generator_params, g_before) > 1e-6  # the memory trained
   state = m.begin_task(state, 1, _mask([0, 1, 2, 3]))
+  state, _ = run_chunk(m.generator_step, state, _data([2, 3], seed=1), jax.random.PRNGKey(2), 0, 3)
   state, _ = run_chunk(m.solver_step, state, _data([2, 3], seed=1), jax.random.PRNGKey(3), 0, 3)
+  # The live generator has moved on from the snapshot, so replaying from the wrong one shows.
+  assert _max_diff(state.memory.generator.params, state.memory.frozen.generator_params) > 1e-6
   r = float(state.memory.ratio)
   assert r == pytest.approx(0.5)  # balanced: 1/t at the second task
   data, key = _data([2, 3], seed=2), jax.random.PRNGKey(5)
@@ -373,17 +376,27 @@ def test_replay_bridge_step_mixes_current_and_replayed_alignment_by_hand(replay_
   np.testing.assert_allclose(float(metrics["bridge_current_loss"]), float(cur), rtol=1e-5)
   np.testing.assert_allclose(float(metrics["bridge_replay_loss"]), float(rep), rtol=1e-5)
   assert abs(float(cur) - float(rep)) > 1e-3 * float(value)  # both terms are there, and differ
+  live = m.memory.generator.apply(
+      {"params": state.memory.generator.params, "batch_stats": state.memory.generator.batch_stats},
+      z, None, train=False)
+  assert float(jnp.max(jnp.abs(live - x_rep))) > 1e-4
   u, _ = optax.adam(m.config.lsa.bridge_lr).update(grads, state.bridge.opt_state, state.bridge.params)
   _assert_trees_close(new.bridge.params, optax.apply_updates(state.bridge.params, u))
   _assert_trees_close(new.memory, state.memory, rtol=0, atol=0)  # the bridge step leaves G alone
 
 
-def test_replay_template_and_errors(replay_method):
-  m = replay_method
-  state, _ = _run_tasks(m, 1, train=False)
-  state = m.begin_task(state, 1, _mask([0, 1, 2, 3]))
+@pytest.mark.parametrize("reset", [False, True], ids=["keep-optimizers", "reset-optimizers"])
+def test_replay_template_and_errors(reset):
+  c = _config(replay="generator")
+  c.train.reset_optimizers = reset
+  m = lsa.make_lsa(c, SHAPE, K)
+  first = m.begin_task(m.init(jax.random.PRNGKey(0)), 0, _mask([0, 1]))
+  template = m.state_template(jax.random.PRNGKey(1), {"position": {"task": 0}, "method": {}})
+  assert jax.tree.structure(template) == jax.tree.structure(first)
+  state = m.begin_task(m.end_task(first), 1, _mask([0, 1, 2, 3]))
   template = m.state_template(jax.random.PRNGKey(1), {"position": {"task": 1}, "method": {}})
   assert jax.tree.structure(template) == jax.tree.structure(state)
+  assert jax.tree.map(jnp.shape, template) == jax.tree.map(jnp.shape, state)
   assert state.memory.frozen is not None and state.memory.solver.params == {}
   assert lsa.make_lsa(_config(), SHAPE, K).init(jax.random.PRNGKey(0)).memory is None
   for values, match in (({"replay": "buffer"}, "lsa.replay='buffer'.*'none'.*'generator'"),
@@ -391,6 +404,14 @@ def test_replay_template_and_errors(replay_method):
                          "lsa.replay='generator'.*lsa.mode='sequential'")):
     with pytest.raises(ValueError, match=match):
       lsa.check_config(_config(**values))
+  no_steps = _config(replay="generator")
+  no_steps.train.generator_steps = 0
+  with pytest.raises(ValueError, match="train.generator_steps=0.*lsa.replay='generator'"):
+    lsa.check_config(no_steps)
+  data_parallel = _config(mode="parallel")
+  data_parallel.parallel.mode = "pmap"
+  with pytest.raises(ValueError, match="parallel.mode='pmap'.*lsa.mode='parallel'"):
+    lsa.check_config(data_parallel)
 
 
 def test_replay_through_the_loop(mnist_data, tmp_path):

@@ -136,6 +136,46 @@ def test_lsa_eight_devices_match_one(mode):
   assert np.mean(np.abs(ravel(b0) - ravel(b1))) > 100 * np.mean(np.abs(ravel(b1) - ravel(b8)))
 
 
+JIT_CASES = {"ogm-lookahead": ("ogm", "lookahead", {}), "ogm-project": ("ogm", "project", {}),
+             "lgm-ra-bridge": ("lgm", "ra-bridge", {}),
+             "lgm-hat-prototype": ("lgm", "hat-prototype", {})}
+
+
+@pytest.mark.parametrize("case", list(JIT_CASES))
+def test_jit_mesh_of_eight_devices_matches_one(case):
+  """ogm and lgm run data-parallel as jit over a mesh (XLA partitions the global batch): two
+  tasks, N_STEPS of each phase, on 8 devices equal one device up to summation order."""
+  import importlib
+  name, variant, section = JIT_CASES[case]
+  c = importlib.import_module(f"experiments.configs.{name}").get_config(f"smoke,variant={variant}")
+  for key, value in section.items():
+    c[name][key] = value
+  c.model.classifier_hidden = (32,)
+  c.model.generator_features = c.model.critic_features = 16
+  if name == "lgm":
+    c.lgm.generator_hidden = c.lgm.critic_hidden = (32,)
+    c.lgm.prototype_steps = 2
+  c.train.batch_size = 16  # 2 per device
+  finals = {}
+  for m in ("none", "jit"):
+    parallel = make_parallel(m, 8)
+    method = build_method(name, c, SHAPE, 10, parallel)
+    state = method.init(jax.random.PRNGKey(0))
+    start = ravel(jax.device_get(state.solver.params))  # before the chunks donate it
+    for t, classes in ((0, [0, 1]), (1, [2, 3])):
+      state = method.begin_task(state, t, np.isin(np.arange(10), [0, 1, 2, 3][:2 * t + 2]))
+      for p, phase in enumerate(method.phases()):
+        key = jax.random.fold_in(jax.random.PRNGKey(t), p)
+        for i in range(min(N_STEPS, phase.num_steps)):
+          state, _ = run_chunk(phase.step, state, _data(classes), key, i, 1, "unroll", parallel)
+      state = method.end_task(state)
+    finals[m] = jax.device_get(state.solver.params)
+  one, eight = ravel(finals["none"]), ravel(finals["jit"])
+  lr = c.train.solver_lr
+  assert np.max(np.abs(one - eight)) < 4 * N_STEPS * lr and np.mean(np.abs(one - eight)) < 2e-3 * lr
+  assert np.mean(np.abs(one - start)) > 100 * np.mean(np.abs(one - eight))  # training moved it
+
+
 def ravel(tree):
   return np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(tree)])
 

@@ -141,8 +141,12 @@ class LGM(Method):
 
   def __init__(self, config, image_shape, num_classes, parallel: Parallel = Parallel()):
     check_config(config)
-    if parallel.mode != "none":
-      raise ValueError("lgm: parallel.mode must be 'none' (data-parallel lgm is not implemented yet).")
+    if parallel.mode == "pmap":  # jit over a mesh needs nothing of the steps: XLA partitions them
+      raise ValueError("lgm: parallel.mode='pmap' is not implemented; use parallel.mode='jit' "
+                       "(data-parallel over a device mesh) or 'none'.")
+    if config.train.batch_size % parallel.num_devices:
+      raise ValueError(f"train.batch_size={config.train.batch_size} must be divisible by the "
+                       f"{parallel.num_devices} devices of parallel mode {parallel.mode!r}.")
     self.config, self.parallel = config, parallel
     self.image_shape, self.num_classes = tuple(image_shape), num_classes
     m, tr, g = config.model, config.train, config.lgm

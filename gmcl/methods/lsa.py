@@ -45,7 +45,8 @@ builds the same :class:`LSAState`, so prediction is the same chain from f_T.
 checkpoints; row t of R is scored on the models of tasks 0..t).
 
 Settings and deviations: the solver's Adam is re-created at every task (its head is new;
-``train.reset_optimizers`` is not consulted), as is the bridge's; per-task heads and
+``train.reset_optimizers`` is not consulted for it, only for the generative memory's GAN), as is
+the bridge's; per-task heads and
 bridges are initialised from keys folded from ``state.key`` by task index.
 
 Replay (``lsa.replay = "generator"``, sequential mode; the proposal's option "and optionally
@@ -59,8 +60,15 @@ generator (Shin et al. 2017; :meth:`gmcl.methods.dgr.DGR.generator_step`: WGAN-G
     r * E_{x ~ D_t} || g(f_t(x)) - f_{t-1}(x) ||^2 + (1 - r) * E_{x' ~ G_{t-1}} || g(f_t(x')) - f_{t-1}(x') ||^2.
 
 The memory's state is a :class:`gmcl.methods.dgr.DGRState` in ``state.memory`` (its solver
-slot empty: the solver is LSA's); ``end_task`` takes its snapshot G_t. Labels are never
-needed, so the generator is DGR's unconditional one by default (``model.conditional``).
+slot empty: the solver is LSA's); ``end_task`` takes its snapshot G_t. Unlike ``state.frozen``,
+that snapshot lives inside the live state: chunks pass it through unchanged, and checkpoints
+write it with the rest of the state. Labels are never needed, so the generator is DGR's
+unconditional one by default (``model.conditional``). With ``dgr.replay_ratio = 1`` the
+replayed term has weight 0 (the samples are still drawn).
+
+Devices: sequential lsa, with or without replay, runs under ``parallel.mode = "jit"`` or
+``"pmap"`` (gradients and metrics averaged over devices, each device its slice of every
+global batch, replayed samples included); the parallel mode runs on one device.
 """
 
 from __future__ import annotations
@@ -188,6 +196,14 @@ def check_config(config) -> None:
   require(not (s.replay == "generator" and s.mode == "parallel"), "lsa.replay", s.replay,
            "'none' with lsa.mode='parallel' (the parallel mode trains every task model at once, "
            "with no earlier generator to replay); 'generator' needs lsa.mode='sequential'")
+  require(not (s.replay == "generator" and int(config.train.generator_steps) < 1),
+           "train.generator_steps", config.train.generator_steps,
+           ">= 1 with lsa.replay='generator' (0 would replay an untrained generator's noise)")
+  if config.method == "lsa":
+    require(not (s.mode == "parallel" and config.parallel.mode != "none"), "parallel.mode",
+            config.parallel.mode, "'none' with lsa.mode='parallel' (all task models at once, vmap "
+            "over tasks); data-parallel training (parallel.mode='jit' or 'pmap') needs "
+            "lsa.mode='sequential'")
 
 
 class LSA(Method):
@@ -315,7 +331,8 @@ class LSA(Method):
                                             jnp.asarray(task_index, jnp.int32))
     memory = state.memory
     if self.memory is not None:  # DGR's: seen classes, r, GAN optimiser resets
-      memory = self.memory.begin_task(memory, task_index, active_classes)
+      memory = self.memory.begin_task(memory, task_index, active_classes).replace(
+          solver=ModelState(params={}, opt_state=()))  # (its optimiser reset would fill the slot)
     return state.replace(solver=solver, bridge=bridge, task=jnp.asarray(task_index, jnp.int32),
                          task_classes=state.task_classes.at[task_index].set(current),
                          active=active, memory=memory)
@@ -381,10 +398,11 @@ class LSA(Method):
         loss, scale = mix(per_example), mix(energy)
         metrics = {"bridge_current_loss": jnp.mean(per_example[:n]),
                    "bridge_replay_loss": jnp.mean(per_example[n:])}
-      rel = loss / jnp.maximum(scale, 1e-12)
-      return loss, dict(metrics, bridge_loss=loss, bridge_relative_error=rel)
+      return loss, dict(metrics, bridge_loss=loss, scale=scale)
 
     grads, metrics = self.cross_device_mean(jax.grad(loss_fn, has_aux=True)(bridge.params))
+    scale = metrics.pop("scale")  # the ratio of the global means (after the devices' mean)
+    metrics["bridge_relative_error"] = metrics["bridge_loss"] / jnp.maximum(scale, 1e-12)
     return apply_gradients(bridge, grads, self.bridge_tx), metrics
 
   def solver_step(self, state: LSAState, data: TaskArrays, key):

@@ -59,7 +59,9 @@ Three ways to preserve them, ``ogm.variant``:
 
 Every step is ``solver_step(state, data, key) -> (state, metrics)``, pure, so it runs under
 ``jax.jit`` and :func:`gmcl.methods.base.run_chunk` (a K-step chunk equals K single steps).
-Only ``parallel.mode = "none"`` is supported for now.
+``parallel.mode = "jit"`` (a device mesh; XLA partitions the global-batch computation) and
+``"none"`` are supported; ``"pmap"`` is not (its per-device steps would need the memory batch
+gathered and the lookahead's inner gradient averaged across devices).
 
 Why one class, a subclass of :class:`gmcl.methods.dgr.DGR`, for both memories: with
 ``memory="generator"`` the generator phase, the replay sampler (``_replay_batch``) and the snapshots
@@ -103,7 +105,7 @@ def check_config(config) -> None:
 
   The section's values are checked for every method (as :func:`gmcl.config.validate_config` checks
   every section); the settings ogm cannot combine with (``model.classifier`` other than "mlp" for
-  the "project" variant, a ``parallel.mode`` other than "none") only when ``config.method == "ogm"``.
+  the "project" variant, ``parallel.mode = "pmap"``) only when ``config.method == "ogm"``.
   """
   o = config.ogm
   require(o.variant in VARIANTS, "ogm.variant", o.variant, "'lookahead', 'distill' or 'project'")
@@ -134,9 +136,9 @@ def _check_combination(classifier: str, variant: str, parallel_mode: str) -> Non
     raise ValueError(f"config.model.classifier={classifier!r} with config.ogm.variant='project': the "
                      "projected step supports only model.classifier='mlp' (dense layers); use "
                      "ogm.variant='lookahead' or 'distill' with other classifiers.")
-  if parallel_mode != "none":
-    raise ValueError(f"ogm: parallel.mode={parallel_mode!r} is not supported; ogm supports only "
-                     "'none' for now (data-parallel ogm is not implemented yet).")
+  if parallel_mode == "pmap":  # jit over a mesh needs nothing of the steps: XLA partitions them
+    raise ValueError("ogm: parallel.mode='pmap' is not implemented; use parallel.mode='jit' "
+                     "(data-parallel over a device mesh) or 'none'.")
 
 
 # -- pure functions ------------------------------------------------------------------------------

@@ -113,6 +113,9 @@ def test_permuted_tasks_keep_every_class_current_and_weigh_tasks_equally():
   np.testing.assert_allclose(state.ratio, 0.5)
   phi, labels = m.memories(state, jax.random.PRNGKey(1), 20)
   assert phi.shape == (20, m.feature_dim) and len(set(np.asarray(labels).tolist())) == 10
+  # A chunk donates the state: every field must be its own buffer (a shared one failed here).
+  state, metrics = run_chunk(m.joint_step, state, _data([0, 5]), jax.random.PRNGKey(2), 0, 1)
+  assert np.isfinite(float(metrics["solver_loss"]))
 
 
 def test_hat_memories_of_earlier_tasks_are_unchanged_by_later_training():

@@ -228,7 +228,8 @@ class LGM(Method):
     if bool(jnp.any(new)):  # class-incremental: the new classes' share of the classes seen
       current, ratio = new, jnp.sum(new) / jnp.sum(active)
     else:  # permuted: every task has every class; each task weighs the same (DGR's r = 1/t)
-      current, ratio = active, jnp.asarray(1.0 / (task_index + 1))
+      # (a copy: two state fields holding one buffer cannot both be donated to a chunk)
+      current, ratio = jnp.copy(active), jnp.asarray(1.0 / (task_index + 1))
     state = state.replace(active=active, current=current, ratio=jnp.asarray(ratio, jnp.float32),
                           task=jnp.asarray(task_index, jnp.int32),
                           step=jnp.zeros((), jnp.int32),

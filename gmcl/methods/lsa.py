@@ -89,6 +89,7 @@ from gmcl.config import require
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.alignment import alignment_loss
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
+from gmcl.losses.replay import dgr_solver_objective
 from gmcl.methods.base import Method, ModelState, Phase, adam, apply_gradients, run_chunk, step_key
 from gmcl.models.classifiers import Classifier, make_classifier
 from gmcl.models.latent import BRIDGES, Bridge
@@ -394,7 +395,7 @@ class LSA(Method):
         loss, scale = jnp.mean(per_example), jnp.mean(energy)
         metrics = {}
       else:
-        mix = lambda v: ratio * jnp.mean(v[:n]) + (1.0 - ratio) * jnp.mean(v[n:])
+        mix = lambda v: dgr_solver_objective(real_losses=v[:n], replay_losses=v[n:], ratio=ratio)
         loss, scale = mix(per_example), mix(energy)
         metrics = {"bridge_current_loss": jnp.mean(per_example[:n]),
                    "bridge_replay_loss": jnp.mean(per_example[n:])}

@@ -468,9 +468,7 @@ class OGM(DGR):
           params, apply_fn=self._logits, loss_fn=lambda p: self.main_loss(p, x, y, active)[0],
           x_memory=memory.x, inner_lr=self.inner_lr, where=active, target=target)
       if self.lookahead_clip > 0:  # to global norm <= c; a no-op below it
-        norm = optax.tree.norm(grads)
-        scale = jnp.minimum(1.0, self.lookahead_clip / jnp.maximum(norm, 1e-30))
-        grads = jax.tree.map(lambda g: g * scale, grads)
+        grads, _ = optax.clip_by_global_norm(self.lookahead_clip).update(grads, None)
       params = jax.tree.map(lambda p, g: p - self.lookahead_lr * g, params, grads)
       first = value if i == 0 else first
     grads, metrics = jax.grad(self.main_loss, has_aux=True)(params, x, y, active)

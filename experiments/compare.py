@@ -194,14 +194,16 @@ def main(argv):
 
 
 def write_table(cells: dict) -> str:
-  """Writes OUT/table.md (pairs not run yet: "pending") and returns its text."""
+  """Writes OUT/table_SCHEDULE.md (pairs not run yet: "pending") and returns its text."""
   full = {(m, b): cells.get((m, b), {"error": "pending"}) for m in FLAGS.methods for b in FLAGS.benchmarks}
   text = table(full, FLAGS.benchmarks, FLAGS.methods, FLAGS.schedule, FLAGS.out, FLAGS.max_tasks)
-  tmp = os.path.join(FLAGS.out, f"table_{FLAGS.schedule}.md.tmp")
-  os.makedirs(os.path.dirname(tmp), exist_ok=True)
+  path = os.path.join(FLAGS.out, f"table_{FLAGS.schedule}.md")
+  # One temporary file per process: comparisons of disjoint subsets may share OUT and run at once.
+  tmp = f"{path}.{os.getpid()}.tmp"
+  os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(tmp, "w") as f:
     f.write(text)
-  os.replace(tmp, tmp[:-len(".tmp")])
+  os.replace(tmp, path)
   return text
 
 

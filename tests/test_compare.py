@@ -58,3 +58,25 @@ def test_the_printed_command_rebuilds_the_config(method):
   expected = compare.build_config(method, "split_mnist", "demo", max_tasks=3)
   validate_config(expected)
   assert config.to_dict() == expected.to_dict()
+
+
+def test_table_only_reads_finished_runs_and_leaves_another_process_table_write_alone(tmp_path):
+  from absl.testing import flagsaver  # pylint: disable=import-outside-toplevel
+  if not compare.FLAGS.is_parsed():
+    compare.FLAGS.mark_as_parsed()
+  out = str(tmp_path)
+  _write(compare.run_dir(out, "demo", 0, "split_mnist", "dgr"), [1.0, 0.9, 0.8, 0.7, 0.6], 5, seconds=60.0)
+  # Another comparison writing the same table at this moment: its temporary file must survive.
+  other = os.path.join(out, f"table_demo.md.{os.getpid() + 1}.tmp")
+  with open(other, "w") as f:
+    f.write("other")
+  with flagsaver.flagsaver(out=out, schedule="demo", benchmarks=["split_mnist", "permuted_mnist"],
+                           methods=["dgr", "lsa/sequential"], max_tasks=0, table_only=True):
+    compare.main([])
+  with open(os.path.join(out, "table_demo.md")) as f:
+    text = f.read()
+  assert "| dgr | 60.00, 1.0 min | not run |" in text
+  assert "| lsa/sequential | not run | not run |" in text
+  with open(other) as f:
+    assert f.read() == "other"
+  assert sorted(os.listdir(out)) == sorted(["demo", "table_demo.md", os.path.basename(other)])

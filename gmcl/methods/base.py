@@ -209,6 +209,11 @@ def _compiled_chunk(step: StepFn, num_steps: int, mode: str, parallel: Parallel)
   return jax.jit(chunk, donate_argnums=(0,))
 
 
+def clear_compiled_chunks() -> None:
+  """Forgets the compiled chunk programs kept for reuse (and the methods their steps belong to)."""
+  _compiled_chunk.cache_clear()
+
+
 CHUNK_MODES = ("unroll", "scan")
 
 

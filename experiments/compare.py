@@ -17,7 +17,6 @@ that made it.
 
 from __future__ import annotations
 
-import gc
 import importlib
 import json
 import os
@@ -111,25 +110,9 @@ def run_pair(method: str, benchmark: str, schedule: str, workdir: str, data_cach
     try:
       loop.run(config, workdir, data=data_cache[settings], progress=False)
     finally:
-      release_compiled()
+      loop.release_compiled()  # a dozen HAT or DGM runs' programs exceed a process's mappings
     print(f"{method} on {benchmark}: {time.time() - start:.0f} s", flush=True)
   return read_cell(workdir)
-
-
-def release_compiled() -> None:
-  """Drops every compiled program of the finished run.
-
-  Each XLA:CPU executable holds its own memory mappings, and a method that rebuilds its
-  networks per task (HAT masks, DGM) compiles new programs every task. Kept for the whole
-  comparison, they exhausted the process's mapping limit (Linux's default vm.max_map_count,
-  65530) after a dozen such runs: LLVM failed with "Cannot allocate memory" and the
-  process died. A new run compiles its own programs anyway.
-  """
-  import jax  # pylint: disable=import-outside-toplevel
-  from gmcl.methods import base  # pylint: disable=import-outside-toplevel
-  base.clear_compiled_chunks()
-  jax.clear_caches()
-  gc.collect()
 
 
 def run_dir(out: str, schedule: str, max_tasks: int, benchmark: str, method: str) -> str:

@@ -9,6 +9,7 @@ With checkpointing on (the default), a killed run continues where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from gmcl.data.sampling import task_arrays
 from gmcl.data.tasks import (TaskSequence, per_class_tasks, permuted_tasks, preprocess_images,
                              split_tasks, task_examples)
 from gmcl.methods import build_method
-from gmcl.methods.base import run_chunk, step_key
+from gmcl.methods.base import clear_compiled_chunks, run_chunk, step_key
 from gmcl.parallel import make_parallel
 
 
@@ -41,6 +42,30 @@ class Data:
   image_shape: tuple[int, int, int]
   num_classes: int
   source: tuple = ()  # the data settings it was loaded with: see data_settings()
+
+
+def release_compiled() -> None:
+  """Drops every compiled program that nothing references any more, and the chunk programs
+  kept for reuse (:func:`gmcl.methods.base.clear_compiled_chunks`): call it between runs in one process.
+
+  Each XLA:CPU executable holds its own memory mappings, and a method that rebuilds its networks
+  per task (HAT masks, DGM growth) compiles new programs every task. Kept for a whole
+  comparison, a dozen such runs exhausted Linux's per-process limit (``vm.max_map_count``,
+  65530 by default): LLVM failed with "Cannot allocate memory" and the process died
+  (``python -m benchmarks.run_mappings`` measures it). A new run compiles its own programs anyway.
+  """
+  clear_compiled_chunks()
+  jax.clear_caches()
+  gc.collect()
+
+
+def memory_mappings() -> Optional[int]:
+  """The number of memory mappings this process holds (Linux), or None where unknown."""
+  try:
+    with open("/proc/self/maps") as f:
+      return sum(1 for _ in f)
+  except OSError:
+    return None
 
 
 def data_settings(config) -> tuple:

@@ -83,6 +83,7 @@ def test_table_only_reads_finished_runs_and_leaves_another_process_table_write_a
 
 
 def test_release_compiled_frees_the_finished_run_programs_and_method():
+  from gmcl import loop  # pylint: disable=import-outside-toplevel
   import gc  # pylint: disable=import-outside-toplevel
   import weakref  # pylint: disable=import-outside-toplevel
   from gmcl.methods import base  # pylint: disable=import-outside-toplevel
@@ -98,6 +99,6 @@ def test_release_compiled_frees_the_finished_run_programs_and_method():
   del method
   gc.collect()
   assert alive() is not None  # the reuse cache holds the run's method through its step
-  compare.release_compiled()
+  loop.release_compiled()
   assert alive() is None
   assert base._compiled_chunk.cache_info().currsize == 0  # pylint: disable=protected-access

@@ -110,7 +110,7 @@ def run_pair(method: str, benchmark: str, schedule: str, workdir: str, data_cach
     try:
       loop.run(config, workdir, data=data_cache[settings], progress=False)
     finally:
-      loop.release_compiled()  # a dozen HAT or DGM runs' programs exceed a process's mappings
+      loop.release_compiled()  # HAT and DGM runs' programs exceed a process's mappings
     print(f"{method} on {benchmark}: {time.time() - start:.0f} s", flush=True)
   return read_cell(workdir)
 

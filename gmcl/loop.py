@@ -50,7 +50,7 @@ def release_compiled() -> None:
 
   Each XLA:CPU executable holds its own memory mappings, and a method that rebuilds its networks
   per task (HAT masks, DGM growth) compiles new programs every task. Kept for a whole
-  comparison, a dozen such runs exhausted Linux's per-process limit (``vm.max_map_count``,
+  comparison, seven such runs at the demo schedule exhausted Linux's per-process limit (``vm.max_map_count``,
   65530 by default): LLVM failed with "Cannot allocate memory" and the process died
   (``python -m benchmarks.run_mappings`` measures it). A new run compiles its own programs anyway.
   """

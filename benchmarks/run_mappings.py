@@ -49,8 +49,8 @@ def main():
     if args.release:
       loop.release_compiled()
     gc.collect()
-    print(json.dumps({"run": i, "method": args.method, "release": args.release, "mappings": loop.memory_mappings(),
-                      "limit": limit(),
+    print(json.dumps({"run": i, "method": args.method, "release": args.release,
+                      "mappings": loop.memory_mappings(), "limit": limit(),
                       "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
 
 

@@ -50,8 +50,8 @@ def release_compiled() -> None:
 
   Each XLA:CPU executable holds its own memory mappings, and a method that rebuilds its networks
   per task (HAT masks, DGM growth) compiles new programs every task. Kept for a whole
-  comparison, seven such runs at the demo schedule exhausted Linux's per-process limit (``vm.max_map_count``,
-  65530 by default): LLVM failed with "Cannot allocate memory" and the process died
+  comparison, seven such runs at the demo schedule exhausted Linux's per-process limit
+  (``vm.max_map_count``, 65530 by default): LLVM failed with "Cannot allocate memory" and the process died
   (``python -m benchmarks.run_mappings`` measures it). A new run compiles its own programs anyway.
   """
   clear_compiled_chunks()

@@ -1,13 +1,19 @@
 """experiments.compare: the table reads finished runs only, and each printed command rebuilds its run's config."""
 
+import gc
 import importlib
 import json
 import os
+import weakref
 
 import pytest
+from absl.testing import flagsaver
 
 from experiments import compare
+from gmcl import loop
 from gmcl.config import validate_config
+from gmcl.methods import base
+from gmcl.parallel import Parallel
 
 
 def _write(workdir, A, tasks, seconds=None):
@@ -61,7 +67,6 @@ def test_the_printed_command_rebuilds_the_config(method):
 
 
 def test_table_only_reads_finished_runs_and_leaves_another_process_table_write_alone(tmp_path):
-  from absl.testing import flagsaver  # pylint: disable=import-outside-toplevel
   if not compare.FLAGS.is_parsed():
     compare.FLAGS.mark_as_parsed()
   out = str(tmp_path)
@@ -83,12 +88,6 @@ def test_table_only_reads_finished_runs_and_leaves_another_process_table_write_a
 
 
 def test_release_compiled_frees_the_finished_run_programs_and_method():
-  from gmcl import loop  # pylint: disable=import-outside-toplevel
-  import gc  # pylint: disable=import-outside-toplevel
-  import weakref  # pylint: disable=import-outside-toplevel
-  from gmcl.methods import base  # pylint: disable=import-outside-toplevel
-  from gmcl.parallel import Parallel  # pylint: disable=import-outside-toplevel
-
   class Method:
     def step(self, state, data, key):
       return state, {}

@@ -24,8 +24,8 @@ def mnist_data():
 @pytest.fixture(autouse=True)
 def _release_compiled_programs():
   """Every compiled program holds memory mappings, and Linux caps them per process (65530 by
-  default); tests/test_parallel.py's 8-device programs passed 57000 in one process, where XLA:CPU
-  has aborted. Past a third of the cap, the programs of finished tests are released."""
+  default); tests/test_parallel.py's 8-device programs reached 57000 in one process. Past a third
+  of the cap, the programs of finished tests are released (test_parallel.py then peaks near 21000)."""
   yield
   from gmcl import loop  # pylint: disable=import-outside-toplevel
   mappings = loop.memory_mappings()

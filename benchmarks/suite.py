@@ -9,11 +9,14 @@ are live):
 
 * ``mergan/ra``, ``mergan/jr``: one MeRGAN iteration (5 WGAN-GP + AC-GAN critic steps,
   one generator step with replay alignment / joint retraining), under ``model.conv_plan``
-  ``auto`` (gmcl's default) and ``native`` (plain ``lax.conv``), and the PyTorch eager
-  reference (benchmarks/torch_mergan.py) when the ``bench`` extra is installed;
+  ``auto`` (gmcl's default) and ``native`` (plain ``lax.conv``), ``auto`` compiled with XLA's
+  default library fusions (``xla-fusions``: gmcl's default ``train.xla_cpu_fusions`` hands only
+  matrix multiplies to YNNPACK in programs with convolutions, see gmcl/xla.py), and the
+  PyTorch eager reference (benchmarks/torch_mergan.py) when the ``bench`` extra is installed;
 * ``dgm/dgmw``: one DGM iteration at task 2 (official 4x4 transposed-conv generator with
   weight masks, batch-norm critic), auto and native;
-* ``dgr/generator``, ``dgr/solver``: DGR's WGAN-GP iteration (DCGAN) and solver step with replay;
+* ``dgr/generator``, ``dgr/solver``: DGR's WGAN-GP iteration (DCGAN) and solver step with replay
+  (the solver also with XLA's default library fusions);
 * ``eval``: the evaluation pass, DGR's solver predicting 10,000 test images.
 
 All runners of one group are timed side by side: ``--rounds`` rounds, each running every
@@ -31,6 +34,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import time
@@ -40,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmcl import xla
 from gmcl.data.sampling import task_arrays
 from gmcl.methods import build_method
 from gmcl.methods.base import _compiled_chunk, run_chunk
@@ -111,15 +116,16 @@ class StepRunner:
   """One compiled chunk of ``k`` steps of a gmcl method, advanced in place; a call runs one chunk
   and counts as ``k`` iterations. ``flops`` (per step) from the program as traced."""
 
-  def __init__(self, step, state, data, key, k: int = 1, mode: str = "unroll"):
+  def __init__(self, step, state, data, key, k: int = 1, mode: str = "unroll", fusions: str = "auto"):
     self.step, self.state, self.data, self.key, self.i = step, state, data, key, 0
-    self.k, self.mode = k, mode
+    self.k, self.mode, self.fusions = k, mode, fusions
     t0 = time.perf_counter()
     self()
     self.first_call_s = time.perf_counter() - t0
 
   def __call__(self):
-    self.state, m = run_chunk(self.step, self.state, self.data, self.key, self.i, self.k, self.mode)
+    self.state, m = run_chunk(self.step, self.state, self.data, self.key, self.i, self.k, self.mode,
+                              fusions=self.fusions)
     self.i += self.k
     jax.block_until_ready(m)
 
@@ -131,7 +137,7 @@ class StepRunner:
   def memory_mb(self) -> float:
     """Arguments + outputs + temporaries of the compiled chunk (XLA's memory analysis), MB."""
     live, frozen = self.state.replace(frozen=None), self.state.frozen
-    fn = _compiled_chunk(self.step, self.k, self.mode, Parallel())
+    fn = _compiled_chunk(self.step, self.k, self.mode, Parallel(), self.fusions)
     m = fn.lower(live, frozen, self.data, self.key, jnp.asarray(0, jnp.int32)).compile().memory_analysis()
     if m is None:
       return float("nan")
@@ -175,12 +181,12 @@ def cpu_schedule_runner(method: str, tasks_done: int, k: int = 1, mode: str = "u
   return StepRunner(step, state, data, jax.random.PRNGKey(1), k, mode)
 
 
-def mergan_runner(variant: str, plan: str) -> StepRunner:
+def mergan_runner(variant: str, plan: str, fusions: str = "auto") -> StepRunner:
   from experiments.configs import mergan  # pylint: disable=import-outside-toplevel
   c = mergan.get_config(f"variant={variant}")
   c.model.conv_plan, c.mergan.oracle = plan, False
   method, state, data = _method_after_one_task("mergan", c)
-  return StepRunner(method.gan_step, state, data, jax.random.PRNGKey(1))
+  return StepRunner(method.gan_step, state, data, jax.random.PRNGKey(1), fusions=fusions)
 
 
 def dgm_runner(variant: str, plan: str) -> StepRunner:
@@ -191,7 +197,7 @@ def dgm_runner(variant: str, plan: str) -> StepRunner:
   return StepRunner(method.gan_step, state, data, jax.random.PRNGKey(1))
 
 
-def dgr_runner(plan: str, phase: str) -> StepRunner:
+def dgr_runner(plan: str, phase: str, fusions: str = "auto") -> StepRunner:
   """DGR's default (DCGAN, 32x32) generator iteration or solver step with replay, at task 2."""
   from experiments.configs import dgr  # pylint: disable=import-outside-toplevel
   c = dgr.get_config("")
@@ -199,7 +205,7 @@ def dgr_runner(plan: str, phase: str) -> StepRunner:
   c.model.generator_features = c.model.critic_features = 32
   method, state, data = _method_after_one_task("dgr", c)
   step = {p.name: p.step for p in method.phases()}[phase]
-  return StepRunner(step, state, data, jax.random.PRNGKey(1))
+  return StepRunner(step, state, data, jax.random.PRNGKey(1), fusions=fusions)
 
 
 class EvalRunner:
@@ -210,7 +216,7 @@ class EvalRunner:
     from gmcl.evaluation import predict_labels  # pylint: disable=import-outside-toplevel
     method, state, _ = _method_after_one_task("dgr", dgr.get_config(""))
     self.x = np.random.default_rng(0).uniform(-1, 1, (10000,) + SHAPE).astype(np.float32)
-    predict = jax.jit(lambda x: method.predict(state, x))
+    predict = xla.jit(lambda x: method.predict(state, x))  # as gmcl.loop's evaluation
     self.run = lambda: predict_labels(predict, self.x)
     self._flops = jaxpr_flops(jax.make_jaxpr(lambda x: method.predict(state, x))(self.x[:1000]).jaxpr) * 10
     t0 = time.perf_counter()
@@ -256,6 +262,8 @@ def groups(torch_ok: bool):
   g = {}
   for variant in ("ra", "jr"):
     cases = {f"mergan/{variant} gmcl auto": (lambda v=variant: mergan_runner(v, "auto"), {}),
+             f"mergan/{variant} gmcl auto xla-fusions":
+             (lambda v=variant: mergan_runner(v, "auto", "xla"), {}),
              f"mergan/{variant} gmcl native": (lambda v=variant: mergan_runner(v, "native"), {})}
     if torch_ok:
       cases[f"mergan/{variant} torch eager"] = (lambda v=variant: TorchRunner(v), {})
@@ -264,6 +272,7 @@ def groups(torch_ok: bool):
                    "dgm/dgmw gmcl native": (lambda: dgm_runner("dgmw", "native"), {})}
   g["dgr"] = {f"dgr/{phase} gmcl {plan}": (lambda plan=plan, phase=phase: dgr_runner(plan, phase), {})
               for plan in ("auto", "native") for phase in ("generator", "solver")}
+  g["dgr"]["dgr/solver gmcl auto xla-fusions"] = (lambda: dgr_runner("auto", "solver", "xla"), {})
   g["eval"] = {"eval gmcl": (EvalRunner, {})}
   # K-step chunks on the CPU: unrolled inside one jit (the CPU default) against lax.scan.
   g["chunk"] = {f"chunk dgr/generator mlp K={k} {mode}":
@@ -319,7 +328,7 @@ def main():
     secs = {k: s / getattr(runners[k], "k", 1) for k, s in secs.items()}  # per iteration
     for k, s in secs.items():
       # The work every implementation must do: the native program's count (auto's forms count extra zeros).
-      twin = k.replace("gmcl auto", "gmcl native").replace("torch eager", "gmcl native")
+      twin = re.sub(r"gmcl auto.*|torch eager", "gmcl native", k)
       needed = flops.get(twin, flops.get(k))
       row = {"case": k, "group": group, "iterations_per_s": round(1 / s, 3),
              "ms_per_iteration": round(1e3 * s, 2),
@@ -358,7 +367,8 @@ def write_markdown(rows, args, peak, torch_version):
       "Each group's rows were timed side by side, alternating (medians over rounds). GFLOP per",
       "iteration: conv and matmul work of the native program that meets real input. `auto` is",
       "gmcl's default `model.conv_plan` (GEMM-based forms where XLA:CPU is slow), `native` plain",
-      "`lax.conv`. See benchmarks/suite.py.",
+      "`lax.conv`; `xla-fusions`: compiled with XLA's default YNNPACK fusions instead of gmcl's",
+      "`train.xla_cpu_fusions=auto` (gmcl/xla.py). See benchmarks/suite.py.",
       "",
       "| case | iterations/s | ms/iteration | images/s | GFLOP/iteration | fraction of peak | vs PyTorch "
       "| memory MB |",

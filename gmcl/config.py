@@ -67,6 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.reset_optimizers = False
   c.train.chunk_steps = 1  # K steps per compiled call
   c.train.chunk_mode = "auto"  # auto: unroll on CPU, scan on GPU/TPU
+  # Which ops XLA:CPU hands to YNNPACK (gmcl.xla): auto ("dot" for programs with convolutions,
+  # XLA's defaults otherwise) | xla | dot | none. Kernels only; GPU/TPU ignore it.
+  c.train.xla_cpu_fusions = "auto"
 
   c.dgr = ml_collections.ConfigDict()
   # "balanced" (r = 1/t) or a number in [0, 1]; typed `object` so both kinds can be assigned.
@@ -213,6 +216,7 @@ def validate_config(config) -> None:
   from gmcl.methods.dgr import parse_replay_ratio  # pylint: disable=import-outside-toplevel
   from gmcl.models.classifiers import CLASSIFIERS  # pylint: disable=import-outside-toplevel
   from gmcl.ops.conv import PLANS  # pylint: disable=import-outside-toplevel
+  from gmcl.xla import XLA_CPU_FUSIONS  # pylint: disable=import-outside-toplevel
   _check_keys(config, base_config())
   require(config.method in METHODS, "method", config.method, str(sorted(METHODS)))
   d, m, t = config.data, config.model, config.train
@@ -262,6 +266,8 @@ def validate_config(config) -> None:
     require(0 <= t[key] < 1, f"train.{key}", t[key], "[0, 1)")
   require(t.chunk_steps >= 1, "train.chunk_steps", t.chunk_steps, ">= 1")
   require(t.chunk_mode in CHUNK_MODES, "train.chunk_mode", t.chunk_mode, str(list(CHUNK_MODES)))
+  require(t.xla_cpu_fusions in XLA_CPU_FUSIONS, "train.xla_cpu_fusions", t.xla_cpu_fusions,
+          str(list(XLA_CPU_FUSIONS)))
   parse_replay_ratio(config.dgr.replay_ratio)
   require(config.dgr.targets in ("hard", "soft"), "dgr.targets", config.dgr.targets,
            "'hard' or 'soft'")

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmcl import evaluation
+from gmcl import evaluation, xla
 from gmcl.checkpoint import RunCheckpointer
 from gmcl.config import parse_class_order, validate_config
 from gmcl.data import sources
@@ -224,7 +224,7 @@ def _finished_run(workdir: str) -> Optional[int]:
 # Config keys added to gmcl after runs had been checkpointed, with the value that reproduces the code
 # from before the key existed. A checkpoint without such a key resumes when the key has that value.
 ADDED_KEYS = {"model.conv_plan": "native", "lsa.replay": "none", "ogm.lookahead_target": "current",
-              "ogm.lookahead_clip": 0.0}
+              "ogm.lookahead_clip": 0.0, "train.xla_cpu_fusions": "xla"}
 # Sections read by one method only: another method's run ignores them when it resumes.
 OWN_SECTIONS = ("lgm", "lsa", "ogm")
 
@@ -268,7 +268,7 @@ def _run_lsa_parallel(config, workdir: str, data: Data, seq: TaskSequence, metho
   bad = {k: v for k, v in info["metrics"].items() if not np.isfinite(v)}
   if bad:
     raise FloatingPointError(f"Non-finite loss in lsa's parallel training: {bad}")
-  predict_task = jax.jit(method.predict_task)
+  predict_task = xla.jit(method.predict_task, fusions=config.train.xla_cpu_fusions)
   record = {"A": [], "R": [], "per_task": [], "scores": {}}
   for t in range(len(seq)):
     s_t = method.state_after(state, info["encoders"], t)
@@ -390,11 +390,12 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
           + (f". The last good checkpoint is step {last} in {ckpt_dir}." if last is not None
              else ". No checkpoint was written."))
 
-  predict = jax.jit(method.predict)
-  predict_task = jax.jit(getattr(method, "predict_task", method.predict))
+  fusions = t_cfg.xla_cpu_fusions
+  predict = xla.jit(method.predict, fusions=fusions)
+  predict_task = xla.jit(getattr(method, "predict_task", method.predict), fusions=fusions)
   task_incremental = getattr(method, "scenario", None) == "task_incremental"
   scenario = "task_incremental" if task_incremental else seq.scenario
-  sample = jax.jit(method.sample)
+  sample = xla.jit(method.sample, fusions=fusions)
   clock = [time.time()]
   steps_this_call = 0
   log(f"gmcl: method={config.method} dataset={config.data.dataset} protocol={config.data.protocol} "
@@ -424,7 +425,7 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
       while done < phase.num_steps:
         k = min(t_cfg.chunk_steps, phase.num_steps - done)
         state, metrics = run_chunk(phase.step, state, arrays, phase_key, done, k, chunk_mode,
-                                   parallel)
+                                   parallel, fusions)
         done += k
         steps_this_call += k
         pos.update(step=done, global_step=pos["global_step"] + k)

@@ -15,6 +15,7 @@ GEOMETRIES = {  # name: (geometry, c_in, c_out)
     "mergan G 4->8": (C.conv_transpose_geometry((4, 4), (5, 5), 2), 6, 4),
     "mergan G 16->32 to 1": (C.conv_transpose_geometry((16, 16), (5, 5), 2), 3, 1),
     "mergan D 32->16": (C.conv_geometry((32, 32), (5, 5), 2), 1, 3),
+    "mergan D 16->8": (C.conv_geometry((16, 16), (5, 5), 2), 3, 4),
     "mergan D 8->4": (C.conv_geometry((8, 8), (5, 5), 2), 4, 5),
     "odd 7->14 transposed": (C.conv_transpose_geometry((7, 7), (5, 5), 2), 3, 2),
     "odd 7->4 strided": (C.conv_geometry((7, 7), (5, 5), 2), 3, 2),
@@ -104,6 +105,7 @@ def test_cpu_plan_moves_the_slow_directions_only():
   big_t = C.cpu_plan(C.conv_transpose_geometry((16, 16), (5, 5), 2))
   assert big_t.weight_grad == "native"
   assert C.cpu_plan(C.conv_geometry((8, 8), (5, 5), 2)).input_grad == "patches"
+  assert C.cpu_plan(C.conv_geometry((16, 16), (5, 5), 2)) == C.Plan("native", "native", "patches")
   assert C.cpu_plan(C.conv_geometry((32, 32), (5, 5), 2)) == C.NATIVE
   assert C.resolve_plan("native", C.conv_geometry((8, 8), (5, 5), 2)) == C.NATIVE
   if jax.default_backend() == "cpu":

@@ -31,6 +31,7 @@ import optax
 from flax import struct
 
 from gmcl.data.sampling import TaskArrays, sample_batch
+from gmcl import xla
 from gmcl.parallel import Parallel
 from gmcl.types import Metrics, PRNGKey
 
@@ -180,11 +181,14 @@ def _mean_metrics(metrics_list: Sequence[Metrics]) -> Metrics:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_chunk(step: StepFn, num_steps: int, mode: str, parallel: Parallel):
+def _compiled_chunk(step: StepFn, num_steps: int, mode: str, parallel: Parallel,
+                    fusions: str = "auto"):
   """jit of ``num_steps`` steps; the live state (argument 0) is donated, the snapshot is not.
 
   Under ``parallel.mode == "jit"`` the outputs are replicated over the mesh; under
-  ``"pmap"`` the chunk runs once per device (no donation: inputs are broadcast).
+  ``"pmap"`` the chunk runs once per device (no donation: inputs are broadcast; ``jax.pmap``
+  takes no compiler options, so ``fusions`` is XLA's default there). ``fusions``: the XLA:CPU
+  library fusions (:mod:`gmcl.xla`).
   """
 
   def chunk(live, frozen, data, phase_key, start):
@@ -205,8 +209,8 @@ def _compiled_chunk(step: StepFn, num_steps: int, mode: str, parallel: Parallel)
     return jax.pmap(chunk, axis_name=parallel.axis_name, in_axes=(None, None, None, None, 0),
                     devices=list(parallel.devices))
   if parallel.mode == "jit":
-    return jax.jit(chunk, donate_argnums=(0,), out_shardings=parallel.replicated())
-  return jax.jit(chunk, donate_argnums=(0,))
+    return xla.jit(chunk, fusions=fusions, donate_argnums=(0,), out_shardings=parallel.replicated())
+  return xla.jit(chunk, fusions=fusions, donate_argnums=(0,))
 
 
 def clear_compiled_chunks() -> None:
@@ -218,20 +222,21 @@ CHUNK_MODES = ("unroll", "scan")
 
 
 def run_chunk(step: StepFn, state: State, data: TaskArrays, phase_key: PRNGKey, start: int,
-              num_steps: int, mode: str = "unroll",
-              parallel: Parallel = Parallel()) -> tuple[State, Metrics]:
+              num_steps: int, mode: str = "unroll", parallel: Parallel = Parallel(),
+              fusions: str = "auto") -> tuple[State, Metrics]:
   """Runs steps ``start .. start+num_steps-1`` of a phase in one compiled call.
 
   Step i uses ``fold_in(phase_key, i)``, so any split of a phase into chunks gives
   the same result as single steps. The snapshot ``state.frozen`` is passed as a
   separate, non-donated argument. Metrics are averaged over the chunk. ``parallel``
-  must be the one the method was built with (see :mod:`gmcl.parallel`).
+  must be the one the method was built with (see :mod:`gmcl.parallel`); ``fusions`` the
+  XLA:CPU library fusions (:mod:`gmcl.xla`, ``config.train.xla_cpu_fusions``).
   """
   if mode not in CHUNK_MODES:
     raise ValueError(f"chunk mode {mode!r}; valid choices: {CHUNK_MODES}.")
   if num_steps < 1:
     raise ValueError(f"num_steps={num_steps} must be >= 1.")
-  fn = _compiled_chunk(step, num_steps, mode, parallel)
+  fn = _compiled_chunk(step, num_steps, mode, parallel, xla.check_fusions(fusions))
   live, frozen = state.replace(frozen=None), state.frozen
   start = jnp.asarray(start, jnp.int32)
   if parallel.mode == "pmap":

@@ -344,8 +344,13 @@ def cpu_plan(g: ConvGeometry) -> Plan:
       return NATIVE  # the patches of a dilated input are mostly zeros: slower than native
     return Plan(forward="subpixel", input_grad="native",
                 weight_grad="subpixel_patches" if small_in else "native")
+  # A strided convolution's weight gradient with a k..2k-1 output (MeRGAN's critic 16x16 -> 8x8):
+  # inside the gradient penalty's second derivative XLA emits it as a convolution over a
+  # dilated 8x8 window that runs at ~5 GFLOP/s (90 ms per critic step, BENCHMARKS.md); as
+  # patches it is one matrix multiply.
+  mid_out = g.stride > 1 and k <= min(g.out_hw) < 2 * k
   return Plan(forward="native", input_grad="patches" if small_out else "native",
-              weight_grad="native")
+              weight_grad="patches" if mid_out else "native")
 
 
 PLANS = ("auto", "native", "cpu")

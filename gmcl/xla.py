@@ -1,0 +1,112 @@
+"""Per-program XLA compiler options: which operations XLA:CPU hands to its YNNPACK library.
+
+XLA:CPU (JAX 0.10) compiles matrix multiplies, elementwise ops, reductions and convolutions
+into calls of the YNNPACK library by default. On the 2-core AVX-512 CPU gmcl is measured
+on, YNNPACK's convolutions ran at half the speed of XLA's own (Eigen) ones for the GAN and
+classifier convolutions of MeRGAN, DGM and DGR (a 16x16 -> 8x8 stride-2 critic convolution:
+9.4 ms against 4.9 ms), while its matrix multiplies and elementwise fusions helped the
+MLP programs (BENCHMARKS.md, "Library fusions"). So gmcl picks per compiled program:
+
+* ``"auto"`` (the default): on the CPU backend, ``"dot"`` for a program that contains a
+  convolution, ``"xla"`` for one that does not; nothing on GPU and TPU;
+* ``"xla"``: XLA's own defaults (no compiler option passed);
+* ``"dot"``: YNNPACK for matrix multiplies only (convolutions, elementwise ops and
+  reductions compiled by XLA itself);
+* ``"none"``: no YNNPACK fusion at all.
+
+The options only choose kernels; the maths is the same (float32 rounding aside). A jaxlib
+that does not know the option (it is experimental in XLA) gets none, with one warning.
+Selected by ``config.train.xla_cpu_fusions``; :func:`jit` is ``jax.jit`` with the choice.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any, Callable
+
+import jax
+from jax.extend import core as jax_core
+
+XLA_CPU_FUSIONS = ("auto", "xla", "dot", "none")
+_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+_VALUES = {"dot": "LIBRARY_FUSION_TYPE_DOT", "none": ""}
+
+
+def check_fusions(fusions: str) -> str:
+  if fusions not in XLA_CPU_FUSIONS:
+    raise ValueError(f"xla_cpu_fusions={fusions!r}; valid: {list(XLA_CPU_FUSIONS)}.")
+  return fusions
+
+
+@functools.lru_cache(maxsize=None)
+def _option_supported() -> bool:
+  """Whether this jaxlib's XLA:CPU accepts the YNNPACK fusion option (compiled once, cached)."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options={_OPTION: _VALUES["dot"]}).lower(1.0).compile()
+    return True
+  except Exception as e:  # pylint: disable=broad-except
+    warnings.warn(f"gmcl.xla: this jaxlib's XLA:CPU does not accept the compiler option {_OPTION} "
+                  f"({type(e).__name__}); programs are compiled with XLA's defaults.")
+    return False
+
+
+def has_convolution(jaxpr) -> bool:
+  """Whether a (closed) jaxpr, sub-jaxprs included, contains a convolution."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "conv_general_dilated":
+      return True
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        if isinstance(sub, (jax_core.ClosedJaxpr, jax_core.Jaxpr)) and has_convolution(sub):
+          return True
+  return False
+
+
+def compiler_options(fusions: str = "auto", has_conv: bool = True) -> dict:
+  """The ``compiler_options`` for ``jax.jit`` under choice ``fusions`` (see the module docstring)."""
+  check_fusions(fusions)
+  if jax.default_backend() != "cpu":
+    return {}
+  if fusions == "auto":
+    fusions = "dot" if has_conv else "xla"
+  if fusions == "xla" or not _option_supported():
+    return {}
+  return {_OPTION: _VALUES[fusions]}
+
+
+class _Jitted:
+  """``jax.jit(fun, **kwargs)`` whose compiler options are chosen at the first call or ``lower``
+  from the traced program (``auto``: does it convolve?). One choice per wrapper: call it with
+  arguments of one structure (as gmcl's steps are), or build one wrapper per structure."""
+
+  def __init__(self, fun: Callable, fusions: str, jit_kwargs: dict):
+    self._fun, self._fusions, self._kwargs = fun, check_fusions(fusions), jit_kwargs
+    self._jitted, self._options = None, {}
+    functools.update_wrapper(self, fun)
+
+  def _get(self, args, kwargs):
+    if self._jitted is None:
+      has_conv = True
+      if self._fusions == "auto" and jax.default_backend() == "cpu":
+        has_conv = has_convolution(jax.make_jaxpr(self._fun)(*args, **kwargs))
+      self._options = compiler_options(self._fusions, has_conv)
+      self._jitted = jax.jit(self._fun, compiler_options=self._options, **self._kwargs)
+    return self._jitted
+
+  def __call__(self, *args, **kwargs):
+    return self._get(args, kwargs)(*args, **kwargs)
+
+  def lower(self, *args, **kwargs):
+    return self._get(args, kwargs).lower(*args, **kwargs)
+
+  @property
+  def options(self) -> dict:
+    """The compiler options chosen (empty until the first call or ``lower``)."""
+    return dict(self._options)
+
+
+def jit(fun: Callable, *, fusions: str = "auto", **jit_kwargs: Any) -> Callable:
+  """``jax.jit(fun, **jit_kwargs)`` with the XLA:CPU library fusions ``fusions`` (module docstring)."""
+  return _Jitted(fun, fusions, jit_kwargs)

@@ -1,0 +1,88 @@
+"""gmcl.xla: the per-program choice of XLA:CPU library fusions, and that it changes no value."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gmcl import xla
+from gmcl.config import base_config, validate_config
+from gmcl.models.critics import DCGANCritic
+
+CPU = jax.default_backend() == "cpu"
+OPTION = "xla_cpu_experimental_ynn_fusion_type"
+
+
+def _conv(x, w):
+  return jax.lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _inputs():
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+  return (jax.random.normal(k1, (4, 16, 16, 3)), jax.random.normal(k2, (5, 5, 3, 8)),
+          jax.random.normal(k3, (32, 24)))
+
+
+def test_has_convolution_looks_into_sub_programs():
+  x, w, a = _inputs()
+  assert xla.has_convolution(jax.make_jaxpr(_conv)(x, w))
+  assert not xla.has_convolution(jax.make_jaxpr(lambda a: jnp.tanh(a @ a.T))(a))
+  # A convolution inside a scan inside a jit inside a gradient.
+  def nested(w):
+    body = lambda c, _: (c + jnp.sum(jax.jit(_conv)(x, w)), None)
+    return jax.lax.scan(body, 0.0, None, length=2)[0]
+  assert xla.has_convolution(jax.make_jaxpr(jax.grad(nested))(w))
+
+
+@pytest.mark.skipif(not CPU, reason="the options apply to the CPU backend only")
+def test_compiler_options_per_choice():
+  dot = {OPTION: "LIBRARY_FUSION_TYPE_DOT"}
+  if not xla._option_supported():  # pylint: disable=protected-access
+    pytest.skip("this jaxlib does not know the option")
+  assert xla.compiler_options("auto", has_conv=True) == dot
+  assert xla.compiler_options("auto", has_conv=False) == {}
+  assert xla.compiler_options("dot", has_conv=False) == dot
+  assert xla.compiler_options("xla", has_conv=True) == {}
+  assert xla.compiler_options("none", has_conv=False) == {OPTION: ""}
+
+
+def test_bad_choice_is_named():
+  with pytest.raises(ValueError, match=r"xla_cpu_fusions='ynn'; valid: \['auto', 'xla', 'dot', 'none'\]"):
+    xla.jit(lambda x: x, fusions="ynn")
+  c = base_config()
+  c.train.xla_cpu_fusions = "fast"
+  with pytest.raises(ValueError, match="train.xla_cpu_fusions"):
+    validate_config(c)
+
+
+@pytest.mark.skipif(not CPU, reason="the options apply to the CPU backend only")
+def test_jit_picks_per_program_and_keeps_values():
+  x, w, a = _inputs()
+  conv_fn = xla.jit(lambda x, w: jnp.tanh(_conv(x, w)))
+  dot_fn = xla.jit(lambda a: jnp.tanh(a @ a.T))
+  assert conv_fn.options == {}  # nothing chosen before the first call
+  np.testing.assert_allclose(conv_fn(x, w), jax.jit(lambda x, w: jnp.tanh(_conv(x, w)))(x, w),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dot_fn(a), jnp.tanh(a @ a.T), rtol=1e-5, atol=1e-5)
+  if xla._option_supported():  # pylint: disable=protected-access
+    assert conv_fn.options == {OPTION: "LIBRARY_FUSION_TYPE_DOT"}
+    assert dot_fn.options == {}
+    # The compiled convolution is XLA's own, not a library fusion.
+    assert "ynn_fusion" not in conv_fn.lower(x, w).compile().as_text()
+
+
+@pytest.mark.parametrize("fusions", ["dot", "none"])
+def test_critic_penalty_gradient_is_the_same_under_every_choice(fusions):
+  """The gradient penalty's second derivative through MeRGAN's critic: the same values whatever
+  library runs the kernels (float32 rounding)."""
+  critic = DCGANCritic(base_features=4, num_classes=3)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 1))
+  params = critic.init(jax.random.PRNGKey(0), x)["params"]
+
+  def loss(p):
+    g = jax.grad(lambda im: jnp.sum(critic.apply({"params": p}, im)[0]))(x)
+    return jnp.sum(jnp.square(jnp.sqrt(jnp.sum(jnp.square(g), axis=(1, 2, 3))) - 1.0))
+
+  ref = xla.jit(jax.grad(loss), fusions="xla")(params)
+  got = xla.jit(jax.grad(loss), fusions=fusions)(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got, ref)

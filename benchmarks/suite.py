@@ -17,7 +17,9 @@ are live):
   weight masks, batch-norm critic), auto and native;
 * ``dgr/generator``, ``dgr/solver``: DGR's WGAN-GP iteration (DCGAN) and solver step with replay
   (the solver also with XLA's default library fusions);
-* ``eval``: the evaluation pass, DGR's solver predicting 10,000 test images.
+* ``eval``: the evaluation pass, DGR's solver predicting 10,000 test images;
+* ``fusions``: the ``cpu`` schedule's MeRGAN step (MLP GAN, no convolution) under each
+  ``train.xla_cpu_fusions``, the evidence for ``auto`` keeping XLA's defaults there.
 
 All runners of one group are timed side by side: ``--rounds`` rounds, each running every
 runner for ``--calls`` calls in turn; the figure is the median over rounds (runners
@@ -163,7 +165,7 @@ def _method_after_one_task(name: str, config, tasks_done: int = 1):
 
 
 def cpu_schedule_runner(method: str, tasks_done: int, k: int = 1, mode: str = "unroll",
-                        phase: str = "generator") -> StepRunner:
+                        phase: str = "generator", fusions: str = "auto") -> StepRunner:
   """The README's ``cpu`` schedule (MLP GANs) of dgr, mergan (ra) or dgm (dgmw, no growth), at task
   ``tasks_done + 1``."""
   from experiments.configs import dgm, dgr, mergan  # pylint: disable=import-outside-toplevel
@@ -178,7 +180,7 @@ def cpu_schedule_runner(method: str, tasks_done: int, k: int = 1, mode: str = "u
   c.data.pad_to = 32
   m, state, data = _method_after_one_task(method, c, tasks_done)
   step = {p.name: p.step for p in m.phases()}[phase] if method == "dgr" else m.gan_step
-  return StepRunner(step, state, data, jax.random.PRNGKey(1), k, mode)
+  return StepRunner(step, state, data, jax.random.PRNGKey(1), k, mode, fusions)
 
 
 def mergan_runner(variant: str, plan: str, fusions: str = "auto") -> StepRunner:
@@ -270,14 +272,21 @@ def groups(torch_ok: bool):
     g[f"mergan/{variant}"] = cases
   g["dgm/dgmw"] = {"dgm/dgmw gmcl auto": (lambda: dgm_runner("dgmw", "auto"), {}),
                    "dgm/dgmw gmcl native": (lambda: dgm_runner("dgmw", "native"), {})}
-  g["dgr"] = {f"dgr/{phase} gmcl {plan}": (lambda plan=plan, phase=phase: dgr_runner(plan, phase), {})
-              for plan in ("auto", "native") for phase in ("generator", "solver")}
-  g["dgr"]["dgr/solver gmcl auto xla-fusions"] = (lambda: dgr_runner("auto", "solver", "xla"), {})
+  # One group per phase: a 1.4 s generator iteration between solver calls slowed the 25 ms solver step
+  # by a third (caches), so like is timed with like.
+  for phase in ("generator", "solver"):
+    g[f"dgr/{phase}"] = {f"dgr/{phase} gmcl {plan}":
+                         (lambda plan=plan, phase=phase: dgr_runner(plan, phase), {})
+                         for plan in ("auto", "native")}
+  g["dgr/solver"]["dgr/solver gmcl auto xla-fusions"] = (lambda: dgr_runner("auto", "solver", "xla"), {})
   g["eval"] = {"eval gmcl": (EvalRunner, {})}
   # K-step chunks on the CPU: unrolled inside one jit (the CPU default) against lax.scan.
   g["chunk"] = {f"chunk dgr/generator mlp K={k} {mode}":
                 (lambda k=k, mode=mode: cpu_schedule_runner("dgr", 1, k, mode), {"calls": 1})
                 for k, mode in ((1, "unroll"), (8, "unroll"), (8, "scan"))}
+  # XLA:CPU's library fusions for a program without convolutions (what "auto" leaves at "xla").
+  g["fusions"] = {f"fusions mergan mlp t=5 {f}": (lambda f=f: cpu_schedule_runner("mergan", 4, fusions=f), {})
+                  for f in ("xla", "dot", "none")}
   # Cost as tasks accumulate: the step at tasks 1, 5 and 10 (the cpu schedule's networks).
   for method in ("dgr", "mergan", "dgm"):
     g[f"tasks {method}"] = {f"tasks {method} t={t + 1}": (lambda m=method, t=t: cpu_schedule_runner(m, t), {})

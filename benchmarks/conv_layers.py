@@ -2,6 +2,7 @@
 
   python -m benchmarks.conv_layers                 # MeRGAN's layers, batch 64
   python -m benchmarks.conv_layers --net dgm       # DGM's official generator (ngf 6 and 20)
+  python -m benchmarks.conv_layers --fusions xla   # compiled with XLA's default library fusions
 
 One JSON line per (layer, direction, implementation): milliseconds per call (median of
 --repeats rounds, each --calls calls, implementations alternating within a round), GFLOP/s
@@ -10,6 +11,7 @@ rule was read from.
 """
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -18,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmcl import xla
 from gmcl.ops import conv as C
 
 MERGAN = [  # (name, geometry, c_in, c_out)
@@ -38,12 +41,13 @@ def dgm_layers(ngf: int):
   ]
 
 
-def direction_fns(g, impl: str, w_shape):
+def direction_fns(g, impl: str, w_shape, fusions: str = "dot"):
   plan = C.Plan(impl, impl, impl)
   f = C._impl(impl, g)
-  return {"forward": jax.jit(lambda x, w, dy: f(x, w)),
-          "input_grad": jax.jit(lambda x, w, dy: C._gx_raw(g, plan, dy, w)),
-          "weight_grad": jax.jit(lambda x, w, dy: C._gw_raw(g, plan, x, dy, w_shape))}
+  jit = functools.partial(jax.jit, compiler_options=xla.compiler_options(fusions, has_conv=True))
+  return {"forward": jit(lambda x, w, dy: f(x, w)),
+          "input_grad": jit(lambda x, w, dy: C._gx_raw(g, plan, dy, w)),
+          "weight_grad": jit(lambda x, w, dy: C._gw_raw(g, plan, x, dy, w_shape))}
 
 
 def main():
@@ -53,6 +57,8 @@ def main():
   p.add_argument("--calls", type=int, default=20)
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--layers", nargs="*", default=[], help="substrings of layer names (default all)")
+  p.add_argument("--fusions", choices=xla.XLA_CPU_FUSIONS, default="auto",
+                 help="XLA:CPU library fusions (gmcl.xla; auto = dot, as for any program that convolves)")
   a = p.parse_args()
   layers = MERGAN if a.net == "mergan" else dgm_layers(6) + dgm_layers(20)
   rng = np.random.default_rng(0)
@@ -64,7 +70,7 @@ def main():
     dy = jnp.asarray(rng.normal(size=(a.batch, *g.out_hw, cout)), jnp.float32)
     impls = [i for i in C.IMPLEMENTATIONS if (not i.startswith("subpixel") or g.subpixel_ok())
              and (i != "space_to_depth" or g.space_to_depth_ok())]
-    fns = {i: direction_fns(g, i, w.shape) for i in impls}
+    fns = {i: direction_fns(g, i, w.shape, a.fusions) for i in impls}
     chosen = C.cpu_plan(g)
     gflop = C.flops(g, a.batch, cin, cout) / 1e9
     for direction in C.DIRECTIONS:
@@ -82,7 +88,7 @@ def main():
         ms = 1e3 * statistics.median(times[i])
         print(json.dumps({"layer": name, "direction": direction, "impl": i, "ms": round(ms, 3),
                           "gflop_per_s": round(gflop / ms * 1e3, 1),
-                          "chosen": getattr(chosen, direction) == i,
+                          "chosen": getattr(chosen, direction) == i, "fusions": a.fusions,
                           "device": jax.devices()[0].device_kind}), flush=True)
 
 

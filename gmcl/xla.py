@@ -4,7 +4,7 @@ XLA:CPU (JAX 0.10) compiles matrix multiplies, elementwise ops, reductions and c
 into calls of the YNNPACK library by default. On the 2-core AVX-512 CPU gmcl is measured
 on, YNNPACK's convolutions ran at half the speed of XLA's own (Eigen) ones for the GAN and
 classifier convolutions of MeRGAN, DGM and DGR (a 16x16 -> 8x8 stride-2 critic convolution:
-9.4 ms against 4.9 ms), while its matrix multiplies and elementwise fusions helped the
+9.9 ms against 4.7 ms forward), while its matrix multiplies and elementwise fusions helped the
 MLP programs (BENCHMARKS.md, "Library fusions"). So gmcl picks per compiled program:
 
 * ``"auto"`` (the default): on the CPU backend, ``"dot"`` for a program that contains a
@@ -34,6 +34,7 @@ _VALUES = {"dot": "LIBRARY_FUSION_TYPE_DOT", "none": ""}
 
 
 def check_fusions(fusions: str) -> str:
+  """``fusions`` if it is one of :data:`XLA_CPU_FUSIONS`, else a ValueError naming the valid ones."""
   if fusions not in XLA_CPU_FUSIONS:
     raise ValueError(f"xla_cpu_fusions={fusions!r}; valid: {list(XLA_CPU_FUSIONS)}.")
   return fusions

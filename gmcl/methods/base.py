@@ -30,8 +30,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from gmcl.data.sampling import TaskArrays, sample_batch
 from gmcl import xla
+from gmcl.data.sampling import TaskArrays, sample_batch
 from gmcl.parallel import Parallel
 from gmcl.types import Metrics, PRNGKey
 

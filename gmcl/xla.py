@@ -2,10 +2,11 @@
 
 XLA:CPU (JAX 0.10) compiles matrix multiplies, elementwise ops, reductions and convolutions
 into calls of the YNNPACK library by default. On the 2-core AVX-512 CPU gmcl is measured
-on, YNNPACK's convolutions ran at half the speed of XLA's own (Eigen) ones for the GAN and
-classifier convolutions of MeRGAN, DGM and DGR (a 16x16 -> 8x8 stride-2 critic convolution:
-9.9 ms against 4.7 ms forward), while its matrix multiplies and elementwise fusions helped the
-MLP programs (BENCHMARKS.md, "Library fusions"). So gmcl picks per compiled program:
+on, YNNPACK's convolutions ran at half the speed of XLA's own (Eigen) ones (MeRGAN's 16x16 ->
+8x8 stride-2 critic convolution: 9.9 ms against 4.7 ms forward), and DGR's solver step with
+replay and MeRGAN's JR iteration ran faster without them, while programs without convolutions
+(the MLP GANs) ran fastest with XLA's full default set (BENCHMARKS.md, "Library fusions").
+So gmcl picks per compiled program:
 
 * ``"auto"`` (the default): on the CPU backend, ``"dot"`` for a program that contains a
   convolution, ``"xla"`` for one that does not; nothing on GPU and TPU;
@@ -80,7 +81,8 @@ def compiler_options(fusions: str = "auto", has_conv: bool = True) -> dict:
 class _Jitted:
   """``jax.jit(fun, **kwargs)`` whose compiler options are chosen at the first call or ``lower``
   from the traced program (``auto``: does it convolve?). One choice per wrapper: call it with
-  arguments of one structure (as gmcl's steps are), or build one wrapper per structure."""
+  arguments of one structure (as gmcl's steps are), or build one wrapper per structure. Wrap
+  bound methods (``xla.jit(obj.method)``); it is not a decorator for methods in a class body."""
 
   def __init__(self, fun: Callable, fusions: str, jit_kwargs: dict):
     self._fun, self._fusions, self._kwargs = fun, check_fusions(fusions), jit_kwargs
@@ -91,7 +93,8 @@ class _Jitted:
     if self._jitted is None:
       has_conv = True
       if self._fusions == "auto" and jax.default_backend() == "cpu":
-        has_conv = has_convolution(jax.make_jaxpr(self._fun)(*args, **kwargs))
+        # Traced as jit traces it (static arguments included); the trace is not compiled.
+        has_conv = has_convolution(jax.jit(self._fun, **self._kwargs).trace(*args, **kwargs).jaxpr)
       self._options = compiler_options(self._fusions, has_conv)
       self._jitted = jax.jit(self._fun, compiler_options=self._options, **self._kwargs)
     return self._jitted

@@ -4,10 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import struct
 
 from gmcl import xla
 from gmcl.config import base_config, validate_config
+from gmcl.data.sampling import task_arrays
+from gmcl.methods.base import _compiled_chunk, run_chunk
 from gmcl.models.critics import DCGANCritic
+from gmcl.parallel import Parallel
 
 CPU = jax.default_backend() == "cpu"
 OPTION = "xla_cpu_experimental_ynn_fusion_type"
@@ -67,10 +71,15 @@ def test_jit_picks_per_program_and_keeps_values():
   if xla._option_supported():  # pylint: disable=protected-access
     assert conv_fn.options == {OPTION: "LIBRARY_FUSION_TYPE_DOT"}
     assert dot_fn.options == {}
-    # The compiled convolution is XLA's own, not a library fusion.
-    assert "ynn_fusion" not in conv_fn.lower(x, w).compile().as_text()
+    # A convolution big enough for XLA's defaults to give it to the library (MeRGAN's critic is
+    # bigger) is compiled by XLA itself under "auto".
+    xb, wb = jnp.ones((2, 16, 16, 16)), jnp.ones((5, 5, 16, 32))
+    texts = {f: xla.jit(lambda x, w: jnp.tanh(_conv(x, w)), fusions=f).lower(xb, wb).compile().as_text()
+             for f in ("xla", "auto")}
+    assert "ynn_fusion" in texts["xla"] and "ynn_fusion" not in texts["auto"]
 
 
+@pytest.mark.skipif(not CPU, reason="the options apply to the CPU backend only")
 @pytest.mark.parametrize("fusions", ["dot", "none"])
 def test_critic_penalty_gradient_is_the_same_under_every_choice(fusions):
   """The gradient penalty's second derivative through MeRGAN's critic: the same values whatever
@@ -86,3 +95,33 @@ def test_critic_penalty_gradient_is_the_same_under_every_choice(fusions):
   ref = xla.jit(jax.grad(loss), fusions="xla")(params)
   got = xla.jit(jax.grad(loss), fusions=fusions)(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got, ref)
+
+
+@struct.dataclass
+class _State:
+  w: jax.Array
+  frozen: object = None
+
+
+@pytest.mark.skipif(not CPU, reason="the options apply to the CPU backend only")
+def test_run_chunk_passes_the_choice_to_the_compiled_chunk():
+  """``fusions`` reaches the compiled chunk (what ``config.train.xla_cpu_fusions`` sets through
+  gmcl.loop), and a chunk under each choice takes the same step."""
+  if not xla._option_supported():  # pylint: disable=protected-access
+    pytest.skip("this jaxlib does not know the option")
+  x, w, _ = _inputs()
+  data = task_arrays(np.asarray(x), np.zeros(4, np.int32))
+
+  def step(state, data, key):
+    loss = lambda w: jnp.mean(_conv(data.x, w) ** 2) * jax.random.uniform(key)
+    return state.replace(w=state.w - 1e-3 * jax.grad(loss)(state.w)), {"loss": loss(state.w)}
+
+  out = {}
+  for fusions in ("xla", "none", "auto"):
+    state, m = run_chunk(step, _State(w=jnp.array(w)), data, jax.random.PRNGKey(0), 0, 1, fusions=fusions)
+    out[fusions] = (np.asarray(state.w), float(m["loss"]))
+    assert _compiled_chunk(step, 1, "unroll", Parallel(), fusions).options == \
+        xla.compiler_options(fusions, has_conv=True)
+  for fusions in ("none", "auto"):
+    np.testing.assert_allclose(out[fusions][0], out["xla"][0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[fusions][1], out["xla"][1], rtol=1e-4, atol=1e-6)

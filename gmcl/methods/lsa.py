@@ -570,7 +570,7 @@ def _class_masks(tasks: Sequence[TaskArrays], num_classes: int) -> np.ndarray:
 
 def train_parallel(method: LSA, key: PRNGKey, tasks: Sequence[TaskArrays],
                    class_masks: Optional[np.ndarray] = None, *, chunk_steps: Optional[int] = None,
-                   chunk_mode: str = "unroll") -> tuple[LSAState, dict]:
+                   chunk_mode: str = "unroll", fusions: Optional[str] = None) -> tuple[LSAState, dict]:
   """``lsa.mode = "parallel"``: trains T task models at once, then aligns their latent spaces.
 
   1. Every task k gets (f_k, h_k): f_k from the same initial embedder f_0, h_k from
@@ -592,6 +592,7 @@ def train_parallel(method: LSA, key: PRNGKey, tasks: Sequence[TaskArrays],
     class_masks: (T, K) bool, each task's classes; None: the labels each task holds.
     chunk_steps: steps per compiled call (default ``train.chunk_steps``).
     chunk_mode: "unroll" (CPU) or "scan" (accelerators), as :func:`run_chunk`.
+    fusions: XLA:CPU library fusions (:mod:`gmcl.xla`; default ``train.xla_cpu_fusions``).
 
   Returns:
     ``(state, info)``: the :class:`LSAState` after T tasks (predict with
@@ -619,6 +620,7 @@ def train_parallel(method: LSA, key: PRNGKey, tasks: Sequence[TaskArrays],
   p = ParallelTrainState(solvers=solvers, bridges=bridges, classes=masks,
                          phase_keys=jnp.zeros((num, 2), jnp.uint32), step=jnp.zeros((), jnp.int32))
   chunk = int(chunk_steps or method.config.train.chunk_steps)
+  fusions = fusions or method.config.train.xla_cpu_fusions
   info = {"metrics": {}}
   phases = [("solver", method.solver_steps, method.parallel_solver_step, 0)]
   if num > 1:
@@ -629,7 +631,7 @@ def train_parallel(method: LSA, key: PRNGKey, tasks: Sequence[TaskArrays],
     done = 0
     while done < steps:
       n = min(chunk, steps - done)
-      p, metrics = run_chunk(step_fn, p, data, train_key, done, n, chunk_mode)
+      p, metrics = run_chunk(step_fn, p, data, train_key, done, n, chunk_mode, fusions=fusions)
       done += n
     if steps:
       info["metrics"].update({f"{name}/{k}": float(v) for k, v in metrics.items()})

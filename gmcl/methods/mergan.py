@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from gmcl import evaluation, oracle
+from gmcl import evaluation, oracle, xla
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.losses.gan import (auxiliary_classifier_loss, gradient_penalty, wasserstein_critic_loss,
@@ -117,9 +117,9 @@ class MeRGAN(ClassifierMethod):
     self.n_critic, self.gp_weight = tr.n_critic, tr.gp_weight
     self.oracle: Optional[oracle.Oracle] = None
     # Compiled once here, not per evaluation: scoring runs after every task.
-    self._sample = jax.jit(self.sample)
-    self._auxiliary_logits = jax.jit(self.auxiliary_logits)
-    self._solver_logits = jax.jit(super().predict)
+    self._sample = xla.jit(self.sample, fusions=tr.xla_cpu_fusions)
+    self._auxiliary_logits = xla.jit(self.auxiliary_logits, fusions=tr.xla_cpu_fusions)
+    self._solver_logits = xla.jit(super().predict, fusions=tr.xla_cpu_fusions)
 
   # -- state ---------------------------------------------------------------------------------
 

@@ -334,7 +334,9 @@ def cpu_plan(g: ConvGeometry) -> Plan:
   convolution is fast unless the convolution it emits has a spatial input smaller than
   its kernel -- the transposed convolutions' forward and weight gradient on small inputs,
   and a strided convolution's input gradient on small outputs -- where it falls to a
-  generic loop ~10-20x slower. Those directions go to GEMM-based forms.
+  generic loop ~10-20x slower. Those directions go to GEMM-based forms. One more rule
+  comes from profiling whole iterations (``python -m benchmarks.profile_ops``), not from
+  single layers: a strided convolution's weight gradient with a k..2k-1 output (below).
   """
   k = max(g.kernel_hw)
   small_in = min(g.in_hw) < 2 * k

@@ -11,12 +11,13 @@ are live):
   one generator step with replay alignment / joint retraining), under ``model.conv_plan``
   ``auto`` (gmcl's default) and ``native`` (plain ``lax.conv``), ``auto`` compiled with XLA's
   default library fusions (``xla-fusions``: gmcl's default ``train.xla_cpu_fusions`` hands only
-  matrix multiplies to YNNPACK in programs with convolutions, see gmcl/xla.py), and the
+  matrix multiplies to YNNPACK in programs with convolutions, see gmcl/xla.py) and with none
+  (``none-fusions``), and the
   PyTorch eager reference (benchmarks/torch_mergan.py) when the ``bench`` extra is installed;
 * ``dgm/dgmw``: one DGM iteration at task 2 (official 4x4 transposed-conv generator with
   weight masks, batch-norm critic), auto and native;
 * ``dgr/generator``, ``dgr/solver``: DGR's WGAN-GP iteration (DCGAN) and solver step with replay
-  (the solver also with XLA's default library fusions);
+  (the solver also with XLA's default library fusions and with none);
 * ``eval``: the evaluation pass, DGR's solver predicting 10,000 test images;
 * ``fusions``: the ``cpu`` schedule's MeRGAN step (MLP GAN, no convolution) under each
   ``train.xla_cpu_fusions``, the evidence for ``auto`` keeping XLA's defaults there.
@@ -266,6 +267,8 @@ def groups(torch_ok: bool):
     cases = {f"mergan/{variant} gmcl auto": (lambda v=variant: mergan_runner(v, "auto"), {}),
              f"mergan/{variant} gmcl auto xla-fusions":
              (lambda v=variant: mergan_runner(v, "auto", "xla"), {}),
+             f"mergan/{variant} gmcl auto none-fusions":
+             (lambda v=variant: mergan_runner(v, "auto", "none"), {}),
              f"mergan/{variant} gmcl native": (lambda v=variant: mergan_runner(v, "native"), {})}
     if torch_ok:
       cases[f"mergan/{variant} torch eager"] = (lambda v=variant: TorchRunner(v), {})
@@ -278,7 +281,8 @@ def groups(torch_ok: bool):
     g[f"dgr/{phase}"] = {f"dgr/{phase} gmcl {plan}":
                          (lambda plan=plan, phase=phase: dgr_runner(plan, phase), {})
                          for plan in ("auto", "native")}
-  g["dgr/solver"]["dgr/solver gmcl auto xla-fusions"] = (lambda: dgr_runner("auto", "solver", "xla"), {})
+  for f in ("xla", "none"):
+    g["dgr/solver"][f"dgr/solver gmcl auto {f}-fusions"] = (lambda f=f: dgr_runner("auto", "solver", f), {})
   g["eval"] = {"eval gmcl": (EvalRunner, {})}
   # K-step chunks on the CPU: unrolled inside one jit (the CPU default) against lax.scan.
   g["chunk"] = {f"chunk dgr/generator mlp K={k} {mode}":
@@ -376,8 +380,8 @@ def write_markdown(rows, args, peak, torch_version):
       "Each group's rows were timed side by side, alternating (medians over rounds). GFLOP per",
       "iteration: conv and matmul work of the native program that meets real input. `auto` is",
       "gmcl's default `model.conv_plan` (GEMM-based forms where XLA:CPU is slow), `native` plain",
-      "`lax.conv`; `xla-fusions`: compiled with XLA's default YNNPACK fusions instead of gmcl's",
-      "`train.xla_cpu_fusions=auto` (gmcl/xla.py). See benchmarks/suite.py.",
+      "`lax.conv`; `xla-fusions` / `none-fusions`: compiled with XLA's default YNNPACK fusions / none",
+      "instead of gmcl's `train.xla_cpu_fusions=auto` (gmcl/xla.py). See benchmarks/suite.py.",
       "",
       "| case | iterations/s | ms/iteration | images/s | GFLOP/iteration | fraction of peak | vs PyTorch "
       "| memory MB |",

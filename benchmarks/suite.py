@@ -85,17 +85,11 @@ def _dot_flops(eqn) -> int:
 def jaxpr_flops(jaxpr) -> int:
   """Conv and matmul FLOPs of a (closed) jaxpr, sub-jaxprs included (a scan's body counts once)."""
   total = 0
-  for eqn in jaxpr.eqns:
+  for eqn in xla.equations(jaxpr):
     if eqn.primitive.name == "conv_general_dilated":
       total += _conv_flops(eqn)
     elif eqn.primitive.name == "dot_general":
       total += _dot_flops(eqn)
-    for v in eqn.params.values():
-      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
-        if isinstance(sub, jax.extend.core.ClosedJaxpr):
-          total += jaxpr_flops(sub.jaxpr)
-        elif isinstance(sub, jax.extend.core.Jaxpr):
-          total += jaxpr_flops(sub)
   return total
 
 

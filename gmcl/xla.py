@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 from jax.extend import core as jax_core
@@ -53,17 +53,20 @@ def _option_supported() -> bool:
     return False
 
 
-def has_convolution(jaxpr) -> bool:
-  """Whether a (closed) jaxpr, sub-jaxprs included, contains a convolution."""
+def equations(jaxpr) -> Iterator:
+  """Every equation of a (closed) jaxpr, those of its sub-jaxprs included (a scan's body once)."""
   jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "conv_general_dilated":
-      return True
+    yield eqn
     for v in eqn.params.values():
       for sub in (v if isinstance(v, (tuple, list)) else (v,)):
-        if isinstance(sub, (jax_core.ClosedJaxpr, jax_core.Jaxpr)) and has_convolution(sub):
-          return True
-  return False
+        if isinstance(sub, (jax_core.ClosedJaxpr, jax_core.Jaxpr)):
+          yield from equations(sub)
+
+
+def has_convolution(jaxpr) -> bool:
+  """Whether a (closed) jaxpr, sub-jaxprs included, contains a convolution."""
+  return any(eqn.primitive.name == "conv_general_dilated" for eqn in equations(jaxpr))
 
 
 def compiler_options(fusions: str = "auto", has_conv: bool = True) -> dict:

@@ -221,6 +221,18 @@ def clear_compiled_chunks() -> None:
 CHUNK_MODES = ("unroll", "scan")
 
 
+def first_replica(x: jax.Array) -> jax.Array:
+  """Replica 0 of a ``jax.pmap`` output (leading axis: devices), read from device 0's own buffer.
+
+  Indexing the global array (``x[0]``) runs a gather compiled over the whole device mesh, and
+  XLA:CPU aborted the process inside it (JAX 0.10.2, 8 simulated devices: on every run on an Intel
+  Xeon, now and then on an AMD EPYC). The first addressable shard is already that row, on one
+  device: only a reshape of a one-device array remains.
+  """
+  shard = next(s for s in x.addressable_shards if (s.index[0].start or 0) == 0).data
+  return shard.reshape(shard.shape[1:])
+
+
 def run_chunk(step: StepFn, state: State, data: TaskArrays, phase_key: PRNGKey, start: int,
               num_steps: int, mode: str = "unroll", parallel: Parallel = Parallel(),
               fusions: str = "auto") -> tuple[State, Metrics]:
@@ -241,7 +253,7 @@ def run_chunk(step: StepFn, state: State, data: TaskArrays, phase_key: PRNGKey, 
   start = jnp.asarray(start, jnp.int32)
   if parallel.mode == "pmap":
     live, metrics = fn(live, frozen, data, phase_key, jnp.full((parallel.num_devices,), start))
-    live, metrics = jax.tree.map(lambda x: x[0], (live, metrics))  # replicas are identical
+    live, metrics = jax.tree.map(first_replica, (live, metrics))  # replicas are identical
   else:
     if parallel.mode == "jit":
       live, frozen, data = jax.device_put((live, frozen, data), parallel.replicated())

@@ -49,7 +49,7 @@ def _option_supported() -> bool:
     return True
   except Exception as e:  # pylint: disable=broad-except
     warnings.warn(f"gmcl.xla: this jaxlib's XLA:CPU does not accept the compiler option {_OPTION} "
-                  f"({type(e).__name__}); programs are compiled with XLA's defaults.")
+                  f"({type(e).__name__}); programs are compiled with XLA's defaults.", stacklevel=2)
     return False
 
 

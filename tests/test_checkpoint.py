@@ -1,7 +1,6 @@
 """Checkpoint and exact resume: an interrupted run continues to the same results.json, byte for byte."""
 
 import glob
-import logging
 import os
 
 import pytest

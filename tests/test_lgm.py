@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from experiments.configs import lgm as lgm_config
-from gmcl import dgm
 from gmcl.data.sampling import sample_batch, task_arrays
 from gmcl.methods.base import run_chunk
 from gmcl.losses.alignment import alignment_loss as feature_alignment_loss, relative_drift

@@ -291,7 +291,6 @@ def test_compose_needs_linear_bridges_and_other_errors(method):
 
 def test_split_mnist_two_tasks_through_the_loop(mnist_data, tmp_path):
   from gmcl import loop
-  from gmcl import methods
   c = lsa_config.get_config("smoke")
   c.data.max_tasks = 2
   c.data.pad_to = 32  # the session's preloaded MNIST

@@ -448,7 +448,6 @@ def test_unsupported_combinations_are_refused():
 
 def test_smoke_run_through_the_loop(mnist_data, tmp_path):
   from gmcl import loop  # pylint: disable=import-outside-toplevel
-  from gmcl import methods  # pylint: disable=import-outside-toplevel
   c = _config("project", memory="generator", epsilon=2.0)
   c.train.n_critic = 1  # a smaller generator step to compile
   c.data.max_tasks = 2

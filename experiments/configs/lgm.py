@@ -1,7 +1,8 @@
 """Latent generative memory (lgm): replay of features, not images; class-incremental MNIST by default.
 
   python -m experiments.main --config experiments/configs/lgm.py:dataset=mnist,cpu --workdir runs/lgm
-  python -m experiments.main --config experiments/configs/lgm.py:dataset=mnist,cpu,variant=hat-bridge --workdir runs/lgm_hat_bridge
+  python -m experiments.main --config experiments/configs/lgm.py:dataset=mnist,cpu,variant=hat-bridge \
+      --workdir runs/lgm_hat_bridge
 
 ``variant=PROTECTION-ENCODER`` picks the two answers to the slides' questions
 (gmcl.methods.lgm): PROTECTION in ra | hat (Q1: how the latent generator keeps old

@@ -17,7 +17,8 @@ first task's bridge steps are no-ops. The whole run takes minutes on a 2-core CP
 ``smoke`` (tests) trains a 64-unit embedder for 20 + 20 steps on 256 images per task.
 
 ``variant=sequential|parallel`` sets ``lsa.mode``; ``lsa.bridge`` (linear | mlp) and
-``lsa.compose`` (linear bridges only) are set with ``--config.lsa.KEY=VALUE``. ``lsa.mode = "parallel"`` trains the tasks at once
+``lsa.compose`` (linear bridges only) are set with ``--config.lsa.KEY=VALUE``.
+``lsa.mode = "parallel"`` trains the tasks at once
 (gmcl.methods.lsa.train_parallel), through the same gmcl.loop.run.
 
 Measured with ``demo`` (seed 0, 2-core CPU, gmcl.loop.run; parallel: train_parallel, row t

@@ -1,7 +1,8 @@
 """Memory Replay GAN (Wu et al., NeurIPS 2018) on class-incremental MNIST by default.
 
   python -m experiments.main --config experiments/configs/mergan.py:dataset=mnist,variant=ra --workdir runs/mergan_ra
-  python -m experiments.main --config experiments/configs/mergan.py:dataset=mnist,variant=jr,cpu --workdir runs/mergan_jr_cpu
+  python -m experiments.main --config experiments/configs/mergan.py:dataset=mnist,variant=jr,cpu \
+      --workdir runs/mergan_jr_cpu
 
 Arguments: ``variant=`` sft | jr | ra (default ra); ``dataset=`` mnist | svhn_cropped | ...;
 ``cpu``, ``demo``, ``smoke`` (see experiments/configs/common.py).

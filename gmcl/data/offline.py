@@ -61,7 +61,8 @@ def _index_url() -> str:
   url = os.environ.get("PIP_INDEX_URL")
   if not url:
     try:
-      import subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+      import subprocess
+      import sys  # pylint: disable=import-outside-toplevel,multiple-imports
       out = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
                            capture_output=True, text=True, timeout=30, check=False)
       url = out.stdout.strip() if out.returncode == 0 else ""

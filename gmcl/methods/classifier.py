@@ -8,7 +8,7 @@ classes"): the softmax runs over seen classes only.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp

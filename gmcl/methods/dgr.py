@@ -23,7 +23,6 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from gmcl.data.sampling import TaskArrays

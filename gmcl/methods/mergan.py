@@ -192,7 +192,7 @@ class MeRGAN(ClassifierMethod):
 
   def gan_step(self, state: MeRGANState, data: TaskArrays, key):
     """One WGAN-GP AC-GAN iteration: ``n_critic`` critic updates, then one generator update."""
-    n, K = self.batch_size, self.num_classes
+    n = self.batch_size
     jr = self.variant == "jr" and state.frozen is not None
     ra = self.variant == "ra" and state.frozen is not None
     if jr or ra:

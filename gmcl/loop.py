@@ -137,7 +137,7 @@ def sample_grid(method, state, key, classes, columns: int, predict_fn=None,
     return None
   sample_fn = sample_fn or method.sample
   classes = list(classes)
-  if getattr(method, "conditional", False):  # one call per class: a one-class batch, fixed size
+  if method.conditional:  # one call per class: a one-class batch, fixed size
     rows = np.stack([np.asarray(sample_fn(state, jax.random.fold_in(key, c),
                                           jnp.full((columns,), c, jnp.int32))) for c in classes])
   else:
@@ -392,8 +392,8 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
 
   fusions = t_cfg.xla_cpu_fusions
   predict = xla.jit(method.predict, fusions=fusions)
-  predict_task = xla.jit(getattr(method, "predict_task", method.predict), fusions=fusions)
-  task_incremental = getattr(method, "scenario", None) == "task_incremental"
+  predict_task = xla.jit(method.predict_task, fusions=fusions)
+  task_incremental = method.scenario == "task_incremental"
   scenario = "task_incremental" if task_incremental else seq.scenario
   sample = xla.jit(method.sample, fusions=fusions)
   clock = [time.time()]

@@ -79,10 +79,17 @@ class Method(abc.ABC):
     data_mode: "current" (train on the current task's data) or "cumulative"
       (all data seen so far: the joint-training upper bound).
     has_generator: whether :meth:`sample` returns images.
+    conditional: whether :meth:`sample` draws the classes it is given (an unconditional
+      generator's samples are sorted into classes by the current classifier).
+    scenario: None (the task sequence's own: class- or domain-incremental) or
+      ``"task_incremental"`` (the task id is given at test time: the loop scores each task
+      with :meth:`predict_task`).
   """
   name: str = ""
   data_mode: str = "current"
   has_generator: bool = False
+  conditional: bool = False
+  scenario: Optional[str] = None
   parallel: Parallel = Parallel()
 
   # -- data parallelism: every per-example random draw is global, then sliced (see gmcl.parallel)
@@ -138,6 +145,12 @@ class Method(abc.ABC):
   @abc.abstractmethod
   def predict(self, state: State, x: jax.Array) -> jax.Array:
     """Logits (B, K) with classes not yet seen masked out."""
+
+  def predict_task(self, state: State, x: jax.Array, task_index) -> jax.Array:
+    """Logits (B, K) with the task id given (task-incremental methods: that task's head);
+    by default :meth:`predict`."""
+    del task_index
+    return self.predict(state, x)
 
   def checkpoint_meta(self, state: State) -> dict:
     """JSON-serialisable facts a checkpoint must record to rebuild the state's structure

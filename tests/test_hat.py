@@ -112,7 +112,7 @@ def test_earlier_tasks_keep_their_outputs(binarize):
   method = build_method("hat", c, SHAPE, 10)
   state = method.init(jax.random.PRNGKey(0))
   x_probe = _data([0, 1], seed=9).x[:16]
-  outputs = {}
+  outputs, cumulative = {}, []
   for t, classes in enumerate(([0, 1], [2, 3], [4, 5])):
     state = method.begin_task(state, t, np.isin(np.arange(10), sum(([0, 1], [2, 3], [4, 5])[:t + 1], [])))
     data = _data(classes, seed=t)
@@ -120,6 +120,7 @@ def test_earlier_tasks_keep_their_outputs(binarize):
       state, m = run_chunk(method.solver_step, state, data, jax.random.PRNGKey(t), i, 1)
     state = method.end_task(state)
     outputs[t] = np.asarray(method.predict_task(state, x_probe, 0))
+    cumulative.append(jax.device_get(state.cumulative))
   assert float(m["train_acc"]) > 0.5  # it learns
   # Task 0's head and masks after tasks 1 and 2: bitwise unchanged with binarised masks;
   # with HAT's sigmoid(s_max e) gates, unchanged up to the gates' distance from {0, 1}.
@@ -127,8 +128,11 @@ def test_earlier_tasks_keep_their_outputs(binarize):
     np.testing.assert_array_equal(outputs[2], outputs[0])
   else:
     np.testing.assert_allclose(outputs[2], outputs[0], atol=1e-3)
-  # A fully reserved unit's incoming weights did not move; the cumulative mask only grows.
-  assert all(float(jnp.min(v)) >= 0 for v in jax.tree.leaves(state.cumulative))
+  # The cumulative mask a_{<=t} only grows, and each task reserved some units.
+  for before, after in zip(cumulative, cumulative[1:]):
+    for b, a in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+      assert np.all(a >= b)
+  assert all(float(np.max(v)) > 0 for v in jax.tree.leaves(cumulative[0]))
 
 
 def test_hat_split_mnist_does_not_forget(mnist_data, tmp_path):

@@ -21,7 +21,7 @@ import numpy as np
 
 from benchmarks.timing import time_step
 from experiments.configs import dgm as dgm_config
-from gmcl import dgm
+from gmcl.models import dgm_generator
 from gmcl.data.sampling import task_arrays
 from gmcl.methods import build_method
 
@@ -41,7 +41,7 @@ def time_cases(variant: str, cpu: bool, tasks: list[int], steps: int, growth: bo
                          np.full(6000, t, np.int32))
       state, compile_s, per_step = time_step(method.gan_step, state, data, jax.random.PRNGKey(t), steps)
       out.append({"case": f"dgm/{variant}", "architecture": c.dgm.architecture, "critic": c.dgm.critic,
-                  "task": t + 1, "growth": growth, "widths": list(dgm.current_widths(state.generator.params)),
+                  "task": t + 1, "growth": growth, "widths": list(dgm_generator.current_widths(state.generator.params)),
                   "batch_size": c.train.batch_size, "ms_per_iteration": 1e3 * per_step,
                   "iterations_per_s": 1.0 / per_step, "first_call_s": compile_s,
                   "device": str(jax.devices()[0].device_kind)})

@@ -21,6 +21,7 @@ import time
 
 from experiments.configs import dgr, sft
 from gmcl import loop
+from gmcl.data.build import load_data
 from gmcl.methods import build_method
 
 METHODS = {"sft": sft, "dgr": dgr}
@@ -89,7 +90,7 @@ def main():
   p.add_argument("--every", type=int, default=3, help="interrupt at every N-th step")
   p.add_argument("--sigkill", type=int, default=0, help="subprocess runs killed with SIGKILL")
   a = p.parse_args()
-  data = loop.load_data(smoke_config("sft"))
+  data = load_data(smoke_config("sft"))
   with tempfile.TemporaryDirectory() as root:
     for name in a.methods.split(","):
       print(json.dumps(in_process(name, a.every, data, root)), flush=True)

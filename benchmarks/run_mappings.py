@@ -19,6 +19,7 @@ import time
 
 from experiments import compare
 from gmcl import loop
+from gmcl.data.build import load_data
 
 
 def limit() -> int:
@@ -40,7 +41,7 @@ def main():
   config = compare.build_config(args.method, args.benchmark, "demo", max_tasks=args.tasks)
   config.train.solver_steps = args.steps
   config.checkpoint.enabled = False
-  data = loop.load_data(config)
+  data = load_data(config)
   print(json.dumps({"run": 0, "mappings": loop.memory_mappings()}), flush=True)
   for i in range(1, args.runs + 1):
     t0 = time.perf_counter()

@@ -100,11 +100,12 @@ def run_pair(method: str, benchmark: str, schedule: str, workdir: str, data_cach
              max_tasks: int = 0) -> dict:
   """Runs one pair (or reads its finished results); returns the table's cell."""
   from gmcl import loop  # pylint: disable=import-outside-toplevel
+  from gmcl.data.build import data_settings, load_data  # pylint: disable=import-outside-toplevel
   if loop._finished_run(workdir) is None:  # pylint: disable=protected-access
     config = build_config(method, benchmark, schedule, max_tasks)
-    settings = loop.data_settings(config)
+    settings = data_settings(config)
     if settings not in data_cache:
-      data_cache[settings] = loop.load_data(config)
+      data_cache[settings] = load_data(config)
     start = time.time()
     # An interrupted run continues from its checkpoints; a finished one is read, never rerun.
     try:

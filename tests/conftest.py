@@ -17,8 +17,8 @@ jax.config.update("jax_disable_most_optimizations", True)
 def mnist_data():
   """Real MNIST, loaded once per session, for smoke runs (prepared by `make data`)."""
   from experiments.configs import dgr
-  from gmcl import loop
-  return loop.load_data(dgr.get_config("smoke"))
+  from gmcl.data.build import load_data
+  return load_data(dgr.get_config("smoke"))
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import dgm as dgm_config
-from gmcl import dgm
+from gmcl.models import dgm_generator
 from gmcl.data.sampling import task_arrays
 from gmcl.methods import build_method, run_chunk
 from gmcl.methods.dgm import s_schedule
@@ -36,68 +36,68 @@ def test_conv_transpose_is_torchs(size, stride, padding):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(2, size, size, 3)).astype(np.float32)
   w = rng.normal(size=(4, 4, 3, 5)).astype(np.float32)
-  got = np.asarray(dgm._conv_transpose(jnp.asarray(x), jnp.asarray(w), stride, padding))
+  got = np.asarray(dgm_generator._conv_transpose(jnp.asarray(x), jnp.asarray(w), stride, padding))
   want = _naive_conv_transpose(x, w, stride, padding)
   assert got.shape == want.shape == (2, (size - 1) * stride - 2 * padding + 4,) * 1 + got.shape[2:]
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_official_generator_shapes():
-  spec = dgm.GeneratorSpec(kind="conv", widths=(24, 12, 6))
-  p, st = dgm.init_params(spec, jax.random.PRNGKey(0))
-  p, st = dgm.add_task(spec, p, st, jax.random.PRNGKey(1))
+  spec = dgm_generator.GeneratorSpec(kind="conv", widths=(24, 12, 6))
+  p, st = dgm_generator.init_params(spec, jax.random.PRNGKey(0))
+  p, st = dgm_generator.add_task(spec, p, st, jax.random.PRNGKey(1))
   assert [k.shape for k in p["kernel"]] == [(4, 4, 128, 24), (4, 4, 24, 12), (4, 4, 12, 6)]
   assert p["head"][0].shape == (4, 4, 6, 1)
   assert [e.shape for e in p["embedding"]] == [(10, 4, 4, 128, 24), (10, 4, 4, 24, 12), (10, 4, 4, 12, 6)]
-  images, gates, _ = dgm.generate(spec, p, st, jnp.zeros((3, 128)), 0, 1.0, train=True)
+  images, gates, _ = dgm_generator.generate(spec, p, st, jnp.zeros((3, 128)), 0, 1.0, train=True)
   assert images.shape == (3, 32, 32, 1) and float(jnp.max(jnp.abs(images))) <= 1.0
   np.testing.assert_array_equal(gates[0], 0.5)  # embeddings start at 0, as in the official code
   with pytest.raises(ValueError, match="64x64 images, not 32x32"):
-    dgm.GeneratorSpec(kind="conv", widths=(8, 4, 2, 1))
+    dgm_generator.GeneratorSpec(kind="conv", widths=(8, 4, 2, 1))
   with pytest.raises(ValueError, match="task 1 has not begun"):
-    dgm.generate(spec, p, st, jnp.zeros((3, 128)), 1, 1.0)
+    dgm_generator.generate(spec, p, st, jnp.zeros((3, 128)), 1, 1.0)
 
 
 def test_noise_carries_the_one_hot_label():
-  z = dgm.noise(jax.random.PRNGKey(0), jnp.array([3, 0]), 16, 10)
+  z = dgm_generator.noise(jax.random.PRNGKey(0), jnp.array([3, 0]), 16, 10)
   np.testing.assert_array_equal(z[:, :10], np.eye(10)[[3, 0]])
   assert float(jnp.std(z[:, 10:])) > 0.3
 
 
 def test_growth_plan_hand_computed():
   # DGMw on the official shapes: z 128 -> 24 -> 12 -> 6, 4x4 kernels (K = 16).
-  spec = dgm.GeneratorSpec(kind="conv", widths=(24, 12, 6))
-  p, _ = dgm.init_params(spec, jax.random.PRNGKey(0))
+  spec = dgm_generator.GeneratorSpec(kind="conv", widths=(24, 12, 6))
+  p, _ = dgm_generator.init_params(spec, jax.random.PRNGKey(0))
   new = [5000, 1000, 700]
   a1 = math.ceil(5000 / (128 * 16))  # 3
   a2 = max(math.ceil((1000 - a1 * 12 * 16) / ((24 + a1) * 16)), 0)  # ceil(424 / 432) = 1
   a3 = max(math.ceil((700 - a2 * 6 * 16) / ((12 + a2) * 16)), 0)  # ceil(604 / 208) = 3
-  assert dgm.growth_plan(spec, p, new) == [a1, a2, a3] == [3, 1, 3]
+  assert dgm_generator.growth_plan(spec, p, new) == [a1, a2, a3] == [3, 1, 3]
   # Layer 3 gains 6 * 16 = 96 weights from the unit layer 2 adds: enough for 10, so none of its own.
-  assert dgm.growth_plan(spec, p, [0, 10, 10]) == [0, 1, 0]
+  assert dgm_generator.growth_plan(spec, p, [0, 10, 10]) == [0, 1, 0]
   # DGMa: exactly the newly reserved units.
-  spec_a = dgm.GeneratorSpec(kind="conv", widths=(24, 12, 6), mask="activation")
-  assert dgm.growth_plan(spec_a, p, [7, 0, 2]) == [7, 0, 2]
+  spec_a = dgm_generator.GeneratorSpec(kind="conv", widths=(24, 12, 6), mask="activation")
+  assert dgm_generator.growth_plan(spec_a, p, [7, 0, 2]) == [7, 0, 2]
 
 
 def test_keep_multipliers_hand_computed():
-  spec = dgm.GeneratorSpec(kind="dense", z_dim=2, widths=(3, 2), mask="activation",
+  spec = dgm_generator.GeneratorSpec(kind="dense", z_dim=2, widths=(3, 2), mask="activation",
                            image_shape=(2, 2, 1))
   reserved = [jnp.array([1.0, 0.0, 1.0]), jnp.array([0.0, 1.0])]
-  k0, k1 = dgm.keep_multipliers(spec, reserved)
+  k0, k1 = dgm_generator.keep_multipliers(spec, reserved)
   np.testing.assert_array_equal(k0, [[0, 1, 0], [0, 1, 0]])  # z is unmasked: 1 - a_out
   np.testing.assert_array_equal(k1, [[1, 0], [1, 1], [1, 0]])  # 1 - min(a_out, a_in)
-  spec_w = dgm.GeneratorSpec(kind="dense", z_dim=2, widths=(3,), mask="weight", image_shape=(2, 2, 1))
+  spec_w = dgm_generator.GeneratorSpec(kind="dense", z_dim=2, widths=(3,), mask="weight", image_shape=(2, 2, 1))
   r = jnp.array([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
-  np.testing.assert_array_equal(dgm.keep_multipliers(spec_w, [r])[0], 1 - r)
+  np.testing.assert_array_equal(dgm_generator.keep_multipliers(spec_w, [r])[0], 1 - r)
 
 
 def test_sparsity_weight_scales_with_the_network():
-  spec = dgm.GeneratorSpec(kind="dense", widths=(10, 20, 30), image_shape=(4, 4, 1))
-  p, _ = dgm.init_params(spec, jax.random.PRNGKey(0))
-  assert dgm.sparsity_weight(0.08, spec, p) == pytest.approx(0.08)
-  p, _ = dgm.resize(spec, p, dgm.empty_reserved(spec, p), (15, 20, 37), 1, jax.random.PRNGKey(1))
-  assert dgm.sparsity_weight(0.08, spec, p) == pytest.approx(0.08 * 72 / 60)
+  spec = dgm_generator.GeneratorSpec(kind="dense", widths=(10, 20, 30), image_shape=(4, 4, 1))
+  p, _ = dgm_generator.init_params(spec, jax.random.PRNGKey(0))
+  assert dgm_generator.sparsity_weight(0.08, spec, p) == pytest.approx(0.08)
+  p, _ = dgm_generator.resize(spec, p, dgm_generator.empty_reserved(spec, p), (15, 20, 37), 1, jax.random.PRNGKey(1))
+  assert dgm_generator.sparsity_weight(0.08, spec, p) == pytest.approx(0.08 * 72 / 60)
 
 
 def test_s_schedules_follow_the_official_formulas():
@@ -119,24 +119,24 @@ def test_s_schedules_follow_the_official_formulas():
 
 @pytest.mark.parametrize("mask", ["weight", "activation"])
 def test_growth_preserves_earlier_outputs_exactly_and_adds_the_stated_units(mask):
-  spec = dgm.GeneratorSpec(kind="conv", widths=(6, 4, 2), mask=mask, z_dim=16)
-  p, st = dgm.init_params(spec, jax.random.PRNGKey(0))
-  p, st = dgm.add_task(spec, p, st, jax.random.PRNGKey(1))
+  spec = dgm_generator.GeneratorSpec(kind="conv", widths=(6, 4, 2), mask=mask, z_dim=16)
+  p, st = dgm_generator.init_params(spec, jax.random.PRNGKey(0))
+  p, st = dgm_generator.add_task(spec, p, st, jax.random.PRNGKey(1))
   p["embedding"] = [e.at[0].set(jax.random.normal(jax.random.PRNGKey(l), e.shape[1:]))
                     for l, e in enumerate(p["embedding"])]
   z = jax.random.normal(jax.random.PRNGKey(5), (4, 16))
-  run = jax.jit(lambda tp, ts: dgm.generate(spec, tp, ts, z, 0, hard=True)[0])
-  before = np.asarray(run(*dgm.task_params(spec, p, st, 0)))
-  empty = dgm.empty_reserved(spec, p)
-  reserved = dgm.task_mask(spec, p, 0)
-  new = dgm.newly_reserved(empty, reserved)
+  run = jax.jit(lambda tp, ts: dgm_generator.generate(spec, tp, ts, z, 0, hard=True)[0])
+  before = np.asarray(run(*dgm_generator.task_params(spec, p, st, 0)))
+  empty = dgm_generator.empty_reserved(spec, p)
+  reserved = dgm_generator.task_mask(spec, p, 0)
+  new = dgm_generator.newly_reserved(empty, reserved)
   assert new == [int(jnp.sum(r)) for r in reserved] and min(new) > 0
-  grown, reserved2, adds = dgm.grow(spec, p, empty, reserved, 1, jax.random.PRNGKey(9))
-  assert adds == dgm.growth_plan(spec, p, new) and sum(adds) > 0
-  assert dgm.current_widths(grown) == tuple(w + a for w, a in zip((6, 4, 2), adds))
+  grown, reserved2, adds = dgm_generator.grow(spec, p, empty, reserved, 1, jax.random.PRNGKey(9))
+  assert adds == dgm_generator.growth_plan(spec, p, new) and sum(adds) > 0
+  assert dgm_generator.current_widths(grown) == tuple(w + a for w, a in zip((6, 4, 2), adds))
   if mask == "activation":
     assert list(adds) == new  # one new unit per newly reserved unit: the free capacity is kept
-  after = np.asarray(run(*dgm.task_params(spec, grown, st, 0)))
+  after = np.asarray(run(*dgm_generator.task_params(spec, grown, st, 0)))
   np.testing.assert_array_equal(after, before)
   # New entries are shut for the finished task (-90), open (0) for the next; old values kept.
   e0 = grown["embedding"][0]
@@ -172,7 +172,7 @@ def test_later_tasks_leave_earlier_generators_bitwise_unchanged(variant, growth)
   c = _tiny_config(variant, growth)
   method = build_method("dgm", c, SHAPE, 10)
   state = method.init(jax.random.PRNGKey(0))
-  z = dgm.noise(jax.random.PRNGKey(7), jnp.zeros((8,), jnp.int32), 16, 10)
+  z = dgm_generator.noise(jax.random.PRNGKey(7), jnp.zeros((8,), jnp.int32), 16, 10)
   task0 = jax.jit(lambda tp, ts: method.generate_task(tp, ts, z, 0))
   outputs, kernels, reserved = [], [], []
   for t in range(3):
@@ -183,7 +183,7 @@ def test_later_tasks_leave_earlier_generators_bitwise_unchanged(variant, growth)
       state, metrics = run_chunk(method.gan_step, state, _task_data(t), jax.random.PRNGKey(t), i, 1)
     assert all(np.isfinite(float(v)) for v in metrics.values())
     if t > 0:  # compensation: weights reserved before the task did not move; free ones did
-      keep = dgm.keep_multipliers(method.spec, [jnp.asarray(x) for x in reserved[t]])
+      keep = dgm_generator.keep_multipliers(method.spec, [jnp.asarray(x) for x in reserved[t]])
       frozen_total = 0
       for l, k_before in enumerate(kernels[t]):
         k_after = np.asarray(state.generator.params["kernel"][l])
@@ -192,16 +192,16 @@ def test_later_tasks_leave_earlier_generators_bitwise_unchanged(variant, growth)
         np.testing.assert_array_equal(k_after[frozen], k_before[frozen])
         assert np.any(k_after[~frozen] != k_before[~frozen])
       assert frozen_total > 0
-    widths_before = dgm.current_widths(state.generator.params)
+    widths_before = dgm_generator.current_widths(state.generator.params)
     state = method.end_task(state)
-    widths_after = dgm.current_widths(state.generator.params)
+    widths_after = dgm_generator.current_widths(state.generator.params)
     assert (widths_after > widths_before) if growth else (widths_after == widths_before)
-    outputs.append(np.asarray(task0(*dgm.task_params(method.spec, state.generator.params,
+    outputs.append(np.asarray(task0(*dgm_generator.task_params(method.spec, state.generator.params,
                                                      state.generator.batch_stats, 0))))
   np.testing.assert_array_equal(outputs[1], outputs[0])
   np.testing.assert_array_equal(outputs[2], outputs[0])
   sizes = method.extra_scores(state, None, None, 2, None)["generator_size"]
-  assert sizes["widths"] == list(dgm.current_widths(state.generator.params))
+  assert sizes["widths"] == list(dgm_generator.current_widths(state.generator.params))
   assert all(0 < f <= 1 for f in sizes["reserved_fraction"])
 
 
@@ -223,21 +223,22 @@ def test_replay_is_a_fixed_pool_indexed_like_the_real_batch():
 def test_generator_gradient_jit_equals_no_jit():
   """The generator's objective (masked forward, batch norm, sparsity) and its gradient at task 1,
   after growth, compiled and op by op."""
-  spec = dgm.GeneratorSpec(kind="conv", widths=(6, 4, 2), mask="weight", z_dim=16)
-  p, st = dgm.init_params(spec, jax.random.PRNGKey(0))
-  p, st = dgm.add_task(spec, p, st, jax.random.PRNGKey(1))
+  spec = dgm_generator.GeneratorSpec(kind="conv", widths=(6, 4, 2), mask="weight", z_dim=16)
+  p, st = dgm_generator.init_params(spec, jax.random.PRNGKey(0))
+  p, st = dgm_generator.add_task(spec, p, st, jax.random.PRNGKey(1))
   p["embedding"] = [e.at[0].set(jax.random.normal(jax.random.PRNGKey(l), e.shape[1:]))
                     for l, e in enumerate(p["embedding"])]
-  reserved = dgm.task_mask(spec, p, 0)
-  p, reserved, _ = dgm.grow(spec, p, dgm.empty_reserved(spec, p), reserved, 1, jax.random.PRNGKey(2))
-  p, st = dgm.add_task(spec, p, st, jax.random.PRNGKey(3))
-  z = dgm.noise(jax.random.PRNGKey(4), jnp.full((8,), 1), 16, 10)
+  reserved = dgm_generator.task_mask(spec, p, 0)
+  empty = dgm_generator.empty_reserved(spec, p)
+  p, reserved, _ = dgm_generator.grow(spec, p, empty, reserved, 1, jax.random.PRNGKey(2))
+  p, st = dgm_generator.add_task(spec, p, st, jax.random.PRNGKey(3))
+  z = dgm_generator.noise(jax.random.PRNGKey(4), jnp.full((8,), 1), 16, 10)
 
   def loss(params):
-    images, gates, _ = dgm.generate(spec, params, st, z, 1, 37.0, train=True)
+    images, gates, _ = dgm_generator.generate(spec, params, st, z, 1, 37.0, train=True)
     return jnp.mean(jnp.square(images - 0.3)) + 0.08 * hat_sparsity(gates, reserved)
 
-  from gmcl.hat import sparsity_regularizer as hat_sparsity
+  from gmcl.losses.hat import sparsity_regularizer as hat_sparsity
   l_jit, g_jit = jax.jit(jax.value_and_grad(loss))(p)
   with jax.disable_jit():
     l_eager, g_eager = jax.value_and_grad(loss)(p)

@@ -7,7 +7,9 @@ import optax
 import pytest
 
 from experiments.configs import hat as hat_config
-from gmcl import hat
+from gmcl import optim
+from gmcl.losses.hat import sparsity_regularizer
+from gmcl.models import hat
 from gmcl.data.sampling import task_arrays
 from gmcl.methods import build_method
 from gmcl.methods.base import run_chunk
@@ -32,10 +34,10 @@ def test_gates_at_s_max_are_binary():
 def test_sparsity_regularizer_hand_computed():
   masks = {"a": jnp.array([1.0, 0.5]), "b": jnp.array([0.2])}
   # No earlier task: the mean gate.
-  assert float(hat.sparsity_regularizer(masks)) == pytest.approx((1.0 + 0.5 + 0.2) / 3)
+  assert float(sparsity_regularizer(masks)) == pytest.approx((1.0 + 0.5 + 0.2) / 3)
   # a_{<t} reserves a[0]: sum a_t (1 - a_{<t}) = 0.5 + 0.2 over the free capacity 2.
   previous = {"a": jnp.array([1.0, 0.0]), "b": jnp.array([0.0])}
-  assert float(hat.sparsity_regularizer(masks, previous)) == pytest.approx(0.35)
+  assert float(sparsity_regularizer(masks, previous)) == pytest.approx(0.35)
 
 
 def test_cumulative_mask_is_the_elementwise_max():
@@ -58,10 +60,10 @@ def test_dense_chain_keep_hand_computed():
 def test_compensation_zeroes_reserved_weights_and_rescales_embeddings():
   params = {"kernel": jnp.ones((2, 2)), "embedding": jnp.array([[0.5, -2.0]])}
   mask = {"kernel": False, "embedding": True}
-  tx = hat.compensation(mask, s_max=400.0)
+  tx = optim.hat_compensation(mask, s_max=400.0)
   state = tx.init(params)
   keep = {"kernel": jnp.array([[0.0, 1.0], [1.0, 0.0]]), "embedding": jnp.ones((1, 2))}
-  state = hat.with_keep(state, keep)
+  state = optim.with_keep(state, keep)
   grads = {"kernel": jnp.full((2, 2), 3.0), "embedding": jnp.array([[1.0, 1.0]])}
   s = 10.0
   out, _ = tx.update(grads, state, params, s=s)
@@ -71,7 +73,7 @@ def test_compensation_zeroes_reserved_weights_and_rescales_embeddings():
   np.testing.assert_allclose(out["embedding"][0], expected, rtol=1e-5)
   # Through a whole optimiser, reserved weights do not move at all.
   full = optax.chain(tx, optax.sgd(0.1))
-  st = hat.with_keep(full.init(params), keep)
+  st = optim.with_keep(full.init(params), keep)
   upd, _ = full.update(grads, st, params, s=s)
   new = optax.apply_updates(params, upd)
   assert float(new["kernel"][0, 0]) == 1.0 and float(new["kernel"][1, 1]) == 1.0
@@ -79,7 +81,7 @@ def test_compensation_zeroes_reserved_weights_and_rescales_embeddings():
 
 
 def test_compensation_needs_s():
-  tx = hat.compensation({"w": False}, 400.0)
+  tx = optim.hat_compensation({"w": False}, 400.0)
   with pytest.raises(ValueError, match="needs params and s="):
     tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.ones(2)}), {"w": jnp.ones(2)})
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import mergan as mergan_config
-from gmcl import oracle
+from gmcl.evaluation import oracle
 from gmcl.data.sampling import task_arrays
 from gmcl.losses.mergan import (balanced_labels, class_mean_weights, replay_alignment_loss,
                                 sum_of_class_means)

@@ -166,7 +166,7 @@ class Method(abc.ABC):
     return self.end_task(tmpl) if meta["position"]["task"] > 0 else tmpl
 
   def setup(self, data, log: Callable[[str], None] = print) -> None:
-    """Called once by the loop with the run's :class:`gmcl.loop.Data`, before any task
+    """Called once by the loop with the run's :class:`gmcl.data.build.Data`, before any task
     (and again on resume): methods that need something built from the whole dataset
     (MeRGAN's oracle classifier) build or load it here."""
     del data, log
@@ -273,9 +273,3 @@ def run_chunk(step: StepFn, state: State, data: TaskArrays, phase_key: PRNGKey, 
     live, metrics = fn(live, frozen, data, phase_key, start)
   return live.replace(frozen=frozen), metrics
 
-
-def adam(lr: float, b1: float, b2: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
-  """Adam with optional L2 weight decay added to the gradient (torch.optim.Adam's weight_decay)."""
-  if weight_decay:
-    return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr, b1=b1, b2=b2))
-  return optax.adam(lr, b1=b1, b2=b2)

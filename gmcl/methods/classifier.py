@@ -17,7 +17,8 @@ from flax import struct
 
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
-from gmcl.methods.base import Method, ModelState, Phase, adam, apply_gradients, reset_optimizer
+from gmcl.methods.base import Method, ModelState, Phase, apply_gradients, reset_optimizer
+from gmcl.optim import adam
 from gmcl.models.classifiers import make_classifier
 from gmcl.parallel import Parallel
 

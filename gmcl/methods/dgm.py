@@ -1,6 +1,6 @@
 """Dynamic Generative Memory (Ostapenko, Puscas, Klein, Jähnichen & Nabi, CVPR 2019): DGMw and DGMa.
 
-A conditional WGAN-GP whose generator carries HAT masks (:mod:`gmcl.dgm`): the
+A conditional WGAN-GP whose generator carries HAT masks (:mod:`gmcl.models.dgm_generator`): the
 weights a task used are reserved by its binarised mask and frozen by gradient
 compensation, and the network grows after each task by what was reserved, so
 earlier tasks' generators survive exactly and no snapshot is kept. The critic has
@@ -42,7 +42,7 @@ Differences from the official code, each a config value or stated:
 
 * ``dgm.mask_placement``: DGMa's gates act after the ReLU (the paper's and HAT's
   ``a * relu(.)``), which keeps earlier tasks exactly; ``"before_bn"`` is the official
-  code's placement (it leaks: see :mod:`gmcl.dgm`).
+  code's placement (it leaks: see :mod:`gmcl.models.dgm_generator`).
 * ``dgm.replay_gates``: replay and sampling use the binary gates ``e >= 0`` (what the
   task reserved); ``"soft"`` uses ``sigmoid(s_max e)`` as the official code.
 * The critic's auxiliary head has a row per class from the start, its logits
@@ -80,12 +80,15 @@ import numpy as np
 import optax
 from flax import struct
 
-from gmcl import dgm, hat
+from gmcl import optim
+from gmcl.losses.hat import sparsity_regularizer
+from gmcl.models import dgm_generator
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.losses.gan import gradient_penalty, wasserstein_critic_loss, wasserstein_generator_loss
 from gmcl.losses.mergan import balanced_labels
-from gmcl.methods.base import Method, ModelState, Phase, adam
+from gmcl.methods.base import Method, ModelState, Phase
+from gmcl.optim import adam
 from gmcl.models import DCGANCritic, MLPCritic
 from gmcl.parallel import Parallel
 
@@ -94,7 +97,7 @@ VARIANTS = ("dgmw", "dgma")
 
 @struct.dataclass
 class DGMState:
-  generator: ModelState  # params / batch_stats: see gmcl.dgm
+  generator: ModelState  # params / batch_stats: see gmcl.models.dgm_generator
   critic: ModelState
   reserved: Any  # list per masked layer: a_{<t}, the binary cumulative mask
   task: jax.Array  # () int32
@@ -145,7 +148,7 @@ class DGM(Method):
                        "(the one-hot label overwrites z's first entries).")
     weight = d.variant == "dgmw"
     widths = tuple(d.hidden) if d.architecture == "dense" else (4 * d.ngf, 2 * d.ngf, d.ngf)
-    self.spec = dgm.GeneratorSpec(
+    self.spec = dgm_generator.GeneratorSpec(
         kind="conv" if d.architecture == "conv" else "dense", z_dim=m.z_dim, widths=widths,
         image_shape=self.image_shape, mask="weight" if weight else "activation",
         placement=d.mask_placement, max_tasks=d.max_tasks,
@@ -167,14 +170,14 @@ class DGM(Method):
     """Compensation (reserved weights frozen, embeddings' cosh correction), the official
     gradient-norm clip (10000), Adam. Built for a params structure (it grows)."""
     tr = self.config.train
-    return optax.chain(hat.compensation(dgm.mask_parameters(params), self.d.s_max),
+    return optax.chain(optim.hat_compensation(dgm_generator.mask_parameters(params), self.d.s_max),
                        optax.clip_by_global_norm(float(self.d.clip_norm)),
                        optax.adam(tr.gan_lr, b1=tr.gan_b1, b2=tr.gan_b2))
 
   def _fresh_generator_opt(self, params, reserved):
     keep = jax.tree.map(jnp.ones_like, params)
-    keep["kernel"] = dgm.keep_multipliers(self.spec, reserved)
-    return hat.with_keep(self.generator_tx(params).init(params), keep)
+    keep["kernel"] = dgm_generator.keep_multipliers(self.spec, reserved)
+    return optim.with_keep(self.generator_tx(params).init(params), keep)
 
   def _init_critic(self, key) -> ModelState:
     variables = self.critic.init(key, jnp.zeros((2,) + self.image_shape), train=False)
@@ -185,8 +188,8 @@ class DGM(Method):
   # -- state ---------------------------------------------------------------------------------
 
   def init(self, key) -> DGMState:
-    g_params, g_stats = dgm.init_params(self.spec, jax.random.fold_in(key, 0))
-    reserved = dgm.empty_reserved(self.spec, g_params)
+    g_params, g_stats = dgm_generator.init_params(self.spec, jax.random.fold_in(key, 0))
+    reserved = dgm_generator.empty_reserved(self.spec, g_params)
     return DGMState(
         generator=ModelState(params=g_params, opt_state=self._fresh_generator_opt(g_params, reserved),
                              batch_stats=g_stats),
@@ -199,10 +202,10 @@ class DGM(Method):
     if task_index >= self.d.max_tasks:
       raise ValueError(f"dgm: task {task_index + 1} exceeds dgm.max_tasks={self.d.max_tasks} "
                        "(the rows of the task embeddings); raise dgm.max_tasks.")
-    if task_index != dgm.num_tasks_begun(state.generator.params):
+    if task_index != dgm_generator.num_tasks_begun(state.generator.params):
       raise ValueError(f"dgm: begin_task({task_index}) after "
-                       f"{dgm.num_tasks_begun(state.generator.params)} tasks; tasks run in order.")
-    params, stats = dgm.add_task(self.spec, state.generator.params, state.generator.batch_stats,
+                       f"{dgm_generator.num_tasks_begun(state.generator.params)} tasks; tasks run in order.")
+    params, stats = dgm_generator.add_task(self.spec, state.generator.params, state.generator.batch_stats,
                                  jax.random.fold_in(state.key, 1000 + task_index))
     generator = ModelState(params=params, opt_state=self._fresh_generator_opt(params, state.reserved),
                            batch_stats=stats)
@@ -221,11 +224,11 @@ class DGM(Method):
   def end_task(self, state: DGMState) -> DGMState:
     """Binarises the task's gates into the cumulative mask, then grows the network."""
     params = state.generator.params
-    t = dgm.num_tasks_begun(params) - 1
-    mask = dgm.task_mask(self.spec, params, t)
+    t = dgm_generator.num_tasks_begun(params) - 1
+    mask = dgm_generator.task_mask(self.spec, params, t)
     reserved = [jnp.maximum(r, m) for r, m in zip(state.reserved, mask)]
     if self.d.growth:
-      params, reserved, _ = dgm.grow(self.spec, params, state.reserved, reserved, t + 1,
+      params, reserved, _ = dgm_generator.grow(self.spec, params, state.reserved, reserved, t + 1,
                                      jax.random.fold_in(state.key, 3000 + t))
     generator = state.generator.replace(params=params,
                                         opt_state=self._fresh_generator_opt(params, reserved))
@@ -238,8 +241,9 @@ class DGM(Method):
 
   def checkpoint_meta(self, state: DGMState) -> dict:
     params = state.generator.params
-    return {"task_widths": [list(dgm.task_widths(params, t)) for t in range(dgm.num_tasks_begun(params))],
-            "widths": list(dgm.current_widths(params))}
+    tasks = dgm_generator.num_tasks_begun(params)
+    return {"task_widths": [list(dgm_generator.task_widths(params, t)) for t in range(tasks)],
+            "widths": list(dgm_generator.current_widths(params))}
 
   def state_template(self, key, meta: dict) -> DGMState:
     info = meta.get("method") or {}
@@ -253,9 +257,9 @@ class DGM(Method):
     return state
 
   def _resized(self, state: DGMState, widths, finished: int) -> DGMState:
-    if tuple(widths) == dgm.current_widths(state.generator.params):
+    if tuple(widths) == dgm_generator.current_widths(state.generator.params):
       return state
-    params, reserved = dgm.resize(self.spec, state.generator.params, state.reserved, widths,
+    params, reserved = dgm_generator.resize(self.spec, state.generator.params, state.reserved, widths,
                                   finished, state.key)
     return state.replace(reserved=reserved, generator=state.generator.replace(
         params=params, opt_state=self._fresh_generator_opt(params, reserved)))
@@ -274,14 +278,14 @@ class DGM(Method):
     return score, logits, batch_stats
 
   def _noise(self, key, labels):
-    return dgm.noise(key, labels, self.spec.z_dim, self.num_classes)
+    return dgm_generator.noise(key, labels, self.spec.z_dim, self.num_classes)
 
   def _replay_gates_hard(self) -> bool:
     return self.d.replay_gates == "binary"
 
   def generate_task(self, params, batch_stats, z, task: int):
     """Images of a finished task: its gates (binary, or sigmoid(s_max e)), eval-mode batch norm."""
-    images, _, _ = dgm.generate(self.spec, params, batch_stats, z, task, self.d.s_max,
+    images, _, _ = dgm_generator.generate(self.spec, params, batch_stats, z, task, self.d.s_max,
                                 train=False, hard=self._replay_gates_hard())
     return images
 
@@ -303,7 +307,7 @@ class DGM(Method):
     return s_schedule(state.step, self.num_steps, int(self.d.epochs), float(self.d.s_max), self.nested)
 
   def gan_step(self, state: DGMState, data: TaskArrays, key):
-    t = dgm.num_tasks_begun(state.generator.params) - 1  # static: read off the structure
+    t = dgm_generator.num_tasks_begun(state.generator.params) - 1  # static: read off the structure
     n = self.batch_size
     k_idx, k_perm, k_zd, k_gp, k_zg = jax.random.split(key, 5)
     idx = jax.random.randint(k_idx, (n,), 0, data.count)
@@ -336,7 +340,7 @@ class DGM(Method):
     # 2. one WGAN-GP critic step: real data of the current task against G_t's samples
     g = state.generator
     z = self._noise(k_zd, y)
-    fake, _, g_stats = dgm.generate(self.spec, g.params, g.batch_stats, z, t, s, train=True)
+    fake, _, g_stats = dgm_generator.generate(self.spec, g.params, g.batch_stats, z, t, s, train=True)
     fake = jax.lax.stop_gradient(fake)
 
     def critic_loss(params):
@@ -356,13 +360,13 @@ class DGM(Method):
 
     # 3. one generator step: adversarial loss + lambda_t * sparsity, gradients compensated
     z = self._noise(k_zg, y)
-    lam = dgm.sparsity_weight(float(self.d.sparsity), self.spec, g.params)
+    lam = dgm_generator.sparsity_weight(float(self.d.sparsity), self.spec, g.params)
 
     def generator_loss(params):
-      images, gates, stats = dgm.generate(self.spec, params, g_stats, z, t, s, train=True)
+      images, gates, stats = dgm_generator.generate(self.spec, params, g_stats, z, t, s, train=True)
       scores, _, c_stats = self._critic(critic.params, critic.batch_stats, images, train=True)
       adv = jnp.mean(wasserstein_generator_loss(fake_scores=scores))
-      reg = hat.sparsity_regularizer(gates, state.reserved)  # at t = 0: the mean gate
+      reg = sparsity_regularizer(gates, state.reserved)  # at t = 0: the mean gate
       return adv + lam * reg, (stats, c_stats, {"generator_loss": adv + lam * reg,
                                                 "generator_adv_loss": adv, "sparsity": reg})
 
@@ -387,7 +391,7 @@ class DGM(Method):
     z = self._noise(key, labels)
     task_of = jnp.argmax(state.task_classes[:, labels], axis=0)  # (B,)
     out = jnp.zeros((labels.shape[0],) + self.image_shape)
-    for tau in range(dgm.num_tasks_begun(g.params)):
+    for tau in range(dgm_generator.num_tasks_begun(g.params)):
       images = self.generate_task(g.params, g.batch_stats, z, tau)
       out = jnp.where((task_of == tau)[:, None, None, None], images, out)
     return out
@@ -396,9 +400,9 @@ class DGM(Method):
     """The generator's size after the task (with growth it has grown for the next one)."""
     del data, sequence, key
     params = state.generator.params
-    counts = dgm.parameter_count(params)
+    counts = dgm_generator.parameter_count(params)
     reserved = [float(jnp.mean(r)) for r in state.reserved]
-    return {"generator_size": dict(counts, widths=list(dgm.current_widths(params)),
+    return {"generator_size": dict(counts, widths=list(dgm_generator.current_widths(params)),
                                    reserved_fraction=reserved)}
 
 

@@ -29,7 +29,8 @@ from gmcl.data.sampling import TaskArrays
 from gmcl.losses.gan import (auxiliary_classifier_loss, gradient_penalty, wasserstein_critic_loss,
                              wasserstein_generator_loss)
 from gmcl.losses.replay import dgr_solver_objective, replay_loss
-from gmcl.methods.base import ModelState, Phase, adam, apply_gradients, reset_optimizer
+from gmcl.methods.base import ModelState, Phase, apply_gradients, reset_optimizer
+from gmcl.optim import adam
 from gmcl.methods.classifier import ClassifierMethod
 from gmcl.models import make_gan
 from gmcl.parallel import Parallel

@@ -1,6 +1,6 @@
 """HAT on a classifier (Serra et al., ICML 2018): task-incremental, one head per task.
 
-An MLP whose hidden units are gated per task (:mod:`gmcl.hat`), with one head per
+An MLP whose hidden units are gated per task (:mod:`gmcl.models.hat`), with one head per
 task (one output layer whose logits are restricted to the task's classes: a class
 belongs to one task, so its row of the output layer is that task's head). The
 scenario is task-incremental: the task id is given at test time, and R[i, j] is the
@@ -27,7 +27,9 @@ import numpy as np
 import optax
 from flax import struct
 
-from gmcl import hat
+from gmcl import optim
+from gmcl.losses.hat import sparsity_regularizer
+from gmcl.models import hat
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.methods.base import Method, ModelState, Phase
@@ -80,7 +82,7 @@ class HATClassifier(Method):
     params = jax.eval_shape(self._init_params, jax.random.PRNGKey(0))  # structure only
     self.embedding_mask = jax.tree_util.tree_map_with_path(
         lambda path, _: getattr(path[-1], "key", None) == "embedding", params)
-    self.tx = optax.chain(hat.compensation(self.embedding_mask, self.s_max),
+    self.tx = optax.chain(optim.hat_compensation(self.embedding_mask, self.s_max),
                           optax.clip_by_global_norm(float(h.clip_norm)),
                           optax.sgd(float(h.learning_rate)))
 
@@ -123,14 +125,14 @@ class HATClassifier(Method):
     def loss_fn(params):
       logits, gates = self.net.apply({"params": params}, x, state.task, s)
       ce = jnp.mean(softmax_cross_entropy(logits=logits, labels=y, where=where))
-      reg = hat.sparsity_regularizer(gates, state.cumulative)
+      reg = sparsity_regularizer(gates, state.cumulative)
       acc = jnp.mean(jnp.argmax(mask_logits(logits, where), -1) == y)
       return ce + self.c * reg, {"solver_loss": ce + self.c * reg, "cross_entropy": ce,
                                  "sparsity": reg, "train_acc": acc, "s": s}
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.solver.params)
     updates, opt_state = self.tx.update(grads, state.solver.opt_state, state.solver.params, s=s)
-    params = hat.clamp_embeddings(optax.apply_updates(state.solver.params, updates),
+    params = optim.clamp_embeddings(optax.apply_updates(state.solver.params, updates),
                                   self.embedding_mask)
     solver = state.solver.replace(params=params, opt_state=opt_state)
     return state.replace(solver=solver, step=state.step + 1), metrics
@@ -147,7 +149,7 @@ class HATClassifier(Method):
     keep = jax.tree.map(jnp.ones_like, state.solver.params)
     for name, k in zip(self.layers, keep_layers):
       keep[name] = dict(keep[name], **k)
-    opt_state = hat.with_keep(state.solver.opt_state, keep)
+    opt_state = optim.with_keep(state.solver.opt_state, keep)
     return state.replace(cumulative=cum, solver=state.solver.replace(opt_state=opt_state))
 
   def predict_task(self, state: HATState, x: jax.Array, task_index) -> jax.Array:

@@ -21,7 +21,7 @@ Two open questions of the slides, each a config option:
 * ``"ra"``: replay alignment on the latent generator, MeRGAN's
   ``lambda * E_{z, c ~ U(old)} 0.5 ||G_t(z, c) - G_{t-1}(z, c)||^2`` (the distillation
   baseline; ``lgm.ra_weight`` = lambda);
-* ``"hat"``: DGM-style HAT masks on the latent generator (:mod:`gmcl.dgm`'s dense
+* ``"hat"``: DGM-style HAT masks on the latent generator (:mod:`gmcl.models.dgm_generator`'s dense
   generator: a task embedding per layer, per-task batch norm and head, weights reserved
   by earlier tasks frozen by gradient compensation, HAT's sparsity regulariser
   ``lgm.sparsity``, s annealed per epoch to ``lgm.s_max``); old classes are generated with
@@ -70,14 +70,18 @@ import numpy as np
 import optax
 from flax import struct
 
-from gmcl import dgm, hat
+from gmcl import optim
+from gmcl.losses.hat import sparsity_regularizer
+from gmcl.models import dgm_generator
+from gmcl.models import hat
 from gmcl.config import require
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.alignment import alignment_loss, relative_drift
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.losses.gan import gradient_penalty, wasserstein_critic_loss, wasserstein_generator_loss
 from gmcl.losses.mergan import balanced_labels
-from gmcl.methods.base import Method, ModelState, Phase, adam, apply_gradients, reset_optimizer
+from gmcl.methods.base import Method, ModelState, Phase, apply_gradients, reset_optimizer
+from gmcl.optim import adam
 from gmcl.models.classifiers import make_classifier
 from gmcl.models.latent import BRIDGES, Bridge, LatentCritic, LatentGenerator
 from gmcl.parallel import Parallel
@@ -164,7 +168,7 @@ class LGM(Method):
     if g.protection == "ra":
       self.generator = LatentGenerator(self.feature_dim, num_classes, tuple(g.generator_hidden))
     else:
-      self.spec = dgm.GeneratorSpec(kind="dense", z_dim=num_classes + int(g.z_dim),
+      self.spec = dgm_generator.GeneratorSpec(kind="dense", z_dim=num_classes + int(g.z_dim),
                                     widths=tuple(g.generator_hidden), image_shape=(self.feature_dim,),
                                     mask=g.hat_mask, max_tasks=self.max_tasks, output="relu")
 
@@ -177,14 +181,14 @@ class LGM(Method):
   # -- optimisers ----------------------------------------------------------------------------
 
   def _hat_tx(self, params):
-    return optax.chain(hat.compensation(dgm.mask_parameters(params), float(self.g.s_max)),
+    return optax.chain(optim.hat_compensation(dgm_generator.mask_parameters(params), float(self.g.s_max)),
                        optax.adam(self.config.train.gan_lr, b1=self.config.train.gan_b1,
                                   b2=self.config.train.gan_b2))
 
   def _hat_opt(self, params, reserved):
     keep = jax.tree.map(jnp.ones_like, params)
-    keep["kernel"] = dgm.keep_multipliers(self.spec, reserved)
-    return hat.with_keep(self._hat_tx(params).init(params), keep)
+    keep["kernel"] = dgm_generator.keep_multipliers(self.spec, reserved)
+    return optim.with_keep(self._hat_tx(params).init(params), keep)
 
   # -- state ---------------------------------------------------------------------------------
 
@@ -200,8 +204,8 @@ class LGM(Method):
       g_params = self.generator.init(k_g, jnp.zeros((2, self.g.z_dim)), labels)["params"]
       generator, reserved = ModelState(params=g_params, opt_state=self.gan_tx.init(g_params)), None
     else:
-      g_params, g_stats = dgm.init_params(self.spec, k_g)
-      reserved = dgm.empty_reserved(self.spec, g_params)
+      g_params, g_stats = dgm_generator.init_params(self.spec, k_g)
+      reserved = dgm_generator.empty_reserved(self.spec, g_params)
       generator = ModelState(params=g_params, opt_state=self._hat_opt(g_params, reserved),
                              batch_stats=g_stats)
     c_params = self.critic.init(k_c, jnp.zeros((2, self.feature_dim)), labels)["params"]
@@ -237,10 +241,10 @@ class LGM(Method):
                           proto_sum=jnp.where(current[:, None], 0.0, state.proto_sum),
                           proto_count=jnp.where(current, 0.0, state.proto_count))
     if self.g.protection == "hat":
-      if task_index != dgm.num_tasks_begun(state.generator.params):
+      if task_index != dgm_generator.num_tasks_begun(state.generator.params):
         raise ValueError(f"lgm: begin_task({task_index}) after "
-                         f"{dgm.num_tasks_begun(state.generator.params)} tasks; tasks run in order.")
-      params, stats = dgm.add_task(self.spec, state.generator.params, state.generator.batch_stats,
+                         f"{dgm_generator.num_tasks_begun(state.generator.params)} tasks; tasks run in order.")
+      params, stats = dgm_generator.add_task(self.spec, state.generator.params, state.generator.batch_stats,
                                    jax.random.fold_in(state.key, 1000 + task_index))
       state = state.replace(generator=ModelState(params=params, batch_stats=stats,
                                                  opt_state=self._hat_opt(params, state.reserved)))
@@ -263,8 +267,8 @@ class LGM(Method):
                            prior_solver_params=prior, active=jnp.copy(state.active))
     if self.g.protection == "hat":
       params = state.generator.params
-      t = dgm.num_tasks_begun(params) - 1
-      reserved = [jnp.maximum(r, m) for r, m in zip(state.reserved, dgm.task_mask(self.spec, params, t))]
+      t = dgm_generator.num_tasks_begun(params) - 1
+      reserved = [jnp.maximum(r, m) for r, m in zip(state.reserved, dgm_generator.task_mask(self.spec, params, t))]
       state = state.replace(reserved=reserved, generator=state.generator.replace(
           opt_state=self._hat_opt(params, reserved)))
     if self.g.encoder == "bridge":
@@ -304,11 +308,11 @@ class LGM(Method):
     return self.bridge_net.apply({"params": params}, u)
 
   def _hat_task(self, state) -> int:
-    return dgm.num_tasks_begun(state.generator.params) - 1  # static: read off the structure
+    return dgm_generator.num_tasks_begun(state.generator.params) - 1  # static: read off the structure
 
   def _hat_generate(self, params, stats, key, labels, task: int, s=None, train=False, hard=False):
-    z = dgm.noise(key, labels, self.spec.z_dim, self.num_classes)
-    return dgm.generate(self.spec, params, stats, z, task, s, train=train, hard=hard)
+    z = dgm_generator.noise(key, labels, self.spec.z_dim, self.num_classes)
+    return dgm_generator.generate(self.spec, params, stats, z, task, s, train=train, hard=hard)
 
   def _previous_draws(self, state: LGMState, k_z, k_c, n: int):
     """``(z, c, G_{t-1}(z, c))`` for ``c`` uniform over the classes seen before this task, the
@@ -475,7 +479,7 @@ class LGM(Method):
         loss = loss + self.g.ra_weight * ra
         out["replay_alignment"] = ra
       if self.g.protection == "hat":
-        sparsity = hat.sparsity_regularizer(gates, state.reserved if replaying else None)
+        sparsity = sparsity_regularizer(gates, state.reserved if replaying else None)
         loss = loss + self.g.sparsity * sparsity
         out["sparsity"] = sparsity
       return loss, (out, stats)
@@ -486,8 +490,8 @@ class LGM(Method):
     else:
       tx = self._hat_tx(state.generator.params)
       updates, opt_state = tx.update(grads, state.generator.opt_state, state.generator.params, s=s)
-      params = hat.clamp_embeddings(optax.apply_updates(state.generator.params, updates),
-                                    dgm.mask_parameters(state.generator.params))
+      params = optim.clamp_embeddings(optax.apply_updates(state.generator.params, updates),
+                                    dgm_generator.mask_parameters(state.generator.params))
       generator = state.generator.replace(params=params, opt_state=opt_state, batch_stats=stats)
     return state.replace(generator=generator, critic=critic), dict(metrics, **m)
 
@@ -512,7 +516,7 @@ class LGM(Method):
       return self.generator.apply({"params": state.generator.params}, z, labels)
     out = jnp.zeros((labels.shape[0], self.feature_dim))
     class_task = jnp.argmax(state.task_classes, axis=0)  # (K,) the task that learnt each class
-    for tau in range(dgm.num_tasks_begun(state.generator.params)):
+    for tau in range(dgm_generator.num_tasks_begun(state.generator.params)):
       phi, _, _ = self._hat_generate(state.generator.params, state.generator.batch_stats,
                                      jax.random.fold_in(key, tau), labels, tau, hard=True)
       for k in range(tau + 1, int(state.task) + 1) if self.g.encoder == "bridge" else ():

@@ -90,7 +90,8 @@ from gmcl.data.sampling import TaskArrays
 from gmcl.losses.alignment import alignment_loss
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.losses.replay import dgr_solver_objective
-from gmcl.methods.base import Method, ModelState, Phase, adam, apply_gradients, run_chunk, step_key
+from gmcl.methods.base import Method, ModelState, Phase, apply_gradients, run_chunk, step_key
+from gmcl.optim import adam
 from gmcl.models.classifiers import Classifier, make_classifier
 from gmcl.models.latent import BRIDGES, Bridge
 from gmcl.parallel import Parallel
@@ -171,7 +172,7 @@ class LSAState:
 
 
 def sequence_length(config, num_classes: int) -> int:
-  """The number of tasks the config's sequence has (``gmcl.loop.build_sequence``'s length)."""
+  """The number of tasks the config's sequence has (``gmcl.data.build.build_sequence``'s length)."""
   d = config.data
   n = {"per_class": num_classes, "split": num_classes // max(int(d.classes_per_task), 1),
        "permuted": int(d.num_tasks)}[d.protocol]

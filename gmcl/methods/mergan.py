@@ -42,7 +42,7 @@ The classifier that A_t scores on real test data (``config.mergan.classifier``):
   and ``sft`` it sees only the current task's classes, so it forgets them.
 
 Both are scored after every task, and MeRGAN's own protocol (an oracle classifier
-on generated samples, :mod:`gmcl.oracle`) next to them: results.json's ``scores``.
+on generated samples, :mod:`gmcl.evaluation.oracle`) next to them: results.json's ``scores``.
 """
 
 from __future__ import annotations
@@ -54,14 +54,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from gmcl import evaluation, oracle, xla
+from gmcl import evaluation, xla
+from gmcl.evaluation import oracle
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.losses.gan import (auxiliary_classifier_loss, gradient_penalty, wasserstein_critic_loss,
                              wasserstein_generator_loss)
 from gmcl.losses.mergan import balanced_labels, class_mean_weights, replay_alignment_loss
 from gmcl.losses.replay import dgr_solver_objective
-from gmcl.methods.base import ModelState, Phase, adam, apply_gradients, reset_optimizer
+from gmcl.methods.base import ModelState, Phase, apply_gradients, reset_optimizer
+from gmcl.optim import adam
 from gmcl.methods.classifier import ClassifierMethod
 from gmcl.methods.dgr import apply_generator
 from gmcl.models import make_gan

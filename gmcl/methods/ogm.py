@@ -83,7 +83,8 @@ from gmcl.config import require
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.losses.replay import replay_loss
-from gmcl.methods.base import ModelState, Phase, adam, apply_gradients
+from gmcl.methods.base import ModelState, Phase, apply_gradients
+from gmcl.optim import adam
 from gmcl.methods.classifier import ClassifierMethod
 from gmcl.methods.dgr import DGR, DGRSnapshot
 from gmcl.parallel import Parallel

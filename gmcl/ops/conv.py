@@ -145,7 +145,7 @@ def conv_transpose_geometry(in_hw, kernel_hw, stride: int,
 
 def torch_conv_transpose_geometry(in_hw, kernel: int, stride: int, padding: int) -> ConvGeometry:
   """``torch.nn.ConvTranspose2d(kernel, stride, padding)`` with the kernel stored HWIO, unflipped
-  as torch stores it flipped (the convention of gmcl.dgm)."""
+  as torch stores it flipped (the convention of gmcl.models.dgm_generator)."""
   p = kernel - 1 - padding
   return ConvGeometry(tuple(in_hw), (kernel, kernel), 1, stride, ((p, p), (p, p)))
 

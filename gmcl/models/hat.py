@@ -1,4 +1,4 @@
-"""Hard Attention to the Task (Serra, Suris, Miron & Karatzoglou, ICML 2018): the mask machinery.
+"""Hard Attention to the Task (Serra, Suris, Miron & Karatzoglou, ICML 2018): the mask layers.
 
 Every masked layer l holds a task embedding e_l (one row per task); the gate of
 task t at scale s is ``a_t = sigmoid(s * e_t)`` (Eq. 1). Training anneals s within
@@ -16,6 +16,10 @@ binary; at test time s = s_max. What earlier tasks use is protected:
 * a sparsity regulariser ``c * sum a_t (1 - a_{<t}) / sum (1 - a_{<t})`` over all
   masked units (Eq. 5), normalised by the capacity still free.
 
+Here: the gates, the masked layer and the masks across tasks. The compensation (an optax
+transformation) is :func:`gmcl.optim.hat_compensation`; the regulariser
+:func:`gmcl.losses.hat.sparsity_regularizer`.
+
 Both forms of masking are here: activation (unit) masks, HAT's and DGMa's, where a
 gate multiplies a layer's outputs; and weight masks, DGMw's, where a gate of the
 kernel's shape multiplies the kernel itself. Everything is a pure function of
@@ -24,16 +28,11 @@ parameters, a task index and s; masks are pytrees keyed by layer name.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
-
-THRES_COSH = 50.0
-THRES_EMB = 6.0
-
 
 def gate(embedding: jax.Array, s) -> jax.Array:
   """``sigmoid(s * e)`` (HAT, Eq. 1)."""
@@ -90,24 +89,6 @@ def binarize(masks: Any, threshold: float = 0.5) -> Any:
   return jax.tree.map(lambda m: (m > threshold).astype(m.dtype), masks)
 
 
-def sparsity_regularizer(masks: Any, previous: Optional[Any] = None) -> jax.Array:
-  """``sum a_t (1 - a_{<t}) / sum (1 - a_{<t})`` over all masked units (HAT, Eq. 5).
-
-  With no earlier task (``previous`` None) it is the mean gate value. The caller
-  multiplies by c (0.75 in HAT; DGM's sparsity weights).
-
-  Args:
-    masks: pytree of the current task's gates.
-    previous: pytree of the same structure, the cumulative mask a_{<t}.
-  """
-  leaves = jax.tree.leaves(masks)
-  if previous is None:
-    return sum(jnp.sum(m) for m in leaves) / sum(m.size for m in leaves)
-  free = [1.0 - p for p in jax.tree.leaves(previous)]
-  return sum(jnp.sum(m * f) for m, f in zip(leaves, free)) / jnp.maximum(
-      sum(jnp.sum(f) for f in free), 1e-12)
-
-
 def dense_chain_keep(gates_in_order: Sequence[jax.Array]) -> list[dict]:
   """Gradient multipliers ``1 - min(a_out, a_in)`` for a chain of activation-masked dense layers.
 
@@ -126,60 +107,3 @@ def dense_chain_keep(gates_in_order: Sequence[jax.Array]) -> list[dict]:
       kernel = 1.0 - jnp.minimum(a_out[None, :], gates_in_order[i - 1][:, None])
     out.append({"kernel": kernel, "bias": 1.0 - a_out})
   return out
-
-
-# -- the optax transformation --------------------------------------------------------------------
-
-class HATCompensationState(NamedTuple):
-  keep: Any  # pytree like params: gradient multipliers in [0, 1] (1 - reserved); 1 where unmasked
-
-
-def compensation(embedding_mask: Any, s_max: float) -> optax.GradientTransformationExtraArgs:
-  """HAT's gradient compensation as an optax transformation (chain it before the optimiser).
-
-  ``update(grads, state, params, s=s)`` (optionally ``s_max=``, DGMw's per-epoch
-  maximum, instead of the fixed one) multiplies every gradient by ``state.keep``
-  (Eq. 2: weights reserved by earlier tasks get no update) and the embeddings'
-  gradients (where ``embedding_mask`` is True) by
-  ``s_max / s * (cosh(clip(s e, +-50)) + 1) / (cosh(e) + 1)``. The state's ``keep``
-  starts at ones; :func:`with_keep` replaces it at the end of a task.
-
-  Args:
-    embedding_mask: a pytree of bools like the params: which leaves are task embeddings.
-    s_max: HAT's s_max.
-  """
-
-  def init(params):
-    return HATCompensationState(keep=jax.tree.map(jnp.ones_like, params))
-
-  def update(updates, state, params=None, *, s=None, **extra):
-    scale_max = extra.pop("s_max", s_max)
-    if params is None or s is None:
-      raise ValueError("hat.compensation: update needs params and s= (the current gate scale).")
-    updates = jax.tree.map(lambda g, k: g * k, updates, state.keep)
-
-    def embedding_fix(g, e, is_emb):
-      if not is_emb:
-        return g
-      num = jnp.cosh(jnp.clip(s * e, -THRES_COSH, THRES_COSH)) + 1.0
-      den = jnp.cosh(e) + 1.0
-      return g * (scale_max / s) * num / den
-
-    updates = jax.tree.map(embedding_fix, updates, params, embedding_mask)
-    return updates, state
-
-  return optax.GradientTransformationExtraArgs(init, update)
-
-
-def with_keep(opt_state, keep: Any):
-  """Replaces the :class:`HATCompensationState` inside an optax chain's state by ``keep``."""
-  if isinstance(opt_state, HATCompensationState):
-    return HATCompensationState(keep=keep)
-  if isinstance(opt_state, tuple) and not hasattr(opt_state, "_fields"):
-    return tuple(with_keep(s, keep) for s in opt_state)
-  return opt_state
-
-
-def clamp_embeddings(params: Any, embedding_mask: Any, limit: float = THRES_EMB) -> Any:
-  """Embeddings clamped to [-limit, limit] after an update (the official code's thres_emb = 6)."""
-  return jax.tree.map(lambda p, m: jnp.clip(p, -limit, limit) if m else p, params, embedding_mask)

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from gmcl import evaluation
+from gmcl.evaluation import metrics as evaluation
 from gmcl.data.sampling import sample_batch, task_arrays
 from gmcl.losses.classification import softmax_cross_entropy
 from gmcl.models.classifiers import make_classifier

@@ -1,13 +1,13 @@
 # Two commands for a fresh machine:
 #   make demo   creates .venv, prepares MNIST (offline routes included), runs a short DGR experiment
-#   make test   creates .venv, prepares MNIST, runs the test suite
+#   make test   creates .venv, prepares MNIST, runs the fast test tier (make test-all: every test)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gmcl-installed
 WORKDIR ?= runs/demo
 
-.PHONY: install data demo test bench clean
+.PHONY: install data demo test test-all bench clean
 
 install: $(STAMP)
 
@@ -25,10 +25,19 @@ demo: data
 	$(PY) -m experiments.main --config experiments/configs/dgr.py:dataset=mnist,demo --workdir $(WORKDIR)
 	@echo "Results: $(WORKDIR)/results.json; sample grids: $(WORKDIR)/samples_task*.png"
 
-# One pytest process per test file (each compiled program holds memory mappings; see conftest.py).
-# A file whose pytest dies is a failure, never retried.
+# The fast tier (the README's test command; CI runs it): lint, then every test not marked slow,
+# in one process, the slowest durations printed.
 test: data
-	@set -e; for f in tests/test_*.py; do echo "== $$f"; $(PY) -m pytest -q $$f; done
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not slow" --durations=15
+
+# Every test, the slow tier included (resume of every method, 8 simulated devices, notebooks,
+# accuracy claims): run it before calling a change done. One pytest process per file, so that no
+# process holds the whole suite's compiled programs (each holds memory mappings; see conftest.py).
+# A file whose pytest fails or dies stops the loop; nothing is retried.
+test-all: data
+	$(PY) -m ruff check .
+	@set -e; for f in tests/test_*.py; do echo "== $$f"; $(PY) -m pytest -q --durations=5 $$f; done
 
 # The benchmark suite (benchmarks/suite.py): JSON lines, and BENCHMARKS.md rewritten. Installs the
 # optional PyTorch reference (the `bench` extra) first; ~20 min on 2 cores.

@@ -166,6 +166,7 @@ def _task_data(t, n=64):
   return task_arrays(x, np.full((n,), t, np.int32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant, growth", [("dgmw", True), ("dgmw", False), ("dgma", True),
                                              ("dgma", False)])
 def test_later_tasks_leave_earlier_generators_bitwise_unchanged(variant, growth):
@@ -220,6 +221,7 @@ def test_replay_is_a_fixed_pool_indexed_like_the_real_batch():
   assert float(jnp.std(a[0] - a[1])) > 0  # different indices, different noise
 
 
+@pytest.mark.slow
 def test_generator_gradient_jit_equals_no_jit():
   """The generator's objective (masked forward, batch norm, sparsity) and its gradient at task 1,
   after growth, compiled and op by op."""

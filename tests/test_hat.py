@@ -137,6 +137,7 @@ def test_earlier_tasks_keep_their_outputs(binarize):
   assert all(float(np.max(v)) > 0 for v in jax.tree.leaves(cumulative[0]))
 
 
+@pytest.mark.slow
 def test_hat_split_mnist_does_not_forget(mnist_data, tmp_path):
   from gmcl import loop
   c = hat_config.get_config("smoke")

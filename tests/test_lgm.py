@@ -45,6 +45,7 @@ def _leaves_equal(a, b):
   return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("classifier, width, variant", [("mlp", 64, "ra-train"), ("cnn", 256, "hat-bridge")])
 def test_latent_generator_makes_features_of_the_split_point_shape(classifier, width, variant):
   c = _config(variant)
@@ -143,6 +144,7 @@ def test_hat_memories_of_earlier_tasks_are_unchanged_by_later_training():
   np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
 
 
+@pytest.mark.slow
 def test_bridge_starts_at_the_identity_and_carries_old_memories():
   m = make_lgm(_config("ra-bridge"), SHAPE, 10)
   state, _ = _run_task(m, m.init(jax.random.PRNGKey(0)), 0)
@@ -181,6 +183,7 @@ def test_prototypes_are_the_class_means_of_the_final_features():
   np.testing.assert_allclose(state.proto_sum[0] / state.proto_count[0], expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["ra-prototype", "hat-bridge"])
 def test_k_step_chunk_equals_single_steps(variant):
   m = make_lgm(_config(variant), SHAPE, 10)
@@ -225,6 +228,7 @@ def test_bad_values_are_named(key, value, message):
     lgm_config.make_config("sft", "variant=ra")
 
 
+@pytest.mark.slow
 def test_a_two_task_run_through_the_loop(mnist_data, tmp_path):
   from gmcl import loop
   c = _config("ra-bridge")

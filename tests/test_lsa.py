@@ -126,6 +126,7 @@ def test_trained_bridge_reproduces_the_old_head():
   np.testing.assert_allclose(new_logits, old_logits, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_parallel_equals_independent_sequential_trainings(method):
   """vmap over tasks = each task trained alone from the same initial state with the same keys."""
   run_key = jax.random.PRNGKey(3)
@@ -227,6 +228,7 @@ def test_composed_prediction_equals_chain_and_jit_with_traced_index_equals_eager
   assert cost["feature_maps"] == 2 and cost["ms_per_1000"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase_index", [0, 1], ids=["solver", "bridge"])
 def test_k_step_chunk_equals_single_steps(method, phase_index):
   base = method.init(jax.random.PRNGKey(0))
@@ -289,6 +291,7 @@ def test_compose_needs_linear_bridges_and_other_errors(method):
     lsa.train_parallel(method, jax.random.PRNGKey(0), [_data([0, 1]), _data([2, 3], capacity=80)])
 
 
+@pytest.mark.slow
 def test_split_mnist_two_tasks_through_the_loop(mnist_data, tmp_path):
   from gmcl import loop
   c = lsa_config.get_config("smoke")
@@ -307,6 +310,7 @@ def test_split_mnist_two_tasks_through_the_loop(mnist_data, tmp_path):
   assert [s["oldest_task_feature_maps"] for s in results["scores"]["chain"]] == [0, 1]
 
 
+@pytest.mark.slow
 def test_parallel_mode_through_the_loop(mnist_data, tmp_path):
   """``lsa.mode="parallel"`` runs through gmcl.loop.run: one call trains every task, R is scored
   row by row on the models of tasks 0..t, and task 1's row equals a sequential run's."""
@@ -334,6 +338,7 @@ def replay_method():
   return lsa.make_lsa(_config(replay="generator"), SHAPE, K)
 
 
+@pytest.mark.slow
 def test_replay_bridge_step_mixes_current_and_replayed_alignment_by_hand(replay_method):
   """With replay, the bridge's Adam step follows r * L_align(current) + (1 - r) * L_align(x' ~
   G_{t-1}), written here with optax's Adam; G_{t-1} is the memory's snapshot of task 1's
@@ -413,6 +418,7 @@ def test_replay_template_and_errors(reset):
     lsa.check_config(data_parallel)
 
 
+@pytest.mark.slow
 def test_replay_through_the_loop(mnist_data, tmp_path):
   from gmcl import loop
   c = lsa_config.get_config("smoke")

@@ -95,7 +95,8 @@ def test_sum_of_class_means_hand_computed():
 # -- class-conditional batch norm ----------------------------------------------------------------
 
 @pytest.mark.parametrize("generator", [
-    DCGANGenerator(image_shape=SHAPE, num_classes=10, base_features=8, conditioning="batchnorm"),
+    pytest.param(DCGANGenerator(image_shape=SHAPE, num_classes=10, base_features=8, conditioning="batchnorm"),
+                 marks=pytest.mark.slow),
     MLPGenerator(image_shape=SHAPE, num_classes=10, hidden=(32, 64), conditioning="batchnorm")],
     ids=["dcgan", "mlp"])
 def test_mixed_batch_is_normalised_like_one_class_batches(generator):
@@ -158,6 +159,7 @@ def test_jr_replay_batch_holds_each_past_class(after_three_tasks):
   assert float(inv_n_old) == pytest.approx(1 / 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,term,conditioning", [
     ("ra", "replay_alignment_loss", "batchnorm"), ("ra", "replay_alignment_loss", "concat"),
     ("jr", "generator_jr_loss", "batchnorm"), ("sft", None, "batchnorm")])
@@ -242,6 +244,7 @@ def test_generated_accuracy_scores_each_class():
 
 # -- end to end on real MNIST --------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["sft", "jr", "ra"])
 def test_smoke_run_scores_both_protocols(mnist_data, tmp_path, variant):
   from gmcl import loop

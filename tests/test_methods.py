@@ -55,6 +55,7 @@ def dgr_method():
   return build_method("dgr", _config(), SHAPE, 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase_index", [0, 1], ids=["generator", "solver"])
 @pytest.mark.parametrize("mode", ["unroll", "scan"])
 def test_k_step_chunk_equals_single_steps(dgr_method, phase_index, mode):
@@ -76,6 +77,7 @@ def test_k_step_chunk_equals_single_steps(dgr_method, phase_index, mode):
   assert any(not np.allclose(a, b) for a, b in zip(moved, before))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase_index", [0, 1], ids=["generator", "solver"])
 def test_jit_equals_no_jit(dgr_method, phase_index):
   method = dgr_method
@@ -179,6 +181,7 @@ def test_fixed_replay_ratio():
   assert float(state.ratio) == pytest.approx(1 / 5)
 
 
+@pytest.mark.slow
 def test_conditional_replay_draws_only_old_classes():
   method = build_method("dgr", _config(conditional=True), SHAPE, 10)
   state = _state_at_second_task(method, steps=1)
@@ -192,6 +195,7 @@ def test_conditional_replay_draws_only_old_classes():
   assert np.isfinite(float(metrics["critic_loss"]))
 
 
+@pytest.mark.slow
 def test_dcgan_dgr_steps_run():
   method = build_method("dgr", dgr_config.get_config("smoke"), SHAPE, 10)
   state = _state_at_second_task(method, steps=1)

@@ -391,6 +391,7 @@ CHUNK_CASES = [("lookahead", LOOKAHEAD), ("distill", DISTILL), ("project", FROZE
 assert [v for v, _ in CHUNK_CASES] == list(VARIANTS)  # every variant
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant,settings", CHUNK_CASES)
 def test_k_step_chunk_equals_single_steps(variant, settings):
   method = _method(variant, **settings)
@@ -446,6 +447,7 @@ def test_unsupported_combinations_are_refused():
 # -- the loop ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_smoke_run_through_the_loop(mnist_data, tmp_path):
   from gmcl import loop  # pylint: disable=import-outside-toplevel
   c = _config("project", memory="generator", epsilon=2.0)

@@ -1,4 +1,4 @@
-"""Data-parallel steps on 8 simulated CPU devices give the parameters of one device."""
+"""Data-parallel steps on 2 and 8 simulated CPU devices give the parameters of one device."""
 
 import jax
 import numpy as np
@@ -14,7 +14,7 @@ from gmcl.parallel import make_parallel
 SHAPE = (32, 32, 1)
 N_STEPS = 3
 
-pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+needs_8_devices = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 
 
 CASES = {"dgr-unconditional": ("dgr", {}), "dgr-conditional": ("dgr", {"conditional": True}),
@@ -42,9 +42,9 @@ def _data(classes, n=64):
   return task_arrays(x.astype(np.float32), y)
 
 
-def _train(mode, case):
+def _train(mode, case, devices=8):
   """Task 0 then N_STEPS of each phase of task 1 (with replay) under ``mode``."""
-  parallel = make_parallel(mode, 8)
+  parallel = make_parallel(mode, devices)
   method = build_method(CASES[case][0], _config(case), SHAPE, 10, parallel)
   state = method.begin_task(method.init(jax.random.PRNGKey(0)), 0, np.arange(10) < 1)
   for t, data in ((0, _data([0])), (1, _data([1]))):
@@ -107,10 +107,24 @@ def one_device(request):
   return request.param, _train("none", request.param)
 
 
+@pytest.mark.slow
+@needs_8_devices
 @pytest.mark.parametrize("mode", ["jit", "pmap"])
 def test_eight_devices_match_one(one_device, mode):
+  _check_devices_match_one(one_device, mode, 8)
+
+
+@pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 (simulated) devices")
+def test_two_devices_jit_match_one():
+  """The fast tier's data-parallel check: DGR (generator, critic and solver, with replay) on a
+  mesh of two devices equals one device up to summation order."""
+  case = "dgr-unconditional"
+  _check_devices_match_one((case, _train("none", case)), "jit", 2)
+
+
+def _check_devices_match_one(one_device, mode, devices):
   case, (single, m_single) = one_device
-  multi, m_multi = _train(mode, case)
+  multi, m_multi = _train(mode, case, devices)
   c = _config(case)
   updates = 2 * N_STEPS  # two tasks
   t = c.train
@@ -120,7 +134,7 @@ def test_eight_devices_match_one(one_device, mode):
   for name, (lr, betas, n) in settings.items():
     diff = assert_match_up_to_summation_order(
         getattr(single, name).params, getattr(multi, name).params, lr=lr, betas=betas, updates=n,
-        what=f"{name}, 1 vs 8 devices ({mode}, {case})")
+        what=f"{name}, 1 vs {devices} devices ({mode}, {case})")
     if name == "solver":
       solver_diff = diff
   for key in ("solver_loss", "solver_real_loss", "solver_replay_loss"):
@@ -132,6 +146,8 @@ def test_eight_devices_match_one(one_device, mode):
   assert np.mean(moved > ROUNDING_PER_UPDATE * updates * c.train.solver_lr) > 0.5
 
 
+@pytest.mark.slow
+@needs_8_devices
 @pytest.mark.parametrize("mode", ["jit", "pmap"])
 def test_lsa_eight_devices_match_one(mode):
   """lsa's solver, bridge and generative-memory steps (lsa.replay = "generator") are data-parallel:
@@ -182,6 +198,8 @@ JIT_CASES = {"ogm-lookahead": ("ogm", "lookahead", {}), "ogm-project": ("ogm", "
              "lgm-hat-prototype": ("lgm", "hat-prototype", {})}
 
 
+@pytest.mark.slow
+@needs_8_devices
 @pytest.mark.parametrize("case", list(JIT_CASES))
 def test_jit_mesh_of_eight_devices_matches_one(case):
   """ogm and lgm run data-parallel as jit over a mesh (XLA partitions the global batch): two
@@ -224,6 +242,7 @@ def ravel(tree):
   return np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(tree)])
 
 
+@needs_8_devices
 def test_batch_must_divide_over_devices():
   c = _config("dgr-unconditional")
   c.train.batch_size = 12
@@ -231,6 +250,8 @@ def test_batch_must_divide_over_devices():
     build_method("dgr", c, SHAPE, 10, make_parallel("pmap", 8))
 
 
+@pytest.mark.slow
+@needs_8_devices
 @pytest.mark.parametrize("mode", ["jit", "pmap"])
 def test_loop_runs_data_parallel(mnist_data, tmp_path, mode):
   from experiments.configs import sft

@@ -40,3 +40,13 @@ def check_array(fn: str, name: str, x, *, ndim: Optional[int] = None,
   if problems:
     raise ValueError(f"{fn}: argument {name!r} must have {' and '.join(problems)}; "
                      f"got shape {x_shape} and dtype {dtype}.")
+
+
+def require(ok: bool, key: str, value, valid: str) -> None:
+  """Raises ``ValueError("config.KEY=VALUE is invalid; valid: VALID.")`` unless ``ok``.
+
+  The one form of every config check (:func:`gmcl.config.validate_config` and each method's
+  ``check_config``): the message names the key, the value and what is valid.
+  """
+  if not ok:
+    raise ValueError(f"config.{key}={value!r} is invalid; valid: {valid}.")

@@ -21,12 +21,11 @@ import numpy as np
 
 from gmcl import evaluation, xla
 from gmcl.checkpoint import RunCheckpointer
-from gmcl.config import validate_config
+from gmcl.config import added_keys, validate_config
 from gmcl.data.build import Data, build_sequence, data_settings, load_data, task_sizes, training_examples
 from gmcl.data.sampling import task_arrays
-from gmcl.data.tasks import TaskSequence
 from gmcl.methods import build_method
-from gmcl.methods.base import clear_compiled_chunks, run_chunk, step_key
+from gmcl.methods.base import RunContext, clear_compiled_chunks, resolve_chunk_mode, run_chunk, step_key
 from gmcl.parallel import make_parallel
 
 
@@ -105,14 +104,6 @@ def write_json(path: str, payload: dict) -> None:
   os.replace(tmp, path)
 
 
-def resolve_chunk_mode(mode: str) -> str:
-  """"auto": unrolled steps on the CPU (lax.scan over GAN steps is far slower on XLA:CPU),
-  lax.scan on accelerators."""
-  if mode != "auto":
-    return mode
-  return "unroll" if jax.default_backend() == "cpu" else "scan"
-
-
 def _host_metrics(metrics) -> dict:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
@@ -150,78 +141,29 @@ def _finished_run(workdir: str) -> Optional[int]:
   return done if total and done == total else None
 
 
-# Config keys added to gmcl after runs had been checkpointed, with the value that reproduces the code
-# from before the key existed. A checkpoint without such a key resumes when the key has that value.
-ADDED_KEYS = {"model.conv_plan": "native", "lsa.replay": "none", "ogm.lookahead_target": "current",
-              "ogm.lookahead_clip": 0.0, "train.xla_cpu_fusions": "xla"}
-# Sections read by one method only: another method's run ignores them when it resumes.
-OWN_SECTIONS = ("lgm", "lsa", "ogm")
-
-
-def _config_differences(saved: dict, current: dict, prefix="") -> list[str]:
+def _config_differences(saved: dict, current: dict, added: dict, prefix="") -> list[str]:
+  """What differs between a checkpoint's config and the current one, key by key. ``added`` holds
+  keys added to gmcl since (:func:`gmcl.config.added_keys`): absent from a checkpoint, they
+  match when they have the value that reproduces the code it was written with."""
   keys = sorted(set(saved) | set(current))
   out = []
   for k in keys:
     if prefix == "" and k == "checkpoint":
       continue  # checkpoint settings may change between a run and its resumption
-    if prefix == "" and k in OWN_SECTIONS and current.get("method") != k:
-      continue
+    if prefix == "" and k not in current and isinstance(saved.get(k), dict):
+      continue  # another method's section: checkpoints written before method sections hold all
     a, b = saved.get(k), current.get(k)
     name = f"{prefix}{k}"
-    if k not in saved and name in ADDED_KEYS:
-      if json.dumps(b) != json.dumps(ADDED_KEYS[name]):
+    if k not in saved and name in added:
+      if json.dumps(b) != json.dumps(added[name]):
         out.append(f"{name}: absent in the checkpoint (added to gmcl since; "
-                   f"--config.{name}={ADDED_KEYS[name]} reproduces the code it was written with), "
+                   f"--config.{name}={added[name]} reproduces the code it was written with), "
                    f"{b!r} now")
     elif isinstance(a, dict) and isinstance(b, dict):
-      out += _config_differences(a, b, f"{name}.")
+      out += _config_differences(a, b, added, f"{name}.")
     elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
       out.append(f"{name}: {a!r} in the checkpoint, {b!r} now")
   return out
-
-
-def _run_lsa_parallel(config, workdir: str, data: Data, seq: TaskSequence, method, log) -> dict:
-  """``lsa.mode="parallel"``: every task's model at once (:func:`gmcl.methods.lsa.train_parallel`,
-  one compiled program vmapped over tasks), then the bridges. Row t of R is scored on the models
-  of tasks 0..t, which never depend on later tasks. One uninterrupted call: no checkpoints."""
-  from gmcl.methods.lsa import train_parallel  # pylint: disable=import-outside-toplevel
-  limit = config.data.train_limit
-  capacity = max(task_sizes(data, seq, limit))
-  tasks = [task_arrays(*training_examples(data, seq, t, False, limit), capacity) for t in range(len(seq))]
-  start = time.time()
-  state, info = train_parallel(method, jax.random.PRNGKey(config.seed), tasks,
-                               chunk_steps=config.train.chunk_steps,
-                               chunk_mode=resolve_chunk_mode(config.train.chunk_mode))
-  jax.block_until_ready(state)
-  train_time = time.time() - start
-  bad = {k: v for k, v in info["metrics"].items() if not np.isfinite(v)}
-  if bad:
-    raise FloatingPointError(f"Non-finite loss in lsa's parallel training: {bad}")
-  predict_task = xla.jit(method.predict_task, fusions=config.train.xla_cpu_fusions)
-  record = {"A": [], "R": [], "per_task": [], "scores": {}}
-  for t in range(len(seq)):
-    s_t = method.state_after(state, info["encoders"], t)
-    scores = evaluation.evaluate_task_incremental(
-        lambda xb, j, s_t=s_t: predict_task(s_t, xb, jnp.asarray(j, jnp.int32)), data.x_test,
-        data.y_test, seq, t, config.eval.batch_size)
-    row = [float(v) for v in scores["row"]]
-    row[t + 1:] = [None] * (len(seq) - t - 1)
-    record["R"].append(row)
-    record["A"].append(scores["A"])
-    for name, value in method.extra_scores(s_t, data, seq, t, None).items():
-      record["scores"].setdefault(name, []).append(value)
-    record["per_task"].append({"task": t + 1, "classes": list(seq[t].classes), "A": scores["A"],
-                               "metrics": info["metrics"] if t == len(seq) - 1 else {}})
-    log(f"task {t + 1:2d}/{len(seq)} classes={list(seq[t].classes)} A_{t + 1}={100 * scores['A']:.2f}%")
-  results = _results_payload(config, seq, record, "task_incremental")
-  if jax.process_index() == 0:
-    write_json(os.path.join(workdir, "results.json"), results)
-    write_json(os.path.join(workdir, "timings.json"), {
-        "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-        "wall_seconds": time.time() - start, "train_seconds": train_time, "per_task": []})
-  log(evaluation.format_table(record["A"], f"lsa (parallel) on {config.data.dataset} "
-                              f"({config.data.protocol}): mean accuracy over tasks so far, task id given, %"))
-  return results
 
 
 def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = True,
@@ -235,7 +177,7 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
   its results.json is byte for byte that of an uninterrupted run.
 
   Args:
-    config: an experiment config (see :func:`gmcl.config.base_config`).
+    config: an experiment config (see :func:`gmcl.config.method_config`).
     workdir: output folder (created if missing).
     data: preloaded :class:`Data` (tests and notebooks reuse one load).
     progress: show a progress bar per task.
@@ -268,19 +210,82 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
   parallel = make_parallel(config.parallel.mode, config.parallel.num_devices)
   method = build_method(config.method, config, data.image_shape, data.num_classes, parallel)
   method.setup(data, log=log)
-  if config.method == "lsa" and config.lsa.mode == "parallel":
-    return _run_lsa_parallel(config, workdir, data, seq, method, log)
+  run_key = jax.random.PRNGKey(config.seed)
+  init_key, train_key, sample_key = jax.random.split(run_key, 3)
+  record = {"A": [], "R": [], "per_task": [], "timings": [], "metrics": {}, "seconds": 0.0}
+  fusions = t_cfg.xla_cpu_fusions
+  predict = xla.jit(method.predict, fusions=fusions)
+  predict_task = xla.jit(method.predict_task, fusions=fusions)
+  task_incremental = method.scenario == "task_incremental"
+  scenario = "task_incremental" if task_incremental else seq.scenario
+  sample = xla.jit(method.sample, fusions=fusions)
+  clock = [time.time()]
+
+  def record_task(t, state, metrics, train_time):
+    """Scores the state after task t, records it, writes results.json and timings.json."""
+    task = seq[t]
+    if task_incremental:  # the task id is given at test time: each task scored with its own head
+      scores = evaluation.evaluate_task_incremental(
+          lambda xb, j: predict_task(state, xb, jnp.asarray(j, jnp.int32)), data.x_test,
+          data.y_test, seq, t, config.eval.batch_size)
+    else:
+      scores = evaluation.evaluate_after_task(lambda xb: predict(state, xb), data.x_test,
+                                              data.y_test, seq, t, config.eval.batch_size)
+    row = [float(v) for v in scores["row"]]
+    if seq.scenario == "class_incremental" or task_incremental:
+      row[t + 1:] = [None] * (len(seq) - t - 1)  # unseen classes are masked: nothing measured
+    record["R"].append(row)
+    record["A"].append(scores["A"])
+    extra = method.extra_scores(state, data, seq, t, jax.random.fold_in(sample_key, 10_000 + t))
+    for name, value in extra.items():
+      record.setdefault("scores", {}).setdefault(name, []).append(value)
+    record["per_task"].append({"task": t + 1, "classes": list(task.classes), "A": scores["A"],
+                               "metrics": dict(metrics)})
+    record["timings"].append({"task": t + 1, "train_seconds": train_time})
+    if config.eval.save_samples:
+      grid = sample_grid(method, state, jax.random.fold_in(sample_key, t), seq.seen_classes(t),
+                         config.eval.samples_per_class, lambda xb: predict(state, xb), sample)
+      if grid is not None and jax.process_index() == 0:
+        save_grid(grid, os.path.join(workdir, f"samples_task{t + 1:02d}.png"),
+                  tuple(config.data.value_range))
+    log(f"task {t + 1:2d}/{len(seq)} classes={list(task.classes)} A_{t + 1}={100 * scores['A']:.2f}% "
+        + "".join(f"{k}={100 * v:.2f}% " for k, v in extra.items() if isinstance(v, float))
+        + f"train {train_time:.1f}s " + " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    results = _results_payload(config, seq, record, scenario)
+    # Timings live apart from results.json, so that a seeded run's results are reproducible byte
+    # for byte (and equal after a resume).
+    if jax.process_index() == 0:  # one writer when several hosts run the same program
+      write_json(os.path.join(workdir, "results.json"), results)
+      write_json(os.path.join(workdir, "timings.json"), {
+          "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+          "wall_seconds": record["seconds"] + time.time() - clock[0],
+          "per_task": record["timings"]})
+
+  def summary():
+    what = ("mean accuracy over tasks so far, task id given" if task_incremental
+            else "accuracy over seen classes")
+    log(evaluation.format_table(record["A"], f"{config.method} on {config.data.dataset} "
+                                f"({config.data.protocol}): {what}, %"))
+    for name, values in sorted(record.get("scores", {}).items()):
+      if values and all(isinstance(v, float) for v in values) and name.startswith("A_"):
+        log(evaluation.format_table(values, f"scores.{name}, %"))
+    return _results_payload(config, seq, record, scenario)
+
+  outcomes = method.train_tasks(RunContext(config=config, data=data, sequence=seq, run_key=run_key, log=log))
+  if outcomes is not None:  # the method drives its own tasks (one call, no checkpoints)
+    log(f"gmcl: method={config.method} dataset={config.data.dataset} protocol={config.data.protocol} "
+        f"tasks={len(seq)} backend={jax.default_backend()} (the method's own driver)")
+    for t, outcome in enumerate(outcomes):
+      record_task(t, outcome.state, outcome.metrics, outcome.train_seconds)
+    return summary()
+
   chunk_mode = resolve_chunk_mode(t_cfg.chunk_mode)
   cumulative = method.data_mode == "cumulative"
   sizes = task_sizes(data, seq, config.data.train_limit)
   capacity = max(np.cumsum(sizes)) if cumulative else max(sizes)
-
-  run_key = jax.random.PRNGKey(config.seed)
-  init_key, train_key, sample_key = jax.random.split(run_key, 3)
   state = method.init(init_key)
   # Where the run stands: `begun` says whether begin_task has run for `task`.
   pos = {"task": 0, "phase": 0, "step": 0, "global_step": 0, "begun": False}
-  record = {"A": [], "R": [], "per_task": [], "timings": [], "metrics": {}, "seconds": 0.0}
   ckpt = RunCheckpointer(ckpt_dir, keep=c_cfg.keep) if c_cfg.enabled else None
   if ckpt is not None and ckpt.steps():
     if not resume:
@@ -290,7 +295,7 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
     restored = ckpt.restore_latest(lambda meta: method.state_template(init_key, meta), warn=log)
     if restored is not None:
       step, state, meta = restored
-      diffs = _config_differences(meta["config"], config.to_dict())
+      diffs = _config_differences(meta["config"], config.to_dict(), added_keys(config.method))
       if diffs:
         raise ValueError(f"The checkpoints in {ckpt_dir} were written with another config:\n  "
                          + "\n  ".join(diffs) + "\nUse the same config, or overwrite=True.")
@@ -319,20 +324,13 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
           + (f". The last good checkpoint is step {last} in {ckpt_dir}." if last is not None
              else ". No checkpoint was written."))
 
-  fusions = t_cfg.xla_cpu_fusions
-  predict = xla.jit(method.predict, fusions=fusions)
-  predict_task = xla.jit(method.predict_task, fusions=fusions)
-  task_incremental = method.scenario == "task_incremental"
-  scenario = "task_incremental" if task_incremental else seq.scenario
-  sample = xla.jit(method.sample, fusions=fusions)
-  clock = [time.time()]
+  clock[0] = time.time()
   steps_this_call = 0
   log(f"gmcl: method={config.method} dataset={config.data.dataset} protocol={config.data.protocol} "
       f"tasks={len(seq)} backend={jax.default_backend()} chunk={t_cfg.chunk_steps} ({chunk_mode}) "
       f"parallel={parallel.mode} x{parallel.num_devices}")
 
   for t in range(pos["task"], len(seq)):
-    task = seq[t]
     task_start = time.time()
     if not pos["begun"]:
       state = method.begin_task(state, t, seq.active_mask(t))
@@ -378,53 +376,9 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
     if bar is not None:
       bar.close()
     state = method.end_task(state)
-    train_time = time.time() - task_start
-
-    if task_incremental:  # the task id is given at test time: each task scored with its own head
-      scores = evaluation.evaluate_task_incremental(
-          lambda xb, j: predict_task(state, xb, jnp.asarray(j, jnp.int32)), data.x_test,
-          data.y_test, seq, t, config.eval.batch_size)
-    else:
-      scores = evaluation.evaluate_after_task(lambda xb: predict(state, xb), data.x_test,
-                                              data.y_test, seq, t, config.eval.batch_size)
-    row = [float(v) for v in scores["row"]]
-    if seq.scenario == "class_incremental" or task_incremental:
-      row[t + 1:] = [None] * (len(seq) - t - 1)  # unseen classes are masked: nothing measured
-    record["R"].append(row)
-    record["A"].append(scores["A"])
-    extra = method.extra_scores(state, data, seq, t, jax.random.fold_in(sample_key, 10_000 + t))
-    for name, value in extra.items():
-      record.setdefault("scores", {}).setdefault(name, []).append(value)
-    record["per_task"].append({"task": t + 1, "classes": list(task.classes), "A": scores["A"],
-                               "metrics": dict(record["metrics"])})
-    record["timings"].append({"task": t + 1, "train_seconds": train_time})
-    if config.eval.save_samples:
-      grid = sample_grid(method, state, jax.random.fold_in(sample_key, t), seq.seen_classes(t),
-                         config.eval.samples_per_class, lambda xb: predict(state, xb), sample)
-      if grid is not None and jax.process_index() == 0:
-        save_grid(grid, os.path.join(workdir, f"samples_task{t + 1:02d}.png"),
-                  tuple(config.data.value_range))
-    log(f"task {t + 1:2d}/{len(seq)} classes={list(task.classes)} A_{t + 1}={100 * scores['A']:.2f}% "
-        + "".join(f"{k}={100 * v:.2f}% " for k, v in extra.items() if isinstance(v, float))
-        + f"train {train_time:.1f}s " + " ".join(f"{k}={v:.4g}" for k, v in sorted(record["metrics"].items())))
+    record_task(t, state, record["metrics"], time.time() - task_start)
     pos.update(task=t + 1, phase=0, step=0, begun=False)
-    results = _results_payload(config, seq, record, scenario)
-    # Timings live apart from results.json, so that a seeded run's results are reproducible byte
-    # for byte (and equal after a resume).
-    if jax.process_index() == 0:  # one writer when several hosts run the same program
-      write_json(os.path.join(workdir, "results.json"), results)
-      write_json(os.path.join(workdir, "timings.json"), {
-          "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-          "wall_seconds": record["seconds"] + time.time() - clock[0],
-          "per_task": record["timings"]})
     save(state)  # the task boundary: snapshots taken, scores written
   if ckpt is not None:
     ckpt.close()
-  what = ("mean accuracy over tasks so far, task id given" if task_incremental
-          else "accuracy over seen classes")
-  log(evaluation.format_table(record["A"], f"{config.method} on {config.data.dataset} "
-                              f"({config.data.protocol}): {what}, %"))
-  for name, values in sorted(record.get("scores", {}).items()):
-    if values and all(isinstance(v, float) for v in values) and name.startswith("A_"):
-      log(evaluation.format_table(values, f"scores.{name}, %"))
-  return _results_payload(config, seq, record, scenario)
+  return summary()

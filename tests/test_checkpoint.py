@@ -28,9 +28,17 @@ def _quiet(_):
   pass
 
 
-@pytest.mark.parametrize("module, stops", [(sft, [25, 20]), (dgr, [27]), (mergan, [37]), (dgm, [15]),
-                                           (lgm, [27]), (lsa, [25, 30]), (ogm, [30])],
-                         ids=["sft", "dgr", "mergan-jr", "dgm-growth", "lgm-hat-bridge", "lsa-replay", "ogm-generator"])
+# The fast tier resumes one snapshot method (DGR) and DGM across growth; make test-all every method.
+_slow = pytest.mark.slow
+
+
+@pytest.mark.parametrize("module, stops", [
+    pytest.param(sft, [25, 20], id="sft", marks=_slow), pytest.param(dgr, [27], id="dgr"),
+    pytest.param(mergan, [37], id="mergan-jr", marks=_slow), pytest.param(dgm, [15], id="dgm-growth"),
+    pytest.param(lgm, [27], id="lgm-hat-bridge", marks=_slow),
+    pytest.param(lsa, [25, 30], id="lsa-replay", marks=_slow),
+    pytest.param(ogm, [30], id="ogm-generator", marks=_slow),
+])
 def test_interrupted_run_resumes_to_identical_results(mnist_data, tmp_path, module, stops):
   c = _config(module)
   if module is lgm:  # HAT masks (a batch norm and head per task begun) and a bridge
@@ -125,6 +133,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(mnist_
     assert '"completed_tasks": 1' in f.read()
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_results_bytes(mnist_data, tmp_path):
   c = _config(dgr)
   for name in ("a", "b"):
@@ -137,21 +146,25 @@ def test_same_seed_gives_the_same_results_bytes(mnist_data, tmp_path):
 
 def test_config_comparison_of_a_resume_knows_added_keys_and_other_methods_sections():
   """A checkpoint written before a key existed resumes when the key has the value that reproduces
-  the old code; another method's own section (lgm, lsa, ogm) never blocks a resume."""
+  the old code; another method's section (checkpoints written before configs held only the chosen
+  method's sections have every method's) never blocks a resume."""
+  from gmcl.config import added_keys, method_config
   from gmcl.loop import _config_differences
   saved = dgr.get_config("smoke").to_dict()
-  for section in ("lsa", "ogm", "lgm"):
-    saved.pop(section)  # as written before these methods existed
-  assert _config_differences(saved, dgr.get_config("smoke").to_dict()) == []
+  for name in ("lsa", "ogm", "mergan"):  # as written when every method's section was in every config
+    saved[name] = method_config(name)[name].to_dict()
+  assert _config_differences(saved, dgr.get_config("smoke").to_dict(), added_keys("dgr")) == []
   old_ogm = ogm.get_config("smoke,variant=lookahead").to_dict()
   for key in ("lookahead_clip", "lookahead_target"):
     old_ogm["ogm"].pop(key)
   now = ogm.get_config("smoke,variant=lookahead")
-  diffs = _config_differences(old_ogm, now.to_dict())
+  diffs = _config_differences(old_ogm, now.to_dict(), added_keys("ogm"))
   assert len(diffs) == 1 and diffs[0].startswith("ogm.lookahead_clip: absent in the checkpoint")
   assert "--config.ogm.lookahead_clip=0.0 reproduces" in diffs[0]
   now.ogm.lookahead_clip = 0.0
-  assert _config_differences(old_ogm, now.to_dict()) == []
+  assert _config_differences(old_ogm, now.to_dict(), added_keys("ogm")) == []
   changed = now.to_dict()
   changed["ogm"]["epsilon"] = 0.5  # the method's own section is still compared
-  assert [d.split(":")[0] for d in _config_differences(old_ogm, changed)] == ["ogm.epsilon"]
+  assert [d.split(":")[0] for d in _config_differences(old_ogm, changed, added_keys("ogm"))] == ["ogm.epsilon"]
+  # ogm's added keys are ogm's: another method does not accept them
+  assert "ogm.lookahead_clip" not in added_keys("dgr")

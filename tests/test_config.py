@@ -1,7 +1,7 @@
 import pytest
 
 from experiments.configs import common, dgm, dgr, hat, joint, lgm, lsa, mergan, ogm, sft
-from gmcl.config import base_config, validate_config
+from gmcl.config import method_config, validate_config
 
 
 @pytest.mark.parametrize("module", [dgr, sft, joint])
@@ -45,14 +45,14 @@ def test_method_configs_validate(module, args):
     (lambda c: setattr(c.dgr, "replay_ratio", -0.1), r"replay_ratio=-0.1 is outside"),
 ])
 def test_bad_values_name_the_key_and_the_valid_range(mutate, message):
-  c = base_config()
+  c = method_config("dgr")
   mutate(c)
   with pytest.raises(ValueError, match=message):
     validate_config(c)
 
 
 def test_unknown_key_is_refused():
-  c = base_config()
+  c = method_config("dgr")
   c.train.learning_rate = 0.1
   with pytest.raises(ValueError, match=r"Unknown config key 'train.learning_rate'.*solver_lr"):
     validate_config(c)

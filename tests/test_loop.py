@@ -30,6 +30,7 @@ def baseline_runs(mnist_data, tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_results_json_holds_the_accuracy_table(baseline_runs):
   results, workdir = baseline_runs["sft"]
   with open(os.path.join(workdir, "results.json")) as f:
@@ -47,6 +48,7 @@ def test_results_json_holds_the_accuracy_table(baseline_runs):
   assert "wall_seconds" not in on_disk  # timings stay out of the reproducible results
 
 
+@pytest.mark.slow
 def test_joint_beats_sequential_fine_tuning(baseline_runs):
   sft_a = baseline_runs["sft"][0]["A"][-1]
   joint_a = baseline_runs["joint"][0]["A"][-1]
@@ -79,6 +81,7 @@ def test_chunked_loop_gives_the_same_results(mnist_data, tmp_path):
                              np.array(runs[1]["accuracy_matrix"], float), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_permuted_mnist_is_domain_incremental(mnist_data, tmp_path):
   c = _smoke(sft, protocol="permuted", max_tasks=2)
   results = loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=lambda s: None)
@@ -98,19 +101,21 @@ def test_bad_config_fails_before_any_training(tmp_path):
 
 
 def test_resume_config_check_names_differences_and_accepts_neutral_added_keys():
-  from gmcl.loop import ADDED_KEYS, _config_differences  # pylint: disable=import-outside-toplevel
+  from gmcl.config import ADDED_KEYS  # pylint: disable=import-outside-toplevel
+  from gmcl.loop import _config_differences  # pylint: disable=import-outside-toplevel
+  diff = lambda saved, current: _config_differences(saved, current, ADDED_KEYS)
   saved = {"model": {"z_dim": 128}, "train": {"batch_size": 64}, "checkpoint": {"every": 5}}
   same = {"model": {"z_dim": 128}, "train": {"batch_size": 64}, "checkpoint": {"every": 9}}
-  assert _config_differences(saved, same) == []
+  assert diff(saved, same) == []
   changed = {"model": {"z_dim": 64}, "train": {"batch_size": 64}}
-  assert _config_differences(saved, changed) == ["model.z_dim: 128 in the checkpoint, 64 now"]
+  assert diff(saved, changed) == ["model.z_dim: 128 in the checkpoint, 64 now"]
   # A key added to gmcl after the checkpoint: accepted at the value that reproduces the old code only.
   assert ADDED_KEYS["model.conv_plan"] == "native"
   neutral = {"model": {"z_dim": 128, "conv_plan": "native"}, "train": {"batch_size": 64}}
-  assert _config_differences(saved, neutral) == []
+  assert diff(saved, neutral) == []
   new = {"model": {"z_dim": 128, "conv_plan": "auto"}, "train": {"batch_size": 64}}
-  (diff,) = _config_differences(saved, new)
-  assert "model.conv_plan" in diff and "--config.model.conv_plan=native" in diff
+  (message,) = diff(saved, new)
+  assert "model.conv_plan" in message and "--config.model.conv_plan=native" in message
   # Any other new key is a difference.
   other = {"model": {"z_dim": 128, "width": 3}, "train": {"batch_size": 64}}
-  assert _config_differences(saved, other) == ["model.width: None in the checkpoint, 3 now"]
+  assert diff(saved, other) == ["model.width: None in the checkpoint, 3 now"]

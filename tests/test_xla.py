@@ -7,7 +7,7 @@ import pytest
 from flax import struct
 
 from gmcl import xla
-from gmcl.config import base_config, validate_config
+from gmcl.config import method_config, validate_config
 from gmcl.data.sampling import task_arrays
 from gmcl.methods.base import _compiled_chunk, run_chunk
 from gmcl.models.critics import DCGANCritic
@@ -53,7 +53,7 @@ def test_compiler_options_per_choice():
 def test_bad_choice_is_named():
   with pytest.raises(ValueError, match=r"xla_cpu_fusions='ynn'; valid: \['auto', 'xla', 'dot', 'none'\]"):
     xla.jit(lambda x: x, fusions="ynn")
-  c = base_config()
+  c = method_config("dgr")
   c.train.xla_cpu_fusions = "fast"
   with pytest.raises(ValueError, match="train.xla_cpu_fusions"):
     validate_config(c)

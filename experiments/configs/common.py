@@ -10,7 +10,7 @@ Arguments:
   cpu               the schedule of the README's results table (under an hour on a 2-core CPU)
 """
 
-from gmcl.config import PROTOCOLS, base_config
+from gmcl.config import PROTOCOLS, method_config
 from gmcl.data.sources import DATASETS
 
 ARGUMENTS = ("dataset", "protocol", "variant", "smoke", "demo", "cpu")
@@ -39,8 +39,7 @@ def make_config(method: str, arg: str | None, method_defaults=None):
   if "variant" in args and method not in VARIANT_METHODS:
     raise ValueError(f"Config argument 'variant' is for {', '.join(VARIANT_METHODS)} only; "
                      f"{method!r} has none.")
-  c = base_config()
-  c.method = method
+  c = method_config(method)
   if method_defaults is not None:
     method_defaults(c)
   c.data.dataset = args.get("dataset", c.data.dataset)
@@ -65,7 +64,8 @@ def apply_smoke(c) -> None:
   c.train.generator_steps = 4
   c.train.n_critic = 2
   c.eval.samples_per_class = 4
-  c.mergan.oracle_steps = 30
-  c.mergan.oracle_batch_size = 32
-  c.mergan.oracle_samples_per_class = 16
-  c.mergan.oracle_sample_batch = 16
+  if "mergan" in c:
+    c.mergan.oracle_steps = 30
+    c.mergan.oracle_batch_size = 32
+    c.mergan.oracle_samples_per_class = 16
+    c.mergan.oracle_sample_batch = 16

@@ -1,30 +1,29 @@
-"""Continual-learning methods, each a set of pure transitions behind one interface."""
+"""Continual-learning methods, each a set of pure transitions behind one interface.
+
+The names a config may ask for are :data:`gmcl.registry.METHODS`.
+"""
 
 from gmcl.methods.base import Method, ModelState, Phase, run_chunk, step_key
-from gmcl.methods.classifier import ClassifierMethod, make_joint, make_sft
-from gmcl.methods.dgm import DGM, make_dgm
-from gmcl.methods.dgr import DGR, make_dgr
-from gmcl.methods.hat import HATClassifier, make_hat
-from gmcl.methods.lgm import LGM, make_lgm
-from gmcl.methods.lsa import LSA, make_lsa
-from gmcl.methods.mergan import MeRGAN, make_mergan
-from gmcl.methods.ogm import OGM, make_ogm
-
-METHODS = {"sft": make_sft, "joint": make_joint, "dgr": make_dgr, "mergan": make_mergan,
-           "hat": make_hat, "dgm": make_dgm, "lgm": make_lgm,
-           "lsa": make_lsa, "ogm": make_ogm}
+from gmcl.methods.classifier import ClassifierMethod
+from gmcl.methods.dgm import DGM
+from gmcl.methods.dgr import DGR
+from gmcl.methods.hat import HATClassifier
+from gmcl.methods.lgm import LGM
+from gmcl.methods.lsa import LSA
+from gmcl.methods.mergan import MeRGAN
+from gmcl.methods.ogm import OGM
+from gmcl.registry import METHODS, method_spec
 
 
 def build_method(name: str, config, image_shape, num_classes, parallel=None) -> Method:
-  """Builds the method ``name`` from a config; lists the valid names otherwise.
+  """Builds the registered method ``name`` (``gmcl.registry``) from a config (its builder checks
+  the method's keys first); lists the valid names otherwise.
 
   ``parallel`` (a :class:`gmcl.parallel.Parallel`) selects data-parallel steps; the
   same object must then be given to ``run_chunk``.
   """
   from gmcl.parallel import Parallel  # pylint: disable=import-outside-toplevel
-  if name not in METHODS:
-    raise ValueError(f"Unknown method {name!r}; valid choices: {sorted(METHODS)}.")
-  return METHODS[name](config, image_shape, num_classes, parallel or Parallel())
+  return method_spec(name).make(config, image_shape, num_classes, parallel or Parallel())
 
 
 __all__ = ["ClassifierMethod", "DGM", "DGR", "HATClassifier", "LGM", "LSA", "METHODS", "MeRGAN", "Method", "ModelState",

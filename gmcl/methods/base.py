@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +53,13 @@ class ModelState:
     return v
 
 
+def check_batch_divides(batch_size: int, parallel: Parallel) -> None:
+  """Raises ValueError unless the global batch splits evenly over ``parallel``'s devices."""
+  if batch_size % parallel.num_devices:
+    raise ValueError(f"train.batch_size={batch_size} must be divisible by the "
+                     f"{parallel.num_devices} devices of parallel mode {parallel.mode!r}.")
+
+
 def reset_optimizer(model: ModelState, tx: optax.GradientTransformation) -> ModelState:
   """``model`` with a fresh optimiser state (its parameters kept)."""
   return model.replace(opt_state=tx.init(model.params))
@@ -61,6 +68,25 @@ def reset_optimizer(model: ModelState, tx: optax.GradientTransformation) -> Mode
 def apply_gradients(model: ModelState, grads, tx: optax.GradientTransformation) -> ModelState:
   updates, opt_state = tx.update(grads, model.opt_state, model.params)
   return model.replace(params=optax.apply_updates(model.params, updates), opt_state=opt_state)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+  """What a method's own driver of its tasks (:meth:`Method.train_tasks`) is given by the loop."""
+  config: Any  # the experiment config
+  data: Any  # the run's gmcl.data.build.Data
+  sequence: Any  # the gmcl.data.tasks.TaskSequence
+  run_key: PRNGKey  # PRNGKey(config.seed)
+  log: Callable[[str], None] = print
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskOutcome:
+  """One task's end, as a method's driver yields it: the state to evaluate after the task, the
+  metrics to record for it (host floats by name) and its training time."""
+  state: Any
+  metrics: dict
+  train_seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +171,18 @@ class Method(abc.ABC):
   @abc.abstractmethod
   def predict(self, state: State, x: jax.Array) -> jax.Array:
     """Logits (B, K) with classes not yet seen masked out."""
+
+  def train_tasks(self, run: RunContext) -> Optional[Iterable[TaskOutcome]]:
+    """The driver of this method's tasks, overridable as jaxline's ``train_loop`` is.
+
+    None (the default) lets the loop drive: task after task, ``begin_task``, every phase's steps
+    in compiled chunks, ``end_task``, with checkpoints and resume. A method that trains its tasks
+    another way (lsa's parallel mode: every task at once) returns an iterable of one
+    :class:`TaskOutcome` per task, in order; the loop evaluates, records and writes each as it
+    does its own (no checkpoints: the driver runs in one call).
+    """
+    del run
+    return None
 
   def predict_task(self, state: State, x: jax.Array, task_index) -> jax.Array:
     """Logits (B, K) with the task id given (task-incremental methods: that task's head);
@@ -232,6 +270,14 @@ def clear_compiled_chunks() -> None:
 
 
 CHUNK_MODES = ("unroll", "scan")
+
+
+def resolve_chunk_mode(mode: str) -> str:
+  """``train.chunk_mode``: "auto": unrolled steps on the CPU (lax.scan over GAN steps is far slower on XLA:CPU),
+  lax.scan on accelerators."""
+  if mode != "auto":
+    return mode
+  return "unroll" if jax.default_backend() == "cpu" else "scan"
 
 
 def first_replica(x: jax.Array) -> jax.Array:

@@ -17,10 +17,11 @@ from flax import struct
 
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
-from gmcl.methods.base import Method, ModelState, Phase, apply_gradients, reset_optimizer
+from gmcl.methods.base import Method, ModelState, Phase, apply_gradients, check_batch_divides, reset_optimizer
 from gmcl.optim import adam
 from gmcl.models.classifiers import make_classifier
 from gmcl.parallel import Parallel
+from gmcl.registry import MethodSpec
 
 
 @struct.dataclass
@@ -37,9 +38,7 @@ class ClassifierMethod(Method):
                name: str = "sft", parallel: Parallel = Parallel()):
     self.config = config
     self.parallel = parallel
-    if config.train.batch_size % parallel.num_devices:
-      raise ValueError(f"train.batch_size={config.train.batch_size} must be divisible by the "
-                       f"{parallel.num_devices} devices of parallel mode {parallel.mode!r}.")
+    check_batch_divides(config.train.batch_size, parallel)
     self.name = name
     self.data_mode = "cumulative" if name == "joint" else "current"
     self.image_shape = tuple(image_shape)
@@ -106,3 +105,7 @@ def make_sft(config, image_shape, num_classes, parallel=Parallel()) -> Classifie
 
 def make_joint(config, image_shape, num_classes, parallel=Parallel()) -> ClassifierMethod:
   return ClassifierMethod(config, image_shape, num_classes, name="joint", parallel=parallel)
+
+
+SFT = MethodSpec(make=make_sft)
+JOINT = MethodSpec(make=make_joint)

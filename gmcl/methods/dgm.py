@@ -77,10 +77,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import optax
 from flax import struct
 
 from gmcl import optim
+from gmcl.checks import require
+from gmcl.config import check_image_generator
 from gmcl.losses.hat import sparsity_regularizer
 from gmcl.models import dgm_generator
 from gmcl.data.sampling import TaskArrays
@@ -91,6 +94,7 @@ from gmcl.methods.base import Method, ModelState, Phase
 from gmcl.optim import adam
 from gmcl.models import DCGANCritic, MLPCritic
 from gmcl.parallel import Parallel
+from gmcl.registry import MethodSpec
 
 VARIANTS = ("dgmw", "dgma")
 
@@ -128,6 +132,53 @@ def s_schedule(step, num_steps: int, epochs: int, s_max: float, nested: bool):
   return (s_ep - 1.0 / s_ep) * frac + 1.0 / s_ep, s_ep
 
 
+def config_section() -> ml_collections.ConfigDict:
+  """The ``dgm`` section with its defaults (``experiments/configs/dgm.py`` sets each variant's)."""
+  s = ml_collections.ConfigDict()  # Dynamic Generative Memory (experiments/configs/dgm.py)
+  s.variant = "dgmw"  # dgmw (weight masks) | dgma (activation masks)
+  s.architecture = "conv"  # conv (official: 4x4 transposed convolutions) | dense
+  s.ngf = 6  # conv widths 4ngf, 2ngf, ngf (official: 6 DGMw, 20 DGMa)
+  s.hidden = (64, 128, 256)  # dense widths
+  s.s_max = 1e4  # official: 1e4 DGMw, 1e5 DGMa
+  s.sparsity = 0.08  # lamb_G (official: 0.08 DGMw MNIST, 0.01 DGMa, 0.001 DGMw SVHN)
+  s.epochs = 101  # s-schedule epochs per task: train.generator_steps are cut into this many
+  s.s_schedule = "nested"  # nested (DGMw) | epoch (DGMa): see gmcl.methods.dgm.s_schedule
+  s.growth = True  # grow by the newly reserved capacity after each task (False: HAT's fixed net)
+  s.mask_placement = "after_activation"  # DGMa: after_activation (paper) | before_bn (official code)
+  s.replay_gates = "binary"  # binary (e >= 0) | soft (sigmoid(s_max e), official code)
+  s.critic = "dcgan"  # dcgan (official, batch norm) | mlp
+  s.critic_batch_norm = True
+  s.reinit_critic = True
+  s.clip_norm = 10000.0  # the generator's gradient-norm clip (official; effectively off)
+  s.max_tasks = 10  # rows of the task embeddings
+  return s
+
+
+def check_config(config) -> None:
+  from gmcl.data.sources import DATASETS  # pylint: disable=import-outside-toplevel
+  g = config.dgm
+  require(g.variant in VARIANTS, "dgm.variant", g.variant, "'dgmw' or 'dgma'")
+  require(g.architecture in ("conv", "dense"), "dgm.architecture", g.architecture, "'conv' or 'dense'")
+  require(g.ngf >= 1, "dgm.ngf", g.ngf, ">= 1")
+  require(len(g.hidden) >= 1 and min(g.hidden) >= 1, "dgm.hidden", g.hidden, "one or more positive widths")
+  require(g.s_max >= 1, "dgm.s_max", g.s_max, ">= 1")
+  require(g.epochs >= 1, "dgm.epochs", g.epochs, ">= 1")
+  require(g.sparsity >= 0, "dgm.sparsity", g.sparsity, ">= 0")
+  require(g.s_schedule in ("nested", "epoch"), "dgm.s_schedule", g.s_schedule, "'nested' or 'epoch'")
+  require(g.mask_placement in ("after_activation", "before_bn"), "dgm.mask_placement",
+          g.mask_placement, "'after_activation' or 'before_bn'")
+  require(g.replay_gates in ("binary", "soft"), "dgm.replay_gates", g.replay_gates, "'binary' or 'soft'")
+  require(g.critic in ("dcgan", "mlp"), "dgm.critic", g.critic, "'dcgan' or 'mlp'")
+  require(g.clip_norm > 0, "dgm.clip_norm", g.clip_norm, "> 0")
+  require(g.max_tasks >= 1, "dgm.max_tasks", g.max_tasks, ">= 1")
+  d = config.data
+  size = DATASETS[d.dataset].image_shape[0]
+  if g.architecture == "conv":
+    require((d.pad_to or size) == 32, "data.pad_to", d.pad_to,
+            f"32: DGM's conv generator makes 32x32 images (images are {size}); or dgm.architecture='dense'")
+  check_image_generator(config)
+
+
 class DGM(Method):
   """DGMw / DGMa; see the module docstring."""
   name = "dgm"
@@ -138,8 +189,6 @@ class DGM(Method):
     if parallel.mode != "none":
       raise ValueError("dgm: parallel.mode must be 'none' (data-parallel DGM is not implemented yet).")
     d, tr, m = config.dgm, config.train, config.model
-    if d.variant not in VARIANTS:
-      raise ValueError(f"dgm.variant={d.variant!r}; valid choices: {list(VARIANTS)}.")
     self.config, self.parallel, self.d = config, parallel, d
     self.image_shape, self.num_classes = tuple(image_shape), num_classes
     self.batch_size, self.num_steps = tr.batch_size, tr.generator_steps
@@ -407,4 +456,9 @@ class DGM(Method):
 
 
 def make_dgm(config, image_shape, num_classes, parallel=Parallel()) -> DGM:
+  """Checks the config's ``dgm`` keys (:func:`check_config`), then builds the method."""
+  check_config(config)
   return DGM(config, image_shape, num_classes, parallel)
+
+
+SPEC = MethodSpec(make=make_dgm, sections=lambda: {"dgm": config_section()}, check=check_config)

@@ -23,8 +23,12 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import struct
+from ml_collections import config_dict
 
+from gmcl.checks import require
+from gmcl.config import check_image_generator
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.gan import (auxiliary_classifier_loss, gradient_penalty, wasserstein_critic_loss,
                              wasserstein_generator_loss)
@@ -33,6 +37,7 @@ from gmcl.methods.base import ModelState, Phase, apply_gradients, reset_optimize
 from gmcl.optim import adam
 from gmcl.methods.classifier import ClassifierMethod
 from gmcl.models import make_gan
+from gmcl.registry import MethodSpec
 from gmcl.parallel import Parallel
 
 
@@ -79,6 +84,29 @@ def parse_replay_ratio(value) -> Optional[float]:
   if not 0.0 <= r <= 1.0:
     raise ValueError(f"dgr.replay_ratio={r} is outside [0, 1].")
   return r
+
+
+def config_section() -> ml_collections.ConfigDict:
+  """The ``dgr`` section (also read by the methods that contain DGR's generative memory)."""
+  s = ml_collections.ConfigDict()
+  # "balanced" (r = 1/t) or a number in [0, 1]; typed `object` so both kinds can be assigned.
+  s.replay_ratio = config_dict.FieldReference("balanced", field_type=object)
+  s.targets = "hard"  # hard | soft
+  s.temperature = 2.0
+  return s
+
+
+def check_section(config) -> None:
+  """The ``dgr`` section's values."""
+  d = config.dgr
+  parse_replay_ratio(d.replay_ratio)
+  require(d.targets in ("hard", "soft"), "dgr.targets", d.targets, "'hard' or 'soft'")
+  require(d.temperature > 0, "dgr.temperature", d.temperature, "> 0")
+
+
+def check_config(config) -> None:
+  check_section(config)
+  check_image_generator(config)
 
 
 class DGR(ClassifierMethod):
@@ -272,4 +300,9 @@ class DGR(ClassifierMethod):
 
 
 def make_dgr(config, image_shape, num_classes, parallel=Parallel()) -> DGR:
+  """Checks the config's ``dgr`` keys (:func:`check_config`), then builds the method."""
+  check_config(config)
   return DGR(config, image_shape, num_classes, parallel)
+
+
+SPEC = MethodSpec(make=make_dgr, sections=lambda: {"dgr": config_section()}, check=check_config)

@@ -24,16 +24,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import optax
 from flax import struct
 
 from gmcl import optim
+from gmcl.checks import require
 from gmcl.losses.hat import sparsity_regularizer
 from gmcl.models import hat
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.methods.base import Method, ModelState, Phase
 from gmcl.parallel import Parallel
+from gmcl.registry import MethodSpec
 
 
 class HATMLP(nn.Module):
@@ -61,6 +64,27 @@ class HATState:
   task_classes: jax.Array  # (max_tasks, K) bool: each task's classes
   active: jax.Array  # (K,) bool: classes seen so far
   frozen: Any = None  # HAT keeps no snapshot: the masks protect earlier tasks
+
+
+def config_section() -> ml_collections.ConfigDict:
+  """The ``hat`` section with its defaults (HAT's classifier; lgm's masks read ``max_tasks``)."""
+  s = ml_collections.ConfigDict()
+  s.s_max = 400.0  # HAT's classifier; DGM: 1e4 (DGMw), 1e5 (DGMa)
+  s.sparsity = 0.75  # c, the sparsity regulariser's weight
+  s.learning_rate = 0.05  # SGD, as the official HAT code
+  s.clip_norm = 10000.0
+  s.binarize = False  # round the gates to {0, 1} at the end of a task (DGM does)
+  s.max_tasks = 10  # task embeddings per layer
+  return s
+
+
+def check_config(config) -> None:
+  h = config.hat
+  require(h.s_max >= 1, "hat.s_max", h.s_max, ">= 1")
+  require(h.sparsity >= 0, "hat.sparsity", h.sparsity, ">= 0")
+  require(h.learning_rate > 0, "hat.learning_rate", h.learning_rate, "> 0")
+  require(h.clip_norm > 0, "hat.clip_norm", h.clip_norm, "> 0")
+  require(h.max_tasks >= 1, "hat.max_tasks", h.max_tasks, ">= 1")
 
 
 class HATClassifier(Method):
@@ -165,4 +189,9 @@ class HATClassifier(Method):
 
 
 def make_hat(config, image_shape, num_classes, parallel=Parallel()) -> HATClassifier:
+  """Checks the config's ``hat`` keys (:func:`check_config`), then builds the method."""
+  check_config(config)
   return HATClassifier(config, image_shape, num_classes, parallel)
+
+
+SPEC = MethodSpec(make=make_hat, sections=lambda: {"hat": config_section()}, check=check_config)

@@ -67,6 +67,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import optax
 from flax import struct
 
@@ -74,22 +75,45 @@ from gmcl import optim
 from gmcl.losses.hat import sparsity_regularizer
 from gmcl.models import dgm_generator
 from gmcl.models import hat
-from gmcl.config import require
+from gmcl.checks import require
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.alignment import alignment_loss, relative_drift
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.losses.gan import gradient_penalty, wasserstein_critic_loss, wasserstein_generator_loss
 from gmcl.losses.mergan import balanced_labels
-from gmcl.methods.base import Method, ModelState, Phase, apply_gradients, reset_optimizer
+from gmcl.methods.base import Method, ModelState, Phase, apply_gradients, check_batch_divides, reset_optimizer
 from gmcl.optim import adam
 from gmcl.models.classifiers import make_classifier
 from gmcl.models.latent import BRIDGES, Bridge, LatentCritic, LatentGenerator
+from gmcl.methods import hat as hat_method
 from gmcl.parallel import Parallel
+from gmcl.registry import MethodSpec
 
 PROTECTIONS = ("ra", "hat")
 ENCODERS = ("train", "frozen", "prototype", "bridge")
 HAT_MASKS = ("weight", "activation")
 
+
+
+def config_section() -> ml_collections.ConfigDict:
+  """The ``lgm`` section with its defaults."""
+  s = ml_collections.ConfigDict()  # latent generative memory: a conditional GAN in f's feature space
+  s.protection = "ra"  # Q1, how G keeps old classes: ra (replay alignment) | hat (DGM-style masks)
+  s.encoder = "train"  # Q2, the encoder after task 1: train | frozen | prototype | bridge
+  s.ra_weight = 1.0  # lambda of replay alignment on generated features
+  s.drift_weight = 1.0  # prototype: beta of the encoder's drift penalty
+  s.bridge = "linear"  # bridge (old -> new feature space): linear | mlp
+  s.bridge_hidden = 256
+  s.z_dim = 32
+  s.generator_hidden = (256, 256)
+  s.critic_hidden = (256, 256)
+  s.gan_iterations = 1  # WGAN-GP iterations (n_critic critic + 1 generator update) per step
+  s.hat_mask = "weight"  # protection=hat: weight (DGMw) | activation (DGMa) masks
+  s.s_max = 400.0  # protection=hat
+  s.sparsity = 0.75  # protection=hat: c of HAT's sparsity regulariser
+  s.prototype_steps = 100  # encoder=prototype: batches of a task's data averaged into its prototypes
+  s.drift_eval_limit = 2000  # held-out images of old classes for the drift score
+  return s
 
 
 def check_config(config) -> None:
@@ -106,7 +130,7 @@ def check_config(config) -> None:
   for key in ("generator_hidden", "critic_hidden"):
     require(len(g[key]) >= 1 and min(g[key]) >= 1, f"lgm.{key}", g[key], "one or more positive widths")
   require(g.s_max >= 1, "lgm.s_max", g.s_max, ">= 1")
-  require(config.hat.max_tasks >= 1, "hat.max_tasks", config.hat.max_tasks, ">= 1")
+  hat_method.check_config(config)  # its masks' rows: hat.max_tasks
 
 
 @struct.dataclass
@@ -144,13 +168,10 @@ class LGM(Method):
   has_generator = False  # it generates features, not images: no sample grid
 
   def __init__(self, config, image_shape, num_classes, parallel: Parallel = Parallel()):
-    check_config(config)
     if parallel.mode == "pmap":  # jit over a mesh needs nothing of the steps: XLA partitions them
       raise ValueError("lgm: parallel.mode='pmap' is not implemented; use parallel.mode='jit' "
                        "(data-parallel over a device mesh) or 'none'.")
-    if config.train.batch_size % parallel.num_devices:
-      raise ValueError(f"train.batch_size={config.train.batch_size} must be divisible by the "
-                       f"{parallel.num_devices} devices of parallel mode {parallel.mode!r}.")
+    check_batch_divides(config.train.batch_size, parallel)
     self.config, self.parallel = config, parallel
     self.image_shape, self.num_classes = tuple(image_shape), num_classes
     m, tr, g = config.model, config.train, config.lgm
@@ -559,4 +580,10 @@ class LGM(Method):
 
 
 def make_lgm(config, image_shape, num_classes, parallel=Parallel()) -> LGM:
+  """Checks the config's ``lgm`` keys (:func:`check_config`), then builds the method."""
+  check_config(config)
   return LGM(config, image_shape, num_classes, parallel)
+
+
+SPEC = MethodSpec(make=make_lgm, sections=lambda: {"lgm": config_section(), "hat": hat_method.config_section()},
+                  check=check_config)

@@ -79,22 +79,26 @@ import time
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
+import ml_collections
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from gmcl.checks import check_array
-from gmcl.config import require
-from gmcl.data.sampling import TaskArrays
+from gmcl.checks import check_array, require
+from gmcl.config import check_image_generator
+from gmcl.data.sampling import TaskArrays, task_arrays
 from gmcl.losses.alignment import alignment_loss
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.losses.replay import dgr_solver_objective
-from gmcl.methods.base import Method, ModelState, Phase, apply_gradients, run_chunk, step_key
+from gmcl.methods.base import (Method, ModelState, Phase, RunContext, TaskOutcome, apply_gradients, check_batch_divides,
+                               resolve_chunk_mode, run_chunk, step_key)
 from gmcl.optim import adam
 from gmcl.models.classifiers import Classifier, make_classifier
 from gmcl.models.latent import BRIDGES, Bridge
+from gmcl.methods import dgr as dgr_method
 from gmcl.parallel import Parallel
+from gmcl.registry import MethodSpec
 from gmcl.types import PRNGKey
 
 MODES = ("sequential", "parallel")
@@ -179,6 +183,20 @@ def sequence_length(config, num_classes: int) -> int:
   return min(n, int(d.max_tasks)) if d.max_tasks else n
 
 
+def config_section() -> ml_collections.ConfigDict:
+  """The ``lsa`` section with its defaults (the ``dgr`` section configures ``lsa.replay``'s memory)."""
+  s = ml_collections.ConfigDict()  # latent space alignment: multi-head, bridges g_{t->t-1}
+  s.mode = "sequential"  # sequential | parallel (the T task models at once, vmap over tasks)
+  s.bridge = "linear"  # linear | mlp
+  s.bridge_hidden = 256
+  s.bridge_steps = 1000
+  s.bridge_lr = 1e-3
+  s.compose = False  # linear bridges: precompose the chain T -> k into one map per task
+  s.max_tasks = 0  # task slots of the stacked heads and bridges; 0: the config's sequence length
+  s.replay = "none"  # none | generator: the bridge also sees G_{t-1}'s samples (DGR's generator)
+  return s
+
+
 def check_config(config) -> None:
   """Validates the ``lsa`` section; raises ValueError naming the key and the valid values."""
   s = config.lsa
@@ -201,11 +219,18 @@ def check_config(config) -> None:
   require(not (s.replay == "generator" and int(config.train.generator_steps) < 1),
            "train.generator_steps", config.train.generator_steps,
            ">= 1 with lsa.replay='generator' (0 would replay an untrained generator's noise)")
-  if config.method == "lsa":
-    require(not (s.mode == "parallel" and config.parallel.mode != "none"), "parallel.mode",
-            config.parallel.mode, "'none' with lsa.mode='parallel' (all task models at once, vmap "
-            "over tasks); data-parallel training (parallel.mode='jit' or 'pmap') needs "
-            "lsa.mode='sequential'")
+  check_parallel_mode(s.mode, config.parallel.mode)
+  dgr_method.check_section(config)
+  if s.replay == "generator":
+    check_image_generator(config)
+
+
+def check_parallel_mode(lsa_mode: str, parallel_mode: str) -> None:
+  """lsa's parallel mode trains every task model at once on one device: no data parallelism."""
+  if lsa_mode == "parallel" and parallel_mode != "none":
+    raise ValueError(f"config.parallel.mode={parallel_mode!r} is invalid with lsa.mode='parallel' (all task "
+                     "models at once, vmap over tasks), which supports parallel.mode='none' only; "
+                     "data-parallel training (parallel.mode='jit' or 'pmap') needs lsa.mode='sequential'.")
 
 
 class LSA(Method):
@@ -214,14 +239,8 @@ class LSA(Method):
   scenario = "task_incremental"
 
   def __init__(self, config, image_shape, num_classes: int, parallel: Parallel = Parallel()):
-    check_config(config)
-    if parallel.mode != "none" and config.lsa.mode == "parallel":
-      raise ValueError(f"lsa.mode='parallel' (all task models at once, vmap over tasks) supports "
-                       f"parallel.mode='none' only (got {parallel.mode!r}); data-parallel "
-                       "training (parallel.mode='jit' or 'pmap') needs lsa.mode='sequential'.")
-    if config.train.batch_size % parallel.num_devices:
-      raise ValueError(f"train.batch_size={config.train.batch_size} must be divisible by the "
-                       f"{parallel.num_devices} devices of parallel mode {parallel.mode!r}.")
+    check_parallel_mode(config.lsa.mode, parallel.mode)
+    check_batch_divides(config.train.batch_size, parallel)
     self.config, self.parallel = config, parallel
     self.image_shape, self.num_classes = tuple(image_shape), int(num_classes)
     s, m, t = config.lsa, config.model, config.train
@@ -512,6 +531,34 @@ class LSA(Method):
 
   # -- parallel mode ----------------------------------------------------------------------------
 
+  def train_tasks(self, run: RunContext):
+    """``lsa.mode = "parallel"`` drives its own tasks: every task's model at once
+    (:func:`train_parallel`, one program vmapped over tasks), then the bridges. Task t's outcome
+    is :meth:`state_after` t: row t of R is scored on the models of tasks 0..t, which never depend
+    on later tasks. One uninterrupted call, no checkpoints. ``"sequential"``: the loop drives."""
+    if self.mode != "parallel":
+      return None
+    return self._parallel_outcomes(run)
+
+  def _parallel_outcomes(self, run: RunContext):
+    from gmcl.data.build import task_sizes, training_examples  # pylint: disable=import-outside-toplevel
+    config, data, seq = run.config, run.data, run.sequence
+    limit = config.data.train_limit
+    capacity = max(task_sizes(data, seq, limit))
+    tasks = [task_arrays(*training_examples(data, seq, t, False, limit), capacity) for t in range(len(seq))]
+    start = time.time()
+    state, info = train_parallel(self, run.run_key, tasks, chunk_steps=config.train.chunk_steps,
+                                 chunk_mode=resolve_chunk_mode(config.train.chunk_mode))
+    jax.block_until_ready(state)
+    seconds = time.time() - start
+    bad = {k: v for k, v in info["metrics"].items() if not np.isfinite(v)}
+    if bad:
+      raise FloatingPointError(f"Non-finite loss in lsa's parallel training: {bad}")
+    for t in range(len(seq)):
+      last = t == len(seq) - 1
+      yield TaskOutcome(self.state_after(state, info["encoders"], t), info["metrics"] if last else {},
+                        seconds if t == 0 else 0.0)
+
   def state_after(self, state: LSAState, encoders, task_index: int) -> LSAState:
     """The state a parallel run gives for the first ``task_index + 1`` tasks only: f from
     ``encoders`` (stacked, from :func:`train_parallel`), chains from Z_{task_index}. Task k's
@@ -655,4 +702,10 @@ def train_parallel(method: LSA, key: PRNGKey, tasks: Sequence[TaskArrays],
 
 
 def make_lsa(config, image_shape, num_classes, parallel=Parallel()) -> LSA:
+  """Checks the config's ``lsa`` keys (:func:`check_config`), then builds the method."""
+  check_config(config)
   return LSA(config, image_shape, num_classes, parallel)
+
+
+SPEC = MethodSpec(make=make_lsa, sections=lambda: {"lsa": config_section(), "dgr": dgr_method.config_section()},
+                  check=check_config, added_keys={"lsa.replay": "none"})

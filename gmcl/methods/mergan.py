@@ -54,7 +54,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+import ml_collections
+
 from gmcl import evaluation, xla
+from gmcl.checks import require
+from gmcl.config import check_image_generator
 from gmcl.evaluation import oracle
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
@@ -67,6 +71,8 @@ from gmcl.optim import adam
 from gmcl.methods.classifier import ClassifierMethod
 from gmcl.methods.dgr import apply_generator
 from gmcl.models import make_gan
+from gmcl.registry import MethodSpec
+from gmcl.models.classifiers import CLASSIFIERS as ORACLE_CLASSIFIERS
 from gmcl.parallel import Parallel
 
 VARIANTS = ("sft", "jr", "ra")
@@ -92,6 +98,39 @@ class MeRGANState:
   frozen: Optional[MeRGANSnapshot] = None
 
 
+def config_section() -> ml_collections.ConfigDict:
+  """The ``mergan`` section with its defaults (MeRGAN's official settings)."""
+  s = ml_collections.ConfigDict()
+  s.variant = "ra"  # sft | jr (joint retraining with replay) | ra (replay alignment)
+  s.ra_weight = 1e-3  # lambda of replay alignment (official: 1e-3 MNIST, 1e-2 SVHN)
+  s.classifier = "replay"  # replay (separate classifier on real + generated) | auxiliary
+  s.replay_source = "current"  # current (G_t) | previous (G_{t-1}): the replay classifier's
+  s.critic_aux_on_fake = False  # official: the critic's AC-GAN loss on real data only
+  s.oracle = True  # score generated samples with an oracle classifier (MeRGAN's protocol)
+  s.oracle_classifier = "mlp"  # the official MNIST oracle: MLP 1024-512-256-128; "cnn" for SVHN
+  s.oracle_hidden = (512, 256, 128)
+  s.oracle_steps = 2000
+  s.oracle_batch_size = 128
+  s.oracle_samples_per_class = 6400  # the official evaluation: 100 batches of 64
+  s.oracle_sample_batch = 64
+  s.oracle_dir = ""  # "" = $GMCL_CACHE_DIR/oracles or ~/.cache/gmcl/oracles
+  return s
+
+
+def check_config(config) -> None:
+  mg = config.mergan
+  require(mg.variant in VARIANTS, "mergan.variant", mg.variant, "'sft', 'jr' or 'ra'")
+  require(mg.ra_weight >= 0, "mergan.ra_weight", mg.ra_weight, ">= 0")
+  require(mg.classifier in CLASSIFIERS, "mergan.classifier", mg.classifier, "'replay' or 'auxiliary'")
+  require(mg.replay_source in REPLAY_SOURCES, "mergan.replay_source", mg.replay_source,
+          "'current' or 'previous'")
+  require(mg.oracle_classifier in ORACLE_CLASSIFIERS, "mergan.oracle_classifier", mg.oracle_classifier,
+          str(sorted(ORACLE_CLASSIFIERS)))
+  for key in ("oracle_steps", "oracle_batch_size", "oracle_samples_per_class", "oracle_sample_batch"):
+    require(mg[key] >= 1, f"mergan.{key}", mg[key], ">= 1")
+  check_image_generator(config)
+
+
 class MeRGAN(ClassifierMethod):
   """Memory Replay GAN; see the module docstring."""
   has_generator = True
@@ -100,13 +139,6 @@ class MeRGAN(ClassifierMethod):
   def __init__(self, config, image_shape, num_classes, parallel: Parallel = Parallel()):
     super().__init__(config, image_shape, num_classes, name="mergan", parallel=parallel)
     m, tr, mg = config.model, config.train, config.mergan
-    if mg.variant not in VARIANTS:
-      raise ValueError(f"mergan.variant={mg.variant!r}; valid choices: {list(VARIANTS)}.")
-    if mg.classifier not in CLASSIFIERS:
-      raise ValueError(f"mergan.classifier={mg.classifier!r}; valid choices: {list(CLASSIFIERS)}.")
-    if mg.replay_source not in REPLAY_SOURCES:
-      raise ValueError(f"mergan.replay_source={mg.replay_source!r}; valid choices: "
-                       f"{list(REPLAY_SOURCES)}.")
     self.variant, self.mg = mg.variant, mg
     self.z_dim = m.z_dim
     self.generator, self.critic = make_gan(
@@ -356,4 +388,9 @@ class MeRGAN(ClassifierMethod):
 
 
 def make_mergan(config, image_shape, num_classes, parallel=Parallel()) -> MeRGAN:
+  """Checks the config's ``mergan`` keys (:func:`check_config`), then builds the method."""
+  check_config(config)
   return MeRGAN(config, image_shape, num_classes, parallel)
+
+
+SPEC = MethodSpec(make=make_mergan, sections=lambda: {"mergan": config_section()}, check=check_config)

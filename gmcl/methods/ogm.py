@@ -76,10 +76,12 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import struct
 
-from gmcl.config import require
+from gmcl.checks import require
+from gmcl.config import check_image_generator
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.losses.replay import replay_loss
@@ -87,7 +89,9 @@ from gmcl.methods.base import ModelState, Phase, apply_gradients
 from gmcl.optim import adam
 from gmcl.methods.classifier import ClassifierMethod
 from gmcl.methods.dgr import DGR, DGRSnapshot
+from gmcl.methods import dgr as dgr_method
 from gmcl.parallel import Parallel
+from gmcl.registry import MethodSpec
 
 VARIANTS = ("lookahead", "distill", "project")
 MEMORIES = ("current", "generator")
@@ -100,14 +104,30 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # -- configuration ---------------------------------------------------------------------------------
 
 
+def config_section() -> ml_collections.ConfigDict:
+  """The ``ogm`` section with its defaults (the ``dgr`` section configures ``ogm.memory='generator'``)."""
+  s = ml_collections.ConfigDict()  # online generative memory: keep earlier predictions while learning
+  s.variant = "distill"  # lookahead (a) | distill (b) | project (c)
+  s.memory = "current"  # current (LwF-style: current inputs) | generator (G_{t-1}'s samples)
+  s.memory_batch = 64
+  s.refresh_every = 1  # steps between new saved memory batches
+  s.lookahead_steps = 1  # (a) k
+  s.lookahead_lr = 0.1  # (a) step size of the k lookahead steps (1e-3 moved theta by ~1e-6)
+  s.inner_lr = 0.1  # (a) eta of the virtual step theta - eta grad L(theta)
+  s.lookahead_clip = 1.0  # (a) clip each lookahead gradient to this global norm; 0: the proposal's plain step
+  s.lookahead_target = "current"  # (a) current: f_theta(X) (the proposal's) | saved: the saved Y
+  s.distill_weight = 1.0  # (b) the distillation step's Adam update, relative to the main step's
+  s.temperature = 2.0  # (b)
+  s.epsilon = 0.1  # (c) the bound on ||f(X) - Y|| (1.0 never bound with batch 16)
+  s.norm = "frobenius"  # (c) frobenius | spectral
+  s.backtracking = 8  # (c) halvings of the in-span part before it is dropped
+  return s
+
 
 def check_config(config) -> None:
-  """Validates the ``config.ogm`` section; raises ValueError naming the key and the valid values.
-
-  The section's values are checked for every method (as :func:`gmcl.config.validate_config` checks
-  every section); the settings ogm cannot combine with (``model.classifier`` other than "mlp" for
-  the "project" variant, ``parallel.mode = "pmap"``) only when ``config.method == "ogm"``.
-  """
+  """Validates the ``ogm`` section and the settings ogm cannot combine with (``model.classifier``
+  other than "mlp" for the "project" variant, ``parallel.mode = "pmap"``); raises ValueError
+  naming the key and the valid values."""
   o = config.ogm
   require(o.variant in VARIANTS, "ogm.variant", o.variant, "'lookahead', 'distill' or 'project'")
   require(o.memory in MEMORIES, "ogm.memory", o.memory, "'current' or 'generator'")
@@ -128,15 +148,18 @@ def check_config(config) -> None:
   require(o.epsilon >= 0, "ogm.epsilon", o.epsilon, ">= 0")
   require(o.backtracking >= 0, "ogm.backtracking", o.backtracking,
            ">= 0 (halvings of the in-span part before it is dropped)")
-  if config.method == "ogm":
-    _check_combination(config.model.classifier, o.variant, config.parallel.mode)
-
-
-def _check_combination(classifier: str, variant: str, parallel_mode: str) -> None:
-  if variant == "project" and classifier != "mlp":
+  classifier = config.model.classifier
+  if o.variant == "project" and classifier != "mlp":
     raise ValueError(f"config.model.classifier={classifier!r} with config.ogm.variant='project': the "
                      "projected step supports only model.classifier='mlp' (dense layers); use "
                      "ogm.variant='lookahead' or 'distill' with other classifiers.")
+  check_parallel_mode(config.parallel.mode)
+  dgr_method.check_section(config)
+  if o.memory == "generator":
+    check_image_generator(config)
+
+
+def check_parallel_mode(parallel_mode: str) -> None:
   if parallel_mode == "pmap":  # jit over a mesh needs nothing of the steps: XLA partitions them
     raise ValueError("ogm: parallel.mode='pmap' is not implemented; use parallel.mode='jit' "
                      "(data-parallel over a device mesh) or 'none'.")
@@ -340,8 +363,7 @@ class OGM(DGR):
   """
 
   def __init__(self, config, image_shape, num_classes, parallel: Parallel = Parallel()):
-    check_config(config)
-    _check_combination(config.model.classifier, config.ogm.variant, parallel.mode)
+    check_parallel_mode(parallel.mode)
     super().__init__(config, image_shape, num_classes, parallel)
     self.name = "ogm"
     o = config.ogm
@@ -531,9 +553,16 @@ class OGM(DGR):
 
 
 def make_ogm(config, image_shape, num_classes, parallel=Parallel()) -> OGM:
+  """Checks the config's ``ogm`` keys (:func:`check_config`), then builds the method."""
+  check_config(config)
   return OGM(config, image_shape, num_classes, parallel)
 
 
 __all__ = ["MEMORIES", "NORMS", "OGM", "OGMMemory", "OGMState", "VARIANTS", "check_config",
            "lookahead_objective", "make_ogm", "mlp_dense_inputs", "prediction_drift",
            "project_update", "span_split"]
+
+
+SPEC = MethodSpec(make=make_ogm, sections=lambda: {"ogm": config_section(), "dgr": dgr_method.config_section()},
+                  check=check_config,
+                  added_keys={"ogm.lookahead_target": "current", "ogm.lookahead_clip": 0.0})

@@ -66,3 +66,30 @@ def test_config_arguments():
     common.parse_args("dataset=emnist")
   smoke = dgr.get_config("smoke")
   assert smoke.model.generator_features < dgr.get_config("").model.generator_features
+
+
+def test_configs_hold_the_chosen_methods_sections_only():
+  from gmcl.registry import METHODS, method_spec
+  shared = {"method", "seed", "data", "model", "train", "parallel", "checkpoint", "eval"}
+  for name in METHODS:
+    c = method_config(name)
+    assert set(c.keys()) == shared | set(method_spec(name).sections()), name
+  assert "mergan" not in dgr.get_config("smoke") and "dgr" in ogm.get_config("smoke")
+  c = method_config("sft")
+  c.dgr = method_config("dgr").dgr  # another method's section is an unknown key
+  with pytest.raises(ValueError, match=r"Unknown config key 'dgr'"):
+    validate_config(c)
+  c = method_config("ogm")
+  del c["dgr"]
+  with pytest.raises(ValueError, match=r"lacks the sections \['dgr'\] that method 'ogm' reads"):
+    validate_config(c)
+
+
+def test_config_imports_no_method():
+  """gmcl.config asks the registry for a method's sections when it needs them: importing it
+  imports no method module (methods import gmcl.config; no cycle)."""
+  import subprocess
+  import sys
+  code = ("import sys, gmcl.config; assert not [m for m in sys.modules if m.startswith('gmcl.methods')], "
+          "sorted(m for m in sys.modules if m.startswith('gmcl.'))")
+  subprocess.run([sys.executable, "-c", code], check=True)

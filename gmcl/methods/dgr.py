@@ -173,8 +173,10 @@ class DGR(ClassifierMethod):
   def _generate(self, params, batch_stats, z, labels, train: bool):
     return apply_generator(self.generator, params, batch_stats, z, labels, train)
 
-  def _replay_batch(self, frozen: DGRSnapshot, key, n: int):
-    """x' ~ G_{t-1} (eval mode) and, when conditional, classes drawn uniformly from old ones.
+  def replay_batch(self, frozen: DGRSnapshot, key, n: int):
+    """The generative memory's replay draw: ``(x', y')`` with x' ~ G_{t-1} (eval mode, never
+    differentiated) and, when conditional, y' drawn uniformly from the classes seen before (else
+    None). Public: methods that contain DGR's memory (lsa's ``replay = "generator"``) draw from it.
 
     ``n`` is the global batch size; under pmap each device generates its rows only.
     """
@@ -199,7 +201,7 @@ class DGR(ClassifierMethod):
   def replay_objective(self, params, state: DGRState, real_losses, key):
     if state.frozen is None:  # first task: nothing to replay (static, so compiled separately)
       return jnp.mean(real_losses), {}
-    x_rep, _ = self._replay_batch(state.frozen, key, self.batch_size)
+    x_rep, _ = self.replay_batch(state.frozen, key, self.batch_size)
     teacher = self.classifier.apply({"params": jax.lax.stop_gradient(state.frozen.solver_params)},
                                     x_rep)
     student = self.classifier.apply({"params": params}, x_rep)
@@ -254,7 +256,7 @@ class DGR(ClassifierMethod):
     for i in range(self.n_critic):
       k_x, k_rep, k_z, k_gp1, k_gp2 = jax.random.split(keys[i], 5)
       x, y = self.sample_batch(data, k_x, n)
-      x_rep, y_rep = self._replay_batch(state.frozen, k_rep, n) if replaying else (None, None)
+      x_rep, y_rep = self.replay_batch(state.frozen, k_rep, n) if replaying else (None, None)
       z, labels = self._fake_batch(k_z, y, y_rep)
       fakes, _ = self._generate(state.generator.params, state.generator.batch_stats, z, labels,
                                 train=True)
@@ -276,7 +278,7 @@ class DGR(ClassifierMethod):
 
     k_x, k_rep, k_z = jax.random.split(keys[-1], 3)
     _, y = self.sample_batch(data, k_x, n)
-    y_rep = self._replay_batch(state.frozen, k_rep, n)[1] if replaying else None
+    y_rep = self.replay_batch(state.frozen, k_rep, n)[1] if replaying else None
     z, labels = self._fake_batch(k_z, y, y_rep)
 
     def generator_loss(g_params):

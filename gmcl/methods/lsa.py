@@ -442,7 +442,7 @@ class LSA(Method):
     replayed, ratio = None, 1.0
     if replaying:
       key, k_rep = jax.random.split(key)
-      replayed = self.memory._replay_batch(state.memory.frozen, k_rep, self.batch_size)[0]  # pylint: disable=protected-access
+      replayed = self.memory.replay_batch(state.memory.frozen, k_rep, self.batch_size)[0]
       ratio = state.memory.ratio
     bridge, metrics = self._bridge_update(state.bridge, state.solver.params["encoder"],
                                           state.frozen, data, key, replayed, ratio)

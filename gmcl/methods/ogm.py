@@ -64,7 +64,7 @@ Every step is ``solver_step(state, data, key) -> (state, metrics)``, pure, so it
 gathered and the lookahead's inner gradient averaged across devices).
 
 Why one class, a subclass of :class:`gmcl.methods.dgr.DGR`, for both memories: with
-``memory="generator"`` the generator phase, the replay sampler (``_replay_batch``) and the snapshots
+``memory="generator"`` the generator phase, the replay sampler (``replay_batch``) and the snapshots
 are DGR's, inherited unchanged; with ``memory="current"`` the state simply holds no generator
 (``generator = critic = frozen = None``) and :meth:`OGM.phases` returns the solver phase alone. The
 solver's initial parameters are the same in both cases (the same key split as DGR's ``init``).
@@ -426,7 +426,7 @@ class OGM(DGR):
 
   def _draw_memory(self, state, data: TaskArrays, key) -> jax.Array:
     if self.has_generator and state.frozen is not None:  # static: compiled per case
-      return self._replay_batch(state.frozen, key, self.memory_batch)[0]
+      return self.replay_batch(state.frozen, key, self.memory_batch)[0]
     return self.sample_batch(data, key, self.memory_batch)[0]
 
   def refreshed_memory(self, state, data: TaskArrays, key) -> tuple[OGMMemory, jax.Array]:

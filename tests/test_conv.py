@@ -125,7 +125,10 @@ def test_jit_equals_eager():
   plan = C.cpu_plan(g)
   f = lambda x, w: jax.grad(lambda x, w: jnp.sum(jnp.square(jax.grad(
       lambda x: jnp.sum(jnp.tanh(C.conv(x, w, g, plan))))(x))), 1)(x, w)
-  np.testing.assert_allclose(jax.jit(f)(x, w), f(x, w), rtol=1e-5, atol=1e-5)
+  # A fused program and op-by-op execution sum in other orders: ~K * eps_f32 of the largest term
+  # per derivative (K = 5 * 5 * cin here), so the bound is on the output's scale (_close), as for
+  # the implementations above; element by element, cancelling sums would make it CPU-dependent.
+  _close(jax.jit(f)(x, w), f(x, w), 1e-4)
 
 
 def test_bad_input_is_named():

@@ -76,9 +76,13 @@ def test_chunked_loop_gives_the_same_results(mnist_data, tmp_path):
     c.train.chunk_steps = k
     runs.append(loop.run(c, str(tmp_path / f"k{k}"), data=mnist_data, progress=False,
                          log=lambda s: None))
-  # The same steps with the same keys: the same accuracies (up to a rare float tie at argmax).
+  # The same steps with the same keys: the same accuracies, up to a float tie at argmax: one
+  # program or five sum in other orders, so an image whose top two logits are within rounding
+  # may flip; one such image moves an entry by 1 / (the task's test images).
+  y = mnist_data.y_test
+  one_image = 1.0 / min(int(np.sum(y == k)) for k in (0, 1))
   np.testing.assert_allclose(np.array(runs[0]["accuracy_matrix"], float),
-                             np.array(runs[1]["accuracy_matrix"], float), atol=1e-3)
+                             np.array(runs[1]["accuracy_matrix"], float), atol=1.01 * one_image)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from gmcl.data.sampling import task_arrays
 from gmcl.methods import build_method
 from gmcl.methods.base import run_chunk
 from gmcl.parallel import make_parallel
+from tolerances import ROUNDING_PER_UPDATE, assert_match_up_to_summation_order, ravel
 
 SHAPE = (32, 32, 1)
 N_STEPS = 3
@@ -57,49 +58,6 @@ def _train(mode, case, devices=8):
   return jax.device_get(state.replace(frozen=None)), jax.device_get(metrics)
 
 
-# Float32 rounding of one gradient summed over the global batch in another order (8 devices) is
-# ~n * eps_f32 relative for a sum of n terms: with reductions of up to ~1e3 terms here
-# (eps_f32 = 1.2e-7), ~1e-4. Where a gradient is a difference of nearly equal terms (the WGAN
-# critic's, mean D(fake) - mean D(real), with its gradient penalty) cancellation multiplies that
-# relative error, and Adam's update lr * m/sqrt(v) carries it over whole. A wrong data-parallel
-# step (a missing pmean, a wrong slice of the batch) changes the update itself: about one step.
-# 1e-2 of a step per update lies two orders of magnitude from both.
-ROUNDING_PER_UPDATE = 1e-2
-# A parameter whose gradient is itself rounding-sized (a bias before batch norm, a weight of a
-# dead unit) has a noise sign that the summation order decides: Adam can step it the other way.
-# Such parameters are a small fraction of a network (biases before normalisation are ~0.3% of
-# these ones); a wrong data-parallel step moves nearly every parameter by about a step.
-MAX_ROUNDING_SIZED = 0.01
-
-
-def adam_step_bound(b1: float, b2: float, updates: int) -> float:
-  """The largest |update| / lr that Adam (bias-corrected, eps = 0) can take in its first
-  ``updates`` steps, for any gradients: by Cauchy-Schwarz on m_t = (1-b1) sum_j b1^j g_{t-j}
-  against v_t = (1-b2) sum_j b2^j g_{t-j}^2,
-  |m_t| / sqrt(v_t) <= (1-b1) / sqrt(1-b2) * sqrt(sum_{j<t} (b1^2/b2)^j),
-  times the bias corrections sqrt(1-b2^t) / (1-b1^t). Step 1 gives exactly 1."""
-  def bound(t):
-    r = b1 * b1 / b2
-    return ((1 - b1) / np.sqrt(1 - b2) * np.sqrt(sum(r ** j for j in range(t)))
-            * np.sqrt(1 - b2 ** t) / (1 - b1 ** t))
-  return max(bound(t) for t in range(1, updates + 1))
-
-
-def assert_match_up_to_summation_order(one, eight, *, lr, betas, updates, what):
-  """``one`` and ``eight`` (parameter pytrees after at most ``updates`` Adam updates of
-  learning rate ``lr`` and ``betas`` from the same start) differ only as the order of float32
-  sums can make them: no parameter by more than two of Adam's largest steps per update (the
-  two runs stepping opposite ways), and all but a fraction MAX_ROUNDING_SIZED by less than
-  ROUNDING_PER_UPDATE of a step per update. Bounds from the arithmetic, not from one CPU."""
-  diff = np.abs(ravel(one) - ravel(eight))
-  worst = 2 * updates * lr * adam_step_bound(*betas, updates)
-  close = ROUNDING_PER_UPDATE * updates * lr
-  worse = float(np.mean(diff > close))
-  print(f"{what}: max |diff| {diff.max():.3g} (bound {worst:.3g}), fraction beyond "
-        f"{close:.3g}: {worse:.2g} (bound {MAX_ROUNDING_SIZED})")
-  assert diff.max() < worst, (what, float(diff.max()), worst)
-  assert worse < MAX_ROUNDING_SIZED, (what, worse)
-  return diff
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -236,10 +194,6 @@ def test_jit_mesh_of_eight_devices_matches_one(case):
                                             updates=4 * N_STEPS, what=f"{case} solver")
   one = ravel(finals["none"])
   assert np.median(np.abs(one - start)) > 100 * np.median(diff)  # training moved it
-
-
-def ravel(tree):
-  return np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(tree)])
 
 
 @needs_8_devices

@@ -94,7 +94,11 @@ def test_critic_penalty_gradient_is_the_same_under_every_choice(fusions):
 
   ref = xla.jit(jax.grad(loss), fusions="xla")(params)
   got = xla.jit(jax.grad(loss), fusions=fusions)(params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got, ref)
+  # Another library's kernels sum in another order: per layer ~K * eps_f32 of the largest term
+  # (K <= 2 * 16 * 16 = 512 for a weight gradient here, eps_f32 = 1.2e-7), twice for the second
+  # derivative, over 4 layers: ~5e-4 of each leaf's largest entry. Elements where terms cancel
+  # carry that absolute error, so the bound is on the leaf's scale, not each element's.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * np.max(np.abs(b))), got, ref)
 
 
 @struct.dataclass

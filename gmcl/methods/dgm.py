@@ -88,12 +88,13 @@ from gmcl.losses.hat import sparsity_regularizer
 from gmcl.models import dgm_generator
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
-from gmcl.losses.gan import gradient_penalty, wasserstein_critic_loss, wasserstein_generator_loss
+from gmcl.losses.gan import wasserstein_generator_loss
 from gmcl.losses.mergan import balanced_labels
 from gmcl.methods.base import Method, ModelState, Phase
 from gmcl.optim import adam
 from gmcl.models import DCGANCritic, MLPCritic
 from gmcl.parallel import Parallel
+from gmcl.methods.wgan_gp import wgan_gp_critic_loss, wgan_gp_iteration
 from gmcl.registry import MethodSpec
 
 VARIANTS = ("dgmw", "dgma")
@@ -386,46 +387,49 @@ class DGM(Method):
                               opt_state=opt_state, batch_stats=stats)
       cls_losses.append(loss)
 
-    # 2. one WGAN-GP critic step: real data of the current task against G_t's samples
+    # 2. one WGAN-GP critic step: real data of the current task against G_t's samples; then
+    # 3. one generator step: adversarial loss + lambda_t * sparsity, gradients compensated
+    # (gmcl.methods.wgan_gp.wgan_gp_iteration, critic first as the official code)
     g = state.generator
     z = self._noise(k_zd, y)
     fake, _, g_stats = dgm_generator.generate(self.spec, g.params, g.batch_stats, z, t, s, train=True)
     fake = jax.lax.stop_gradient(fake)
+    lam = dgm_generator.sparsity_weight(float(self.d.sparsity), self.spec, g.params)  # a Python float
 
-    def critic_loss(params):
-      real_s, _, st = self._critic(params, critic.batch_stats, x, train=True)
+    def critic_loss(params, batch_stats):
+      real_s, _, st = self._critic(params, batch_stats, x, train=True)
       fake_s, _, st = self._critic(params, st, fake, train=True)
-      gp, st = gradient_penalty(critic_fn=lambda im: self._critic(params, st, im, train=True)[::2],
-                                real=x, fake=fake, key=k_gp, has_aux=True)
-      w = jnp.mean(wasserstein_critic_loss(real_scores=real_s, fake_scores=fake_s))
-      loss = w + self.gp_weight * jnp.mean(gp)
-      return loss, (st, {"critic_loss": loss, "wasserstein_estimate": -w,
-                         "gradient_penalty": jnp.mean(gp)})
+      loss, m, st = wgan_gp_critic_loss(critic_fn=lambda im: self._critic(params, st, im, train=True)[::2],
+                                        real=x, fake=fake, key=k_gp, gp_weight=self.gp_weight,
+                                        real_scores=real_s, fake_scores=fake_s, has_aux=True)
+      return loss, (st, m)
 
-    grads, (c_stats, c_metrics) = jax.grad(critic_loss, has_aux=True)(critic.params)
-    updates, opt_state = self.critic_tx.update(grads, critic.opt_state, critic.params)
-    critic = critic.replace(params=optax.apply_updates(critic.params, updates), opt_state=opt_state,
-                            batch_stats=c_stats)
+    def critic_update(critic, grads, stats):
+      updates, opt_state = self.critic_tx.update(grads, critic.opt_state, critic.params)
+      return critic.replace(params=optax.apply_updates(critic.params, updates), opt_state=opt_state,
+                            batch_stats=stats)
 
-    # 3. one generator step: adversarial loss + lambda_t * sparsity, gradients compensated
-    z = self._noise(k_zg, y)
-    lam = dgm_generator.sparsity_weight(float(self.d.sparsity), self.spec, g.params)
-
-    def generator_loss(params):
+    def generator_loss(params, z, critic):
       images, gates, stats = dgm_generator.generate(self.spec, params, g_stats, z, t, s, train=True)
       scores, _, c_stats = self._critic(critic.params, critic.batch_stats, images, train=True)
       adv = jnp.mean(wasserstein_generator_loss(fake_scores=scores))
       reg = sparsity_regularizer(gates, state.reserved)  # at t = 0: the mean gate
-      return adv + lam * reg, (stats, c_stats, {"generator_loss": adv + lam * reg,
-                                                "generator_adv_loss": adv, "sparsity": reg})
+      return adv + lam * reg, ((stats, c_stats), {"generator_loss": adv + lam * reg,
+                                                  "generator_adv_loss": adv, "sparsity": reg})
 
-    grads, (g_stats, c_stats, g_metrics) = jax.grad(generator_loss, has_aux=True)(g.params)
-    critic = critic.replace(batch_stats=c_stats)  # torch's critic, in training mode, updates them too
-    tx = self.generator_tx(g.params)
-    updates, opt_state = tx.update(grads, g.opt_state, g.params, s=s, s_max=s_ep)
-    generator = g.replace(params=optax.apply_updates(g.params, updates), opt_state=opt_state,
-                          batch_stats=g_stats)
-    metrics = dict(c_metrics, **g_metrics, classifier_loss=jnp.mean(jnp.stack(cls_losses)), s=s)
+    def generator_update(generator, critic, grads, stats):
+      new_g_stats, c_stats = stats
+      tx = self.generator_tx(generator.params)
+      updates, opt_state = tx.update(grads, generator.opt_state, generator.params, s=s, s_max=s_ep)
+      generator = generator.replace(params=optax.apply_updates(generator.params, updates),
+                                    opt_state=opt_state, batch_stats=new_g_stats)
+      return generator, critic.replace(batch_stats=c_stats)  # torch's critic, in training mode, updates them too
+
+    critic, generator, metrics = wgan_gp_iteration(
+        critic, g, critic_keys=[k_gp], generator_key=k_zg,
+        critic_step={"draw": lambda _: critic.batch_stats, "loss": critic_loss, "update": critic_update},
+        generator_step={"draw": lambda k: self._noise(k, y), "loss": generator_loss, "update": generator_update})
+    metrics = dict(metrics, classifier_loss=jnp.mean(jnp.stack(cls_losses)), s=s)
     return state.replace(generator=generator, critic=critic, step=state.step + 1), metrics
 
   # -- evaluation and sampling ---------------------------------------------------------------

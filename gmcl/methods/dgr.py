@@ -30,13 +30,13 @@ from ml_collections import config_dict
 from gmcl.checks import require
 from gmcl.config import check_image_generator
 from gmcl.data.sampling import TaskArrays
-from gmcl.losses.gan import (auxiliary_classifier_loss, gradient_penalty, wasserstein_critic_loss,
-                             wasserstein_generator_loss)
+from gmcl.losses.gan import auxiliary_classifier_loss, wasserstein_generator_loss
 from gmcl.losses.replay import dgr_solver_objective, replay_loss
 from gmcl.methods.base import ModelState, Phase, apply_gradients, reset_optimizer
 from gmcl.optim import adam
 from gmcl.methods.classifier import ClassifierMethod
 from gmcl.models import make_gan
+from gmcl.methods.wgan_gp import wgan_gp_critic_loss, wgan_gp_iteration
 from gmcl.registry import MethodSpec
 from gmcl.parallel import Parallel
 
@@ -226,13 +226,12 @@ class DGR(ClassifierMethod):
     return z, (labels_real if self.conditional else None)
 
   def generator_step(self, state: DGRState, data: TaskArrays, key):
-    """One WGAN-GP iteration: ``n_critic`` critic updates, then one generator update."""
+    """One WGAN-GP iteration (:func:`gmcl.methods.wgan_gp.wgan_gp_iteration`): ``n_critic``
+    critic updates, then one generator update."""
     n, replaying = self.batch_size, state.frozen is not None
     n_local = self.local_size(n)
     r = state.ratio if replaying else 1.0
     keys = jax.random.split(key, self.n_critic + 1)
-    critic = state.critic
-    metrics = {}
 
     def split_fakes(images, labels):
       if self.conditional and replaying:
@@ -244,46 +243,42 @@ class DGR(ClassifierMethod):
       s_real, a_real = critic_fn(real)
       s_fake, a_fake = critic_fn(fake)
       eps = self.local(jax.random.uniform(k_gp, (n,)))
-      gp = gradient_penalty(critic_fn=lambda im: critic_fn(im)[0], real=real, fake=fake,
-                            epsilon=eps)
-      w = jnp.mean(wasserstein_critic_loss(real_scores=s_real, fake_scores=s_fake))
-      loss = w + self.gp_weight * jnp.mean(gp)
+      loss, m = wgan_gp_critic_loss(critic_fn=lambda im: critic_fn(im)[0], real=real, fake=fake, epsilon=eps,
+                                    gp_weight=self.gp_weight, real_scores=s_real, fake_scores=s_fake)
       if self.conditional:
         loss += jnp.mean(auxiliary_classifier_loss(logits=a_real, labels=real_labels))
         loss += jnp.mean(auxiliary_classifier_loss(logits=a_fake, labels=fake_labels))
-      return loss, (-w, jnp.mean(gp))
+      return loss, (m["wasserstein_estimate"], m["gradient_penalty"])
 
-    for i in range(self.n_critic):
-      k_x, k_rep, k_z, k_gp1, k_gp2 = jax.random.split(keys[i], 5)
+    def critic_draw(k):
+      k_x, k_rep, k_z, k_gp1, k_gp2 = jax.random.split(k, 5)
       x, y = self.sample_batch(data, k_x, n)
       x_rep, y_rep = self.replay_batch(state.frozen, k_rep, n) if replaying else (None, None)
       z, labels = self._fake_batch(k_z, y, y_rep)
       fakes, _ = self._generate(state.generator.params, state.generator.batch_stats, z, labels,
                                 train=True)
       fakes = jax.lax.stop_gradient(fakes)
-      (f_real, l_real), (f_rep, l_rep) = split_fakes(fakes, labels)
+      return (x, y, k_gp1), (x_rep, y_rep, k_gp2), split_fakes(fakes, labels)
 
-      def critic_loss(c_params):
-        loss, (w_dist, gp) = critic_term(c_params, x, y, f_real, l_real, k_gp1)
-        if replaying:
-          rep_loss, (rep_w, rep_gp) = critic_term(c_params, x_rep, y_rep, f_rep, l_rep, k_gp2)
-          loss = r * loss + (1.0 - r) * rep_loss
-          w_dist, gp = r * w_dist + (1.0 - r) * rep_w, r * gp + (1.0 - r) * rep_gp
-        return loss, {"critic_loss": loss, "wasserstein_estimate": w_dist, "gradient_penalty": gp}
-
-      grads, m = self.cross_device_mean(jax.grad(critic_loss, has_aux=True)(critic.params))
-      critic = apply_gradients(critic, grads, self.gan_tx)
+    def critic_loss(c_params, inputs):
+      (x, y, k_gp1), (x_rep, y_rep, k_gp2), ((f_real, l_real), (f_rep, l_rep)) = inputs
+      loss, (w_dist, gp) = critic_term(c_params, x, y, f_real, l_real, k_gp1)
+      if replaying:
+        rep_loss, (rep_w, rep_gp) = critic_term(c_params, x_rep, y_rep, f_rep, l_rep, k_gp2)
+        loss = r * loss + (1.0 - r) * rep_loss
+        w_dist, gp = r * w_dist + (1.0 - r) * rep_w, r * gp + (1.0 - r) * rep_gp
       # Averaged over the critic iterations; replay terms weighted by 1 - r like the loss.
-      metrics = {k: metrics.get(k, 0.0) + v / self.n_critic for k, v in m.items()}
+      return loss, (None, {"critic_loss": loss, "wasserstein_estimate": w_dist, "gradient_penalty": gp})
 
-    k_x, k_rep, k_z = jax.random.split(keys[-1], 3)
-    _, y = self.sample_batch(data, k_x, n)
-    y_rep = self.replay_batch(state.frozen, k_rep, n)[1] if replaying else None
-    z, labels = self._fake_batch(k_z, y, y_rep)
+    def generator_draw(k):
+      k_x, k_rep, k_z = jax.random.split(k, 3)
+      _, y = self.sample_batch(data, k_x, n)
+      y_rep = self.replay_batch(state.frozen, k_rep, n)[1] if replaying else None
+      return self._fake_batch(k_z, y, y_rep)
 
-    def generator_loss(g_params):
-      images, new_stats = self._generate(g_params, state.generator.batch_stats, z, labels,
-                                         train=True)
+    def generator_loss(g_params, inputs, critic):
+      z, labels = inputs
+      images, new_stats = self._generate(g_params, state.generator.batch_stats, z, labels, train=True)
       scores, logits = self.critic.apply({"params": critic.params}, images)
       per_example = wasserstein_generator_loss(fake_scores=scores)
       if self.conditional:
@@ -292,12 +287,16 @@ class DGR(ClassifierMethod):
         loss = r * jnp.mean(per_example[:n_local]) + (1.0 - r) * jnp.mean(per_example[n_local:])
       else:
         loss = jnp.mean(per_example)
-      return loss, new_stats
+      return loss, (new_stats, {"generator_loss": loss})
 
-    (g_loss, new_stats), grads = self.cross_device_mean(
-        jax.value_and_grad(generator_loss, has_aux=True)(state.generator.params))
-    generator = apply_gradients(state.generator, grads, self.gan_tx).replace(batch_stats=new_stats)
-    metrics = dict(metrics, generator_loss=g_loss)
+    critic, generator, metrics = wgan_gp_iteration(
+        state.critic, state.generator, critic_keys=[keys[i] for i in range(self.n_critic)], generator_key=keys[-1],
+        critic_step={"draw": critic_draw, "loss": critic_loss,
+                     "update": lambda c, grads, _: apply_gradients(c, grads, self.gan_tx)},
+        generator_step={"draw": generator_draw, "loss": generator_loss,
+                        "update": lambda g, c, grads, stats: (apply_gradients(g, grads, self.gan_tx).replace(
+                            batch_stats=stats), c)},
+        reduce=self.cross_device_mean)
     return state.replace(generator=generator, critic=critic), metrics
 
 

@@ -79,7 +79,7 @@ from gmcl.checks import require
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.alignment import alignment_loss, relative_drift
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
-from gmcl.losses.gan import gradient_penalty, wasserstein_critic_loss, wasserstein_generator_loss
+from gmcl.losses.gan import wasserstein_generator_loss
 from gmcl.losses.mergan import balanced_labels
 from gmcl.methods.base import Method, ModelState, Phase, apply_gradients, check_batch_divides, reset_optimizer
 from gmcl.optim import adam
@@ -87,6 +87,7 @@ from gmcl.models.classifiers import make_classifier
 from gmcl.models.latent import BRIDGES, Bridge, LatentCritic, LatentGenerator
 from gmcl.methods import hat as hat_method
 from gmcl.parallel import Parallel
+from gmcl.methods.wgan_gp import wgan_gp_critic_loss, wgan_gp_iteration
 from gmcl.registry import MethodSpec
 
 PROTECTIONS = ("ra", "hat")
@@ -458,36 +459,36 @@ class LGM(Method):
 
   def gan_iteration(self, state: LGMState, data: TaskArrays, key):
     """``n_critic`` critic updates, then one generator update, on the current classes' real
-    features; the generator's loss adds ``ra``'s alignment or ``hat``'s sparsity term."""
+    features (:func:`gmcl.methods.wgan_gp.wgan_gp_iteration`); the generator's loss adds ``ra``'s
+    alignment or ``hat``'s sparsity term."""
     n = self.batch_size
     keys = jax.random.split(key, self.n_critic + 1)
     encoder = jax.lax.stop_gradient(state.solver.params)
     s = self._s(state, data) if self.g.protection == "hat" else None
-    critic = state.critic
-    metrics = {}
-    for i in range(self.n_critic):
-      k_x, k_z, k_gp = jax.random.split(keys[i], 3)
+
+    def critic_draw(k):
+      k_x, k_z, k_gp = jax.random.split(k, 3)
       x, y = self.sample_batch(data, k_x, n)
       real = self.encode(encoder, x)
       fake = jax.lax.stop_gradient(self._fakes(state.generator.params, state, k_z, y, s, True)[0])
+      return real, fake, y, k_gp
 
-      def critic_loss(params):
-        fn = lambda f: self.critic.apply({"params": params}, f, y)
-        w = jnp.mean(wasserstein_critic_loss(real_scores=fn(real), fake_scores=fn(fake)))
-        gp = jnp.mean(gradient_penalty(critic_fn=fn, real=real, fake=fake,
-                                       epsilon=jax.random.uniform(k_gp, (n,))))
-        return w + self.gp_weight * gp, {"critic_loss": w + self.gp_weight * gp,
-                                         "wasserstein_estimate": -w, "gradient_penalty": gp}
+    def critic_loss(params, inputs):
+      real, fake, y, k_gp = inputs
+      fn = lambda f: self.critic.apply({"params": params}, f, y)
+      loss, m = wgan_gp_critic_loss(critic_fn=fn, real=real, fake=fake, real_scores=fn(real), fake_scores=fn(fake),
+                                    epsilon=jax.random.uniform(k_gp, (n,)), gp_weight=self.gp_weight)
+      return loss, (None, m)
 
-      grads, m = jax.grad(critic_loss, has_aux=True)(critic.params)
-      critic = apply_gradients(critic, grads, self.gan_tx)
-      metrics = {k: metrics.get(k, 0.0) + v / self.n_critic for k, v in m.items()}
-
-    k_x, k_z, k_ra = jax.random.split(keys[-1], 3)
-    _, y = self.sample_batch(data, k_x, n)
     replaying = state.frozen is not None
 
-    def generator_loss(params):
+    def generator_draw(k):
+      k_x, k_z, k_ra = jax.random.split(k, 3)
+      _, y = self.sample_batch(data, k_x, n)
+      return y, k_z, k_ra
+
+    def generator_loss(params, inputs, critic):
+      y, k_z, k_ra = inputs
       fake, gates, stats = self._fakes(params, state, k_z, y, s, True)
       loss = jnp.mean(wasserstein_generator_loss(fake_scores=self.critic.apply(
           {"params": critic.params}, fake, y)))
@@ -496,25 +497,31 @@ class LGM(Method):
         k_c, k_zr = jax.random.split(k_ra)
         z, c, old = self._previous_draws(state, k_zr, k_c, n)
         ra = 0.5 * jnp.mean(alignment_loss(mapped=self.generator.apply({"params": params}, z, c),
-                                                   target=old))
+                                           target=old))
         loss = loss + self.g.ra_weight * ra
         out["replay_alignment"] = ra
       if self.g.protection == "hat":
         sparsity = sparsity_regularizer(gates, state.reserved if replaying else None)
         loss = loss + self.g.sparsity * sparsity
         out["sparsity"] = sparsity
-      return loss, (out, stats)
+      return loss, (stats, out)
 
-    grads, (m, stats) = jax.grad(generator_loss, has_aux=True)(state.generator.params)
-    if self.g.protection == "ra":
-      generator = apply_gradients(state.generator, grads, self.gan_tx)
-    else:
-      tx = self._hat_tx(state.generator.params)
-      updates, opt_state = tx.update(grads, state.generator.opt_state, state.generator.params, s=s)
-      params = optim.clamp_embeddings(optax.apply_updates(state.generator.params, updates),
-                                    dgm_generator.mask_parameters(state.generator.params))
-      generator = state.generator.replace(params=params, opt_state=opt_state, batch_stats=stats)
-    return state.replace(generator=generator, critic=critic), dict(metrics, **m)
+    def generator_update(generator, critic, grads, stats):
+      if self.g.protection == "ra":
+        return apply_gradients(generator, grads, self.gan_tx), critic
+      tx = self._hat_tx(generator.params)
+      updates, opt_state = tx.update(grads, generator.opt_state, generator.params, s=s)
+      params = optim.clamp_embeddings(optax.apply_updates(generator.params, updates),
+                                      dgm_generator.mask_parameters(generator.params))
+      return generator.replace(params=params, opt_state=opt_state, batch_stats=stats), critic
+
+    critic, generator, metrics = wgan_gp_iteration(
+        state.critic, state.generator, critic_keys=[keys[i] for i in range(self.n_critic)],
+        generator_key=keys[-1],
+        critic_step={"draw": critic_draw, "loss": critic_loss,
+                     "update": lambda c, grads, _: apply_gradients(c, grads, self.gan_tx)},
+        generator_step={"draw": generator_draw, "loss": generator_loss, "update": generator_update})
+    return state.replace(generator=generator, critic=critic), metrics
 
   def prototype_step(self, state: LGMState, data: TaskArrays, key):
     """Adds a batch's features to the current classes' sums (the final encoder, no training)."""

@@ -62,7 +62,7 @@ from gmcl.config import check_image_generator
 from gmcl.evaluation import oracle
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
-from gmcl.losses.gan import (auxiliary_classifier_loss, gradient_penalty, wasserstein_critic_loss,
+from gmcl.losses.gan import (auxiliary_classifier_loss, wasserstein_critic_loss,
                              wasserstein_generator_loss)
 from gmcl.losses.mergan import balanced_labels, class_mean_weights, replay_alignment_loss
 from gmcl.losses.replay import dgr_solver_objective
@@ -71,6 +71,7 @@ from gmcl.optim import adam
 from gmcl.methods.classifier import ClassifierMethod
 from gmcl.methods.dgr import apply_generator
 from gmcl.models import make_gan
+from gmcl.methods.wgan_gp import wgan_gp_critic_loss, wgan_gp_iteration
 from gmcl.registry import MethodSpec
 from gmcl.models.classifiers import CLASSIFIERS as ORACLE_CLASSIFIERS
 from gmcl.parallel import Parallel
@@ -225,61 +226,63 @@ class MeRGAN(ClassifierMethod):
   # -- the GAN iteration ---------------------------------------------------------------------
 
   def gan_step(self, state: MeRGANState, data: TaskArrays, key):
-    """One WGAN-GP AC-GAN iteration: ``n_critic`` critic updates, then one generator update."""
+    """One WGAN-GP AC-GAN iteration (:func:`gmcl.methods.wgan_gp.wgan_gp_iteration`): ``n_critic``
+    critic updates, then one generator update."""
     n = self.batch_size
     jr = self.variant == "jr" and state.frozen is not None
     ra = self.variant == "ra" and state.frozen is not None
     if jr or ra:
       y_old, w_class, inv_n_old = self._old_labels(state.frozen)
     keys = jax.random.split(key, self.n_critic + 1)
-    critic, g = state.critic, state.generator
-    metrics = {}
+    g = state.generator
 
-    for i in range(self.n_critic):
-      k_x, k_z, k_gp, k_r = jax.random.split(keys[i], 4)
+    def critic_draw(k):
+      k_x, k_z, k_gp, k_r = jax.random.split(k, 4)
       x, y = self.sample_batch(data, k_x, n)
       fake = jax.lax.stop_gradient(self._generate(g.params, g.batch_stats, self._z(k_z, n), y)[0])
+      old = new = None
       if jr:
         z_r = self._z(k_r, n)
         old = self._generate_frozen(state.frozen, z_r, y_old)
         new = jax.lax.stop_gradient(self._generate(g.params, g.batch_stats, z_r, y_old)[0])
+      return x, y, fake, k_gp, old, new
 
-      def critic_loss(c_params):
-        critic_fn = lambda im: self.critic.apply({"params": c_params}, im)
-        s_real, a_real = critic_fn(x)
-        s_fake, a_fake = critic_fn(fake)
-        gp = gradient_penalty(critic_fn=lambda im: critic_fn(im)[0], real=x, fake=fake,
-                              epsilon=self.local(jax.random.uniform(k_gp, (n,))))
-        w = jnp.mean(wasserstein_critic_loss(real_scores=s_real, fake_scores=s_fake))
-        aux = jnp.mean(auxiliary_classifier_loss(logits=a_real, labels=y))
-        if self.mg.critic_aux_on_fake:
-          aux += jnp.mean(auxiliary_classifier_loss(logits=a_fake, labels=y))
-        loss = w + self.gp_weight * jnp.mean(gp) + aux
-        m = {"critic_loss": loss, "wasserstein_estimate": -w, "gradient_penalty": jnp.mean(gp),
-             "critic_aux_loss": aux}
-        if jr:
-          s_new, _ = critic_fn(new)
-          s_old, a_old = critic_fn(old)
-          per_example = (wasserstein_critic_loss(real_scores=s_old, fake_scores=s_new)
-                         + auxiliary_classifier_loss(logits=a_old, labels=y_old))
-          jr_loss = self.global_sum(w_class * per_example)
-          loss = loss + jr_loss
-          m["critic_jr_loss"] = jr_loss
-        return loss, m
+    def critic_loss(c_params, inputs):
+      x, y, fake, k_gp, old, new = inputs
+      critic_fn = lambda im: self.critic.apply({"params": c_params}, im)
+      s_real, a_real = critic_fn(x)
+      s_fake, a_fake = critic_fn(fake)
+      loss, m = wgan_gp_critic_loss(critic_fn=lambda im: critic_fn(im)[0], real=x, fake=fake,
+                                    epsilon=self.local(jax.random.uniform(k_gp, (n,))),
+                                    gp_weight=self.gp_weight, real_scores=s_real, fake_scores=s_fake)
+      aux = jnp.mean(auxiliary_classifier_loss(logits=a_real, labels=y))
+      if self.mg.critic_aux_on_fake:
+        aux += jnp.mean(auxiliary_classifier_loss(logits=a_fake, labels=y))
+      loss = loss + aux
+      m = dict(m, critic_loss=loss, critic_aux_loss=aux)
+      if jr:
+        s_new, _ = critic_fn(new)
+        s_old, a_old = critic_fn(old)
+        per_example = (wasserstein_critic_loss(real_scores=s_old, fake_scores=s_new)
+                       + auxiliary_classifier_loss(logits=a_old, labels=y_old))
+        jr_loss = self.global_sum(w_class * per_example)
+        loss = loss + jr_loss
+        m["critic_jr_loss"] = jr_loss
+      return loss, (None, m)
 
-      grads, m = self.cross_device_mean(jax.grad(critic_loss, has_aux=True)(critic.params))
-      critic = apply_gradients(critic, grads, self.gan_tx)
-      metrics = {k: metrics.get(k, 0.0) + v / self.n_critic for k, v in m.items()}
+    def generator_draw(k):
+      k_x, k_z, k_r = jax.random.split(k, 3)
+      _, y = self.sample_batch(data, k_x, n)
+      z = self._z(k_z, n)
+      z_r = old = None
+      if jr or ra:
+        z_r = self._z(k_r, n)
+      if ra:
+        old = self._generate_frozen(state.frozen, z_r, y_old)
+      return y, z, z_r, old
 
-    k_x, k_z, k_r = jax.random.split(keys[-1], 3)
-    _, y = self.sample_batch(data, k_x, n)
-    z = self._z(k_z, n)
-    if jr or ra:
-      z_r = self._z(k_r, n)
-    if ra:
-      old = self._generate_frozen(state.frozen, z_r, y_old)
-
-    def generator_loss(g_params):
+    def generator_loss(g_params, inputs, critic):
+      y, z, z_r, old = inputs
       images, new_stats = self._generate(g_params, g.batch_stats, z, y)
       scores, logits = self.critic.apply({"params": critic.params}, images)
       loss = jnp.mean(wasserstein_generator_loss(fake_scores=scores)
@@ -298,10 +301,15 @@ class MeRGAN(ClassifierMethod):
         loss, m["replay_alignment_loss"] = loss + align, align
       return loss, (new_stats, dict(m, generator_loss=loss))
 
-    grads, (new_stats, m) = self.cross_device_mean(
-        jax.grad(generator_loss, has_aux=True)(g.params))
-    generator = apply_gradients(g, grads, self.gan_tx).replace(batch_stats=new_stats)
-    return state.replace(generator=generator, critic=critic), dict(metrics, **m)
+    critic, generator, metrics = wgan_gp_iteration(
+        state.critic, g, critic_keys=[keys[i] for i in range(self.n_critic)], generator_key=keys[-1],
+        critic_step={"draw": critic_draw, "loss": critic_loss,
+                     "update": lambda c, grads, _: apply_gradients(c, grads, self.gan_tx)},
+        generator_step={"draw": generator_draw, "loss": generator_loss,
+                        "update": lambda gen, c, grads, stats: (apply_gradients(gen, grads, self.gan_tx).replace(
+                            batch_stats=stats), c)},
+        reduce=self.cross_device_mean)
+    return state.replace(generator=generator, critic=critic), metrics
 
   def alignment_objective(self, generator_params, state: MeRGANState, key) -> jax.Array:
     """RA's term of the generator loss alone (for tests and analysis): lambda/n_old *

@@ -32,6 +32,7 @@ def _config(name):
   c.model.classifier_hidden = (16,)
   c.model.generator_features = c.model.critic_features = 8
   c.model.z_dim = K  # DGM writes the one-hot label into z's first K entries
+  c.train.n_critic = 1  # one critic update per GAN step: the contract, not the schedule, is tested
   if name == "mergan":
     c.mergan.oracle = False
   if name == "dgm":

@@ -206,6 +206,7 @@ def test_later_tasks_leave_earlier_generators_bitwise_unchanged(variant, growth)
   assert all(0 < f <= 1 for f in sizes["reserved_fraction"])
 
 
+@pytest.mark.slow
 def test_replay_is_a_fixed_pool_indexed_like_the_real_batch():
   c = _tiny_config("dgmw", True)
   method = build_method("dgm", c, SHAPE, 10)

@@ -25,11 +25,12 @@ demo: data
 	$(PY) -m experiments.main --config experiments/configs/dgr.py:dataset=mnist,demo --workdir $(WORKDIR)
 	@echo "Results: $(WORKDIR)/results.json; sample grids: $(WORKDIR)/samples_task*.png"
 
-# The fast tier (the README's test command; CI runs it): lint, then every test not marked slow,
-# in one process, the slowest durations printed.
+# The fast tier (the README's test command; CI runs it): lint, then every test not marked slow, on
+# two pytest-xdist workers that take whole files (XLA compiles on one core; two workers keep both
+# busy), the slowest durations printed.
 test: data
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -m "not slow" --durations=15
+	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile --durations=15
 
 # Every test, the slow tier included (resume of every method, 8 simulated devices, notebooks,
 # accuracy claims): run it before calling a change done. One pytest process per file, so that no

@@ -32,11 +32,12 @@ from gmcl.config import check_image_generator
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.gan import auxiliary_classifier_loss, wasserstein_generator_loss
 from gmcl.losses.replay import dgr_solver_objective, replay_loss
-from gmcl.methods.base import ModelState, Phase, apply_gradients, reset_optimizer
+from gmcl.methods.base import ModelState, Phase, reset_optimizer
 from gmcl.optim import adam
 from gmcl.methods.classifier import ClassifierMethod
 from gmcl.models import make_gan
-from gmcl.methods.wgan_gp import wgan_gp_critic_loss, wgan_gp_iteration
+from gmcl.methods.wgan_gp import (critic_update_with, generator_update_with, wgan_gp_critic_loss,
+                                  wgan_gp_iteration)
 from gmcl.registry import MethodSpec
 from gmcl.parallel import Parallel
 
@@ -291,11 +292,9 @@ class DGR(ClassifierMethod):
 
     critic, generator, metrics = wgan_gp_iteration(
         state.critic, state.generator, critic_keys=[keys[i] for i in range(self.n_critic)], generator_key=keys[-1],
-        critic_step={"draw": critic_draw, "loss": critic_loss,
-                     "update": lambda c, grads, _: apply_gradients(c, grads, self.gan_tx)},
+        critic_step={"draw": critic_draw, "loss": critic_loss, "update": critic_update_with(self.gan_tx)},
         generator_step={"draw": generator_draw, "loss": generator_loss,
-                        "update": lambda g, c, grads, stats: (apply_gradients(g, grads, self.gan_tx).replace(
-                            batch_stats=stats), c)},
+                        "update": generator_update_with(self.gan_tx)},
         reduce=self.cross_device_mean)
     return state.replace(generator=generator, critic=critic), metrics
 

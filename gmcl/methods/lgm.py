@@ -87,7 +87,7 @@ from gmcl.models.classifiers import make_classifier
 from gmcl.models.latent import BRIDGES, Bridge, LatentCritic, LatentGenerator
 from gmcl.methods import hat as hat_method
 from gmcl.parallel import Parallel
-from gmcl.methods.wgan_gp import wgan_gp_critic_loss, wgan_gp_iteration
+from gmcl.methods.wgan_gp import critic_update_with, wgan_gp_critic_loss, wgan_gp_iteration
 from gmcl.registry import MethodSpec
 
 PROTECTIONS = ("ra", "hat")
@@ -518,8 +518,7 @@ class LGM(Method):
     critic, generator, metrics = wgan_gp_iteration(
         state.critic, state.generator, critic_keys=[keys[i] for i in range(self.n_critic)],
         generator_key=keys[-1],
-        critic_step={"draw": critic_draw, "loss": critic_loss,
-                     "update": lambda c, grads, _: apply_gradients(c, grads, self.gan_tx)},
+        critic_step={"draw": critic_draw, "loss": critic_loss, "update": critic_update_with(self.gan_tx)},
         generator_step={"draw": generator_draw, "loss": generator_loss, "update": generator_update})
     return state.replace(generator=generator, critic=critic), metrics
 

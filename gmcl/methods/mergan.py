@@ -66,12 +66,13 @@ from gmcl.losses.gan import (auxiliary_classifier_loss, wasserstein_critic_loss,
                              wasserstein_generator_loss)
 from gmcl.losses.mergan import balanced_labels, class_mean_weights, replay_alignment_loss
 from gmcl.losses.replay import dgr_solver_objective
-from gmcl.methods.base import ModelState, Phase, apply_gradients, reset_optimizer
+from gmcl.methods.base import ModelState, Phase, reset_optimizer
 from gmcl.optim import adam
 from gmcl.methods.classifier import ClassifierMethod
 from gmcl.methods.dgr import apply_generator
 from gmcl.models import make_gan
-from gmcl.methods.wgan_gp import wgan_gp_critic_loss, wgan_gp_iteration
+from gmcl.methods.wgan_gp import (critic_update_with, generator_update_with, wgan_gp_critic_loss,
+                                  wgan_gp_iteration)
 from gmcl.registry import MethodSpec
 from gmcl.models.classifiers import CLASSIFIERS as ORACLE_CLASSIFIERS
 from gmcl.parallel import Parallel
@@ -303,11 +304,9 @@ class MeRGAN(ClassifierMethod):
 
     critic, generator, metrics = wgan_gp_iteration(
         state.critic, g, critic_keys=[keys[i] for i in range(self.n_critic)], generator_key=keys[-1],
-        critic_step={"draw": critic_draw, "loss": critic_loss,
-                     "update": lambda c, grads, _: apply_gradients(c, grads, self.gan_tx)},
+        critic_step={"draw": critic_draw, "loss": critic_loss, "update": critic_update_with(self.gan_tx)},
         generator_step={"draw": generator_draw, "loss": generator_loss,
-                        "update": lambda gen, c, grads, stats: (apply_gradients(gen, grads, self.gan_tx).replace(
-                            batch_stats=stats), c)},
+                        "update": generator_update_with(self.gan_tx)},
         reduce=self.cross_device_mean)
     return state.replace(generator=generator, critic=critic), metrics
 

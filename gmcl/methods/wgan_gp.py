@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from gmcl.losses.gan import gradient_penalty, wasserstein_critic_loss
-from gmcl.methods.base import ModelState
+from gmcl.methods.base import ModelState, apply_gradients
 
 ORDERS = ("critic_first", "generator_first")
 
@@ -61,6 +61,18 @@ def wgan_gp_critic_loss(*, critic_fn: Callable, real: jax.Array, fake: jax.Array
   loss = w + gp_weight * jnp.mean(gp)
   metrics = {"critic_loss": loss, "wasserstein_estimate": -w, "gradient_penalty": jnp.mean(gp)}
   return (loss, metrics, aux) if has_aux else (loss, metrics)
+
+
+def critic_update_with(tx):
+  """The ``update`` of a critic step that applies the optax transformation ``tx``."""
+  return lambda critic, grads, aux: apply_gradients(critic, grads, tx)
+
+
+def generator_update_with(tx):
+  """The ``update`` of a generator step that applies ``tx`` and keeps the loss's aux as the
+  generator's new batch statistics (None for a generator without them)."""
+  return lambda generator, critic, grads, stats: (apply_gradients(generator, grads, tx).replace(batch_stats=stats),
+                                                  critic)
 
 
 def critic_updates(critic: ModelState, keys: Sequence[Any], *, draw: Callable[[Any], Any],

@@ -6,14 +6,14 @@
 
 A refactoring that must not change behaviour is checked with it: run it before and after, on the
 same machine, and compare. ``benchmarks/smoke_results_amd_epyc.jsonl`` holds the list on a 2-core
-AMD EPYC (Zen 4) with the pinned versions; other CPUs round differently and give other hashes, so
-compare with it on that kind of machine only, and otherwise with a list made before the change. Each
-line gives the sha256 of the whole file and of the file without its ``config`` entry (the results
-alone: a config that gains or loses sections changes the first only). Smoke runs take real MNIST
-(``make data``); one process per run, because a process's first compiled programs decide some
-compiler options (gmcl.xla), so in-process runs could differ from what a user's fresh command gives;
-each run has its own cache folder (MeRGAN's oracle is trained in every run, never read from an
-earlier one).
+AMD EPYC (CPU family 26, as lscpu reports it) with the pinned versions; other CPUs round differently
+and give other hashes, so compare with it on that kind of machine only, and otherwise with a list
+made before the change. Each line gives the sha256 of the whole file and of the file without its
+``config`` entry (the results alone: a config that gains or loses sections changes the first only).
+Smoke runs take real MNIST (``make data``); one process per run, because a process's first compiled
+programs decide some compiler options (gmcl.xla), so in-process runs could differ from what a user's
+fresh command gives; each run has its own cache folder (MeRGAN's oracle is trained in every run,
+never read from an earlier one).
 """
 
 from __future__ import annotations

@@ -121,11 +121,14 @@ def test_two_tasks_then_predict(after_task_1):
   assert task_logits.shape == (5, K)
 
 
-def test_k_step_chunk_equals_single_steps(after_task_1):
+def _begun_second_task(after_task_1):
+  """(method, config, state with task 1 begun, task 1's data), from the module's fixture."""
   method, c, fresh = after_task_1
-  state = fresh()
-  state = method.begin_task(state, 1, _active(1))
-  data = _data(TASKS[1], seed=1)
+  return method, c, method.begin_task(fresh(), 1, _active(1)), _data(TASKS[1], seed=1)
+
+
+def test_k_step_chunk_equals_single_steps(after_task_1):
+  method, c, state, data = _begun_second_task(after_task_1)
   for p, phase in enumerate(method.phases()):
     if phase.num_steps < 2:
       continue
@@ -147,10 +150,7 @@ def test_k_step_chunk_equals_single_steps(after_task_1):
 
 
 def test_jit_equals_no_jit(after_task_1):
-  method, c, fresh = after_task_1
-  state = fresh()
-  state = method.begin_task(state, 1, _active(1))
-  data = _data(TASKS[1], seed=1)
+  method, c, state, data = _begun_second_task(after_task_1)
   for p, phase in enumerate(method.phases()):
     if not phase.num_steps:
       continue

@@ -34,6 +34,13 @@ RUNS = (
     ("lsa", "sequential"), ("lsa", "parallel"),
     ("ogm", "lookahead"), ("ogm", "distill"), ("ogm", "project"),
 )
+# Runs with an override, named method/variant-suffix: the generative memory inside ogm and lsa,
+# and DGR's conditional replay.
+OVERRIDES = (
+    ("dgr", None, "conditional", "--config.model.conditional=True"),
+    ("ogm", "distill", "G", "--config.ogm.memory=generator"),
+    ("lsa", "sequential", "G", "--config.lsa.replay=generator"),
+)
 
 
 def digests(path: str) -> dict:
@@ -56,8 +63,10 @@ def main(argv=None) -> int:
     with open(args.compare) as f:
       earlier = {r["run"]: r for r in map(json.loads, filter(str.strip, f))}
   differ = 0
-  for method, variant in RUNS:
-    name = method if variant is None else f"{method}/{variant}"
+  runs = [(m, v, (m if v is None else f"{m}/{v}"), ()) for m, v in RUNS]
+  runs += [(m, v, f"{m}/{suffix}" if v is None else f"{m}/{v}-{suffix}", (flag,))
+           for m, v, suffix, flag in OVERRIDES]
+  for method, variant, name, flags in runs:
     if args.only and name not in args.only:
       continue
     workdir = os.path.join(args.out, name.replace("/", "-"))
@@ -65,7 +74,7 @@ def main(argv=None) -> int:
       raise SystemExit(f"{workdir} holds a results.json already; choose another --out.")
     arg = "smoke" if variant is None else f"smoke,variant={variant}"
     cmd = [sys.executable, "-m", "experiments.main", f"--config=experiments/configs/{method}.py:{arg}",
-           f"--workdir={workdir}", "--noprogress"]
+           f"--workdir={workdir}", "--noprogress", *flags]
     start = time.time()
     env = dict(os.environ, GMCL_CACHE_DIR=os.path.join(workdir, "cache"))  # MeRGAN's oracle: trained
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -31,6 +31,11 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 
+class IncompatibleCheckpoint(ValueError):
+  """A checkpoint that reads back but cannot be resumed by this code (another state layout):
+  :meth:`RunCheckpointer.restore_latest` raises it at once instead of trying older steps."""
+
+
 class RunCheckpointer:
   """An orbax ``CheckpointManager`` around one run's ``workdir/checkpoints``."""
 
@@ -81,7 +86,8 @@ class RunCheckpointer:
 
     Args:
       template_for: maps a checkpoint's ``meta`` to a state of the right structure
-        (its values are ignored; shapes, dtypes and pytree structure are used).
+        (its values are ignored; shapes, dtypes and pytree structure are used); it raises
+        :class:`IncompatibleCheckpoint` for a checkpoint this code cannot resume.
       warn: where a skipped checkpoint is reported.
 
     Returns:
@@ -103,6 +109,8 @@ class RunCheckpointer:
                                           args=ocp.args.StandardRestore(abstract(frozen_template)))
           restored = restored.replace(frozen=frozen)
         return step, restored, meta
+      except IncompatibleCheckpoint:
+        raise
       except Exception as e:  # pylint: disable=broad-except
         warn(f"Checkpoint {step} in {self.directory} cannot be restored ({type(e).__name__}: "
              f"{str(e)[:200]}); trying the one before it.")

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmcl import evaluation, xla
-from gmcl.checkpoint import RunCheckpointer
+from gmcl.checkpoint import IncompatibleCheckpoint, RunCheckpointer
 from gmcl.config import added_keys, validate_config
 from gmcl.data.build import Data, build_sequence, data_settings, load_data, task_sizes, training_examples
 from gmcl.data.sampling import task_arrays
@@ -292,7 +292,17 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
       raise FileExistsError(f"{ckpt_dir} holds checkpoints {ckpt.steps()}; resume, or pass "
                             "overwrite=True (--overwrite) to start afresh.")
 
-    restored = ckpt.restore_latest(lambda meta: method.state_template(init_key, meta), warn=log)
+    def template_for(meta):
+      written = meta.get("state_format", 1)  # absent: written before formats were recorded
+      if written != method.state_format:
+        raise IncompatibleCheckpoint(
+            f"The checkpoints in {ckpt_dir} hold {config.method}'s state in layout {written}; this "
+            f"gmcl writes and reads layout {method.state_format} (the state's structure changed "
+            "between the versions). Resume with the gmcl version that wrote them, or start afresh "
+            "with overwrite=True (--overwrite).")
+      return method.state_template(init_key, meta)
+
+    restored = ckpt.restore_latest(template_for, warn=log)
     if restored is not None:
       step, state, meta = restored
       diffs = _config_differences(meta["config"], config.to_dict(), added_keys(config.method))
@@ -309,7 +319,8 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
       clock[0] = time.time()
       ckpt.save(pos["global_step"], state, {"position": dict(pos), "record": record,
                                             "config": config.to_dict(),
-                                            "method": method.checkpoint_meta(state)},
+                                            "method": method.checkpoint_meta(state),
+                                            "state_format": method.state_format},
                 snapshot_id=pos["task"])  # = tasks ended when the snapshot was taken
 
   def check_finite(metrics, phase_name):

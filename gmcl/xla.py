@@ -81,26 +81,57 @@ def compiler_options(fusions: str = "auto", has_conv: bool = True) -> dict:
   return {_OPTION: _VALUES[fusions]}
 
 
+def _signature(args, kwargs):
+  """What decides a trace of jax.jit: the arguments' pytree structure, and each leaf's shape and
+  dtype (arrays) or value (anything else: static arguments, Python scalars)."""
+  leaves, treedef = jax.tree.flatten((args, kwargs))
+  parts = []
+  for leaf in leaves:
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+      parts.append((tuple(leaf.shape), str(leaf.dtype), bool(getattr(leaf, "weak_type", False))))
+    else:
+      try:
+        hash(leaf)
+        parts.append((type(leaf), leaf))
+      except TypeError:
+        parts.append((type(leaf), id(leaf)))
+  return treedef, tuple(parts)
+
+
 class _Jitted:
-  """``jax.jit(fun, **kwargs)`` whose compiler options are chosen at the first call or ``lower``
-  from the traced program (``auto``: does it convolve?). One choice per wrapper: call it with
-  arguments of one structure (as gmcl's steps are), or build one wrapper per structure. Wrap
-  bound methods (``xla.jit(obj.method)``); it is not a decorator for methods in a class body."""
+  """``jax.jit(fun, **kwargs)`` whose compiler options are chosen from the traced program
+  (``auto``: does it convolve?), once for each argument signature (pytree structure, shapes and
+  dtypes): a wrapper called with arguments of several structures (a step before and after the
+  first snapshot) compiles each program with its own choice, so the choice is a function of the
+  program alone, never of which call came first. Wrap bound methods (``xla.jit(obj.method)``);
+  it is not a decorator for methods in a class body."""
 
   def __init__(self, fun: Callable, fusions: str, jit_kwargs: dict):
     self._fun, self._fusions, self._kwargs = fun, check_fusions(fusions), jit_kwargs
-    self._jitted, self._options = None, {}
+    self._by_signature: dict = {}  # signature -> (its options, the jax.jit of them)
+    self._by_options: dict = {}  # options -> jax.jit(fun, compiler_options=options)
+    self._options = {}
     functools.update_wrapper(self, fun)
 
   def _get(self, args, kwargs):
-    if self._jitted is None:
-      has_conv = True
-      if self._fusions == "auto" and jax.default_backend() == "cpu":
+    if self._fusions == "auto" and jax.default_backend() == "cpu":
+      signature = _signature(args, kwargs)
+      chosen = self._by_signature.get(signature)
+      if chosen is None:
         # Traced as jit traces it (static arguments included); the trace is not compiled.
         has_conv = has_convolution(jax.jit(self._fun, **self._kwargs).trace(*args, **kwargs).jaxpr)
-      self._options = compiler_options(self._fusions, has_conv)
-      self._jitted = jax.jit(self._fun, compiler_options=self._options, **self._kwargs)
-    return self._jitted
+        options = compiler_options(self._fusions, has_conv)
+        chosen = self._by_signature[signature] = (options, self._jit(options))
+      self._options, jitted = chosen
+      return jitted
+    self._options = compiler_options(self._fusions)
+    return self._jit(self._options)
+
+  def _jit(self, options: dict):
+    key = tuple(sorted(options.items()))
+    if key not in self._by_options:
+      self._by_options[key] = jax.jit(self._fun, compiler_options=options, **self._kwargs)
+    return self._by_options[key]
 
   def __call__(self, *args, **kwargs):
     return self._get(args, kwargs)(*args, **kwargs)
@@ -110,7 +141,7 @@ class _Jitted:
 
   @property
   def options(self) -> dict:
-    """The compiler options chosen (empty until the first call or ``lower``)."""
+    """The compiler options of the latest call or ``lower`` (empty before the first)."""
     return dict(self._options)
 
 

@@ -115,6 +115,23 @@ def test_resume_with_another_config_is_refused(mnist_data, tmp_path):
     loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=_quiet, resume=False)
 
 
+def test_checkpoint_of_another_state_layout_is_refused_and_kept(mnist_data, tmp_path, monkeypatch):
+  """A checkpoint written with another state layout (``Method.state_format``) is refused with a
+  message naming both layouts, before anything is restored, retrained or overwritten."""
+  from gmcl.methods.classifier import ClassifierMethod  # pylint: disable=import-outside-toplevel
+  c = _config(sft)
+  with pytest.raises(loop.RunInterrupted):
+    loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=_quiet, stop_after_steps=10)
+  before = sorted(glob.glob(str(tmp_path / "checkpoints" / "**"), recursive=True))
+  monkeypatch.setattr(ClassifierMethod, "state_format", ClassifierMethod.state_format + 1)
+  warnings = []
+  with pytest.raises(ValueError, match=r"state in layout 1; this gmcl writes and reads layout 2.*--overwrite"):
+    loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=warnings.append)
+  assert not any("cannot be restored" in w for w in warnings)  # refused, not skipped
+  assert sorted(glob.glob(str(tmp_path / "checkpoints" / "**"), recursive=True)) == before
+  assert not os.path.exists(tmp_path / "results.json")
+
+
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(mnist_data, tmp_path):
   import dataclasses
   import numpy as np

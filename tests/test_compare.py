@@ -1,19 +1,14 @@
 """experiments.compare: the table reads finished runs only, and each printed command rebuilds its run's config."""
 
-import gc
 import importlib
 import json
 import os
-import weakref
 
 import pytest
 from absl.testing import flagsaver
 
 from experiments import compare
-from gmcl import loop
 from gmcl.config import validate_config
-from gmcl.methods import base
-from gmcl.parallel import Parallel
 
 
 def _write(workdir, A, tasks, seconds=None):
@@ -85,19 +80,3 @@ def test_table_only_reads_finished_runs_and_leaves_another_process_table_write_a
   with open(other) as f:
     assert f.read() == "other"
   assert sorted(os.listdir(out)) == sorted(["demo", "table_demo.md", os.path.basename(other)])
-
-
-def test_release_compiled_frees_the_finished_run_programs_and_method():
-  class Method:
-    def step(self, state, data, key):
-      return state, {}
-
-  method = Method()
-  alive = weakref.ref(method)
-  base._compiled_chunk(method.step, 2, "unroll", Parallel())  # pylint: disable=protected-access
-  del method
-  gc.collect()
-  assert alive() is not None  # the reuse cache holds the run's method through its step
-  loop.release_compiled()
-  assert alive() is None
-  assert base._compiled_chunk.cache_info().currsize == 0  # pylint: disable=protected-access

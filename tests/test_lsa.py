@@ -142,7 +142,8 @@ def test_parallel_equals_independent_sequential_trainings(method):
     _assert_trees_close(jax.tree.map(lambda a: a[k], state.heads), s.solver.params["head"])
     np.testing.assert_array_equal(state.task_classes[k], _mask(classes))
   for k in (1, 2):  # g_{k->k-1} on task k's inputs
-    s = _copy(solo[k]).replace(frozen=_copy(solo[k - 1].solver.params["encoder"]))
+    s = _copy(solo[k]).replace(
+        frozen=lsa.LSASnapshot(encoder=_copy(solo[k - 1].solver.params["encoder"])))
     s, _ = run_chunk(method.bridge_step, s, tasks[k], step_key(train_key, k, 1), 0, 3)
     _assert_trees_close(jax.tree.map(lambda a: a[k], state.bridges), s.bridge.params)
     assert not np.allclose(s.bridge.params["linear"]["kernel"], np.eye(16))  # it trained
@@ -350,12 +351,12 @@ def test_replay_bridge_step_mixes_current_and_replayed_alignment_by_hand(replay_
   state0 = m.begin_task(m.init(jax.random.PRNGKey(0)), 0, _mask([0, 1]))
   g_before = _copy(state0.memory.generator.params)
   state, _ = _run_tasks(m, 1)
-  assert _max_diff(state.memory.frozen.generator_params, g_before) > 1e-6  # the memory trained
+  assert _max_diff(state.frozen.memory.generator_params, g_before) > 1e-6  # the memory trained
   state = m.begin_task(state, 1, _mask([0, 1, 2, 3]))
   state, _ = run_chunk(m.generator_step, state, _data([2, 3], seed=1), jax.random.PRNGKey(2), 0, 3)
   state, _ = run_chunk(m.solver_step, state, _data([2, 3], seed=1), jax.random.PRNGKey(3), 0, 3)
   # The live generator has moved on from the snapshot, so replaying from the wrong one shows.
-  assert _max_diff(state.memory.generator.params, state.memory.frozen.generator_params) > 1e-6
+  assert _max_diff(state.memory.generator.params, state.frozen.memory.generator_params) > 1e-6
   r = float(state.memory.ratio)
   assert r == pytest.approx(0.5)  # balanced: 1/t at the second task
   data, key = _data([2, 3], seed=2), jax.random.PRNGKey(5)
@@ -365,13 +366,14 @@ def test_replay_bridge_step_mixes_current_and_replayed_alignment_by_hand(replay_
   x, _ = sample_batch(data, k_batch, m.batch_size)
   z = jax.random.normal(jax.random.split(k_rep)[0], (m.batch_size, m.memory.z_dim))
   x_rep = m.memory.generator.apply(
-      {"params": state.memory.frozen.generator_params,
-       "batch_stats": state.memory.frozen.generator_batch_stats}, z, None, train=False)
+      {"params": state.frozen.memory.generator_params,
+       "batch_stats": state.frozen.memory.generator_batch_stats}, z, None, train=False)
   enc = lambda p, xb: m.classifier.apply({"params": {"encoder": p}}, xb, method="encode")
 
   def loss(params):
     def align(xb):
-      diff = m.bridge_apply(params, enc(state.solver.params["encoder"], xb)) - enc(state.frozen, xb)
+      new_z = enc(state.solver.params["encoder"], xb)
+      diff = m.bridge_apply(params, new_z) - enc(state.frozen.encoder, xb)
       return jnp.mean(jnp.sum(diff ** 2, -1))
     return r * align(x) + (1 - r) * align(x_rep), (align(x), align(x_rep))
 
@@ -401,7 +403,7 @@ def test_replay_template_and_errors(reset):
   template = m.state_template(jax.random.PRNGKey(1), {"position": {"task": 1}, "method": {}})
   assert jax.tree.structure(template) == jax.tree.structure(state)
   assert jax.tree.map(jnp.shape, template) == jax.tree.map(jnp.shape, state)
-  assert state.memory.frozen is not None and state.memory.solver.params == {}
+  assert state.frozen.memory is not None and state.frozen.encoder is not None
   assert lsa.make_lsa(_config(), SHAPE, K).init(jax.random.PRNGKey(0)).memory is None
   for values, match in (({"replay": "buffer"}, "lsa.replay='buffer'.*'none'.*'generator'"),
                         ({"replay": "generator", "mode": "parallel"},

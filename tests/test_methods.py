@@ -72,8 +72,8 @@ def test_k_step_chunk_equals_single_steps(dgr_method, phase_index, mode):
   _assert_trees_close(single, chunked)
   _assert_trees_close(single, split)
   # The chunk really trained: parameters moved.
-  moved = jax.tree.leaves(chunked.solver.params if phase_index else chunked.generator.params)
-  before = jax.tree.leaves(base.solver.params if phase_index else base.generator.params)
+  moved = jax.tree.leaves(chunked.solver.params if phase_index else chunked.memory.generator.params)
+  before = jax.tree.leaves(base.solver.params if phase_index else base.memory.generator.params)
   assert any(not np.allclose(a, b) for a, b in zip(moved, before))
 
 
@@ -104,15 +104,16 @@ def test_snapshot_gets_no_gradient_and_stays_frozen(dgr_method):
   for phase in method.phases():
     def new_params_sum(frozen, phase):
       new_state, _ = phase.step(state.replace(frozen=frozen), data, key)
-      trained = new_state.generator if phase.name == "generator" else new_state.solver
+      trained = new_state.memory.generator if phase.name == "generator" else new_state.solver
       return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(trained.params))
 
     def of_snapshot_params(params, phase=phase):
-      frozen = state.frozen.replace(solver_params=params[0], generator_params=params[1])
+      frozen = state.frozen.replace(solver_params=params[0],
+                                    memory=state.frozen.memory.replace(generator_params=params[1]))
       return new_params_sum(frozen, phase)
 
     grads = jax.grad(of_snapshot_params)((state.frozen.solver_params,
-                                          state.frozen.generator_params))
+                                          state.frozen.memory.generator_params))
     for g in jax.tree.leaves(grads):
       np.testing.assert_array_equal(np.asarray(g), 0.0)
 
@@ -130,15 +131,16 @@ def _expected_solver_loss(method, state, data, key, targets, temperature):
   from gmcl.data.sampling import sample_batch
   k_batch, k_replay = jax.random.split(key)
   x, y = sample_batch(data, k_batch, method.batch_size)
-  z = jax.random.normal(jax.random.split(k_replay)[0], (method.batch_size, method.z_dim))
+  z = jax.random.normal(jax.random.split(k_replay)[0], (method.batch_size, method.memory.z_dim))
   fr = state.frozen
-  x_rep = method.generator.apply({"params": fr.generator_params,
-                                  "batch_stats": fr.generator_batch_stats}, z, None, train=False)
+  x_rep = method.memory.generator.apply({"params": fr.memory.generator_params,
+                                         "batch_stats": fr.memory.generator_batch_stats}, z, None,
+                                        train=False)
   apply = lambda p, xb: np.asarray(method.classifier.apply({"params": p}, xb), np.float64)
   def log_softmax(z, mask):
     z = np.where(mask, z, -np.inf)
     return z - np.log(np.sum(np.exp(z - z.max(-1, keepdims=True)), -1, keepdims=True)) - z.max(-1, keepdims=True)
-  now, old = np.asarray(state.active), np.asarray(fr.active)
+  now, old = np.asarray(state.active), np.asarray(fr.memory.active)
   real = -log_softmax(apply(state.solver.params, x), now)[np.arange(len(y)), np.asarray(y)]
   student, teacher = apply(state.solver.params, x_rep), apply(fr.solver_params, x_rep)
   if targets == "hard":
@@ -148,7 +150,7 @@ def _expected_solver_loss(method, state, data, key, targets, temperature):
     p = np.exp(log_softmax(teacher / temperature, old))
     with np.errstate(invalid="ignore"):  # 0 * -inf for masked classes, dropped by the where
       rep = -temperature ** 2 * np.sum(np.where(p > 0, p * log_softmax(student / temperature, now), 0), -1)
-  r = float(state.ratio)
+  r = float(state.memory.ratio)
   return r * real.mean() + (1 - r) * rep.mean(), real.mean(), rep.mean()
 
 
@@ -158,7 +160,7 @@ def test_solver_loss_is_the_dgr_mixture(targets):
   c.dgr.targets = targets
   method = build_method("dgr", c, SHAPE, 10)
   state = _state_at_second_task(method)
-  assert float(state.ratio) == pytest.approx(0.5)  # balanced: r = 1/t with t = 2
+  assert float(state.memory.ratio) == pytest.approx(0.5)  # balanced: r = 1/t with t = 2
   data, key = _data([1]), jax.random.PRNGKey(2)
   _, metrics = method.solver_step(state, data, key)
   loss, real, rep = _expected_solver_loss(method, state, data, key, targets, c.dgr.temperature)
@@ -176,10 +178,10 @@ def test_fixed_replay_ratio():
     c.dgr.replay_ratio = value
     method = build_method("dgr", c, SHAPE, 10)
     state = method.begin_task(method.init(jax.random.PRNGKey(0)), 4, np.arange(10) < 5)
-    assert float(state.ratio) == pytest.approx(0.3)
+    assert float(state.memory.ratio) == pytest.approx(0.3)
   balanced = build_method("dgr", _config(), SHAPE, 10)
   state = balanced.begin_task(balanced.init(jax.random.PRNGKey(0)), 4, np.arange(10) < 5)
-  assert float(state.ratio) == pytest.approx(1 / 5)
+  assert float(state.memory.ratio) == pytest.approx(1 / 5)
 
 
 @pytest.mark.slow
@@ -187,7 +189,7 @@ def test_conditional_replay_draws_only_old_classes():
   method = build_method("dgr", _config(conditional=True), SHAPE, 10)
   state = _state_at_second_task(method, steps=1)
   state = method.end_task(method.begin_task(state, 1, np.arange(10) < 3))  # old: {0, 1, 2}
-  images, labels = method.replay_batch(state.frozen, jax.random.PRNGKey(0), 512)
+  images, labels = method.memory.replay_batch(state.frozen.memory, jax.random.PRNGKey(0), 512)
   assert images.shape == (512,) + SHAPE
   assert set(np.asarray(labels).tolist()) == {0, 1, 2}
   # And the conditional generator step runs with replay (AC-GAN terms included).
@@ -202,8 +204,8 @@ def test_dcgan_dgr_steps_run():
   state = _state_at_second_task(method, steps=1)
   new, metrics = method.generator_step(state, _data([1]), jax.random.PRNGKey(0))
   assert np.isfinite(float(metrics["generator_loss"]))
-  assert not np.allclose(jax.tree.leaves(new.generator.params)[0],
-                         jax.tree.leaves(state.generator.params)[0])
+  assert not np.allclose(jax.tree.leaves(new.memory.generator.params)[0],
+                         jax.tree.leaves(state.memory.generator.params)[0])
 
 
 def test_sft_predictions_are_masked_to_seen_classes():

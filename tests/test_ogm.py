@@ -373,7 +373,7 @@ def test_generator_memory_draws_from_the_previous_generator():
   state = method.begin_task(method.end_task(state.replace(memory=first)), 1, ACTIVE)
   assert state.frozen is not None
   second, _ = method.refreshed_memory(state, _data(), key)
-  replay = method.replay_batch(state.frozen, key, n)[0]  # pylint: disable=protected-access
+  replay = method.generative.replay_batch(state.frozen, key, n)[0]
   np.testing.assert_allclose(np.asarray(second.x), np.asarray(replay), rtol=1e-6, atol=1e-6)
   assert not np.allclose(np.asarray(second.x), np.asarray(first.x))
   np.testing.assert_allclose(

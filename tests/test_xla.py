@@ -80,6 +80,27 @@ def test_jit_picks_per_program_and_keeps_values():
 
 
 @pytest.mark.skipif(not CPU, reason="the options apply to the CPU backend only")
+def test_one_wrapper_chooses_per_argument_structure_whatever_the_order():
+  """A wrapper called with arguments of two structures (a step before and after its first
+  snapshot: only the second convolves) chooses for each program from that program, in either
+  order of first calls: a run resumed in task 2 compiles task 2's program as a fresh run does."""
+  if not xla._option_supported():  # pylint: disable=protected-access
+    pytest.skip("this jaxlib does not know the option")
+  x, w, _ = _inputs()
+
+  def f(x, w=None):
+    return jnp.tanh(x) if w is None else jnp.tanh(_conv(x, w))
+
+  dot = {OPTION: "LIBRARY_FUSION_TYPE_DOT"}
+  for order in ((("x",), ("x", "w")), (("x", "w"), ("x",))):
+    fn = xla.jit(f)
+    for names in order + order:  # and again: the choice is kept, not redone differently
+      out = fn(x) if names == ("x",) else fn(x, w)
+      assert fn.options == ({} if names == ("x",) else dot)
+      np.testing.assert_allclose(out, f(x) if names == ("x",) else f(x, w), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not CPU, reason="the options apply to the CPU backend only")
 @pytest.mark.parametrize("fusions", ["dot", "none"])
 def test_critic_penalty_gradient_is_the_same_under_every_choice(fusions):
   """The gradient penalty's second derivative through MeRGAN's critic: the same values whatever

@@ -22,6 +22,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import json
+import threading
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import jax
@@ -97,28 +99,12 @@ class Phase:
   step: StepFn
 
 
-class Method(abc.ABC):
-  """Base class of continual-learning methods (see the module docstring).
-
-  Attributes:
-    name: registry name.
-    data_mode: "current" (train on the current task's data) or "cumulative"
-      (all data seen so far: the joint-training upper bound).
-    has_generator: whether :meth:`sample` returns images.
-    conditional: whether :meth:`sample` draws the classes it is given (an unconditional
-      generator's samples are sorted into classes by the current classifier).
-    scenario: None (the task sequence's own: class- or domain-incremental) or
-      ``"task_incremental"`` (the task id is given at test time: the loop scores each task
-      with :meth:`predict_task`).
-  """
-  name: str = ""
-  data_mode: str = "current"
-  has_generator: bool = False
-  conditional: bool = False
-  scenario: Optional[str] = None
+class DataParallel:
+  """The data-parallel helpers of a part of a method that draws batches and takes gradients
+  (a method, or a component it contains such as :class:`gmcl.methods.memory.GenerativeMemory`):
+  every per-example random draw is global, then sliced per device (see :mod:`gmcl.parallel`).
+  ``parallel`` is the :class:`gmcl.parallel.Parallel` the part was built with."""
   parallel: Parallel = Parallel()
-
-  # -- data parallelism: every per-example random draw is global, then sliced (see gmcl.parallel)
 
   def local(self, x: jax.Array) -> jax.Array:
     """This device's rows of a global-batch array (pmap), or the array constrained to the
@@ -152,6 +138,31 @@ class Method(abc.ABC):
     x, y = sample_batch(data, key, batch_size)
     return self.local(x), self.local(y)
 
+
+class Method(DataParallel, abc.ABC):
+  """Base class of continual-learning methods (see the module docstring).
+
+  Attributes:
+    name: registry name.
+    data_mode: "current" (train on the current task's data) or "cumulative"
+      (all data seen so far: the joint-training upper bound).
+    has_generator: whether :meth:`sample` returns images.
+    conditional: whether :meth:`sample` draws the classes it is given (an unconditional
+      generator's samples are sorted into classes by the current classifier).
+    scenario: None (the task sequence's own: class- or domain-incremental) or
+      ``"task_incremental"`` (the task id is given at test time: the loop scores each task
+      with :meth:`predict_task`).
+    state_format: the version of the state's structure; a method raises it when its state's
+      layout changes, so that the loop refuses a checkpoint written with another layout, with
+      a message, instead of failing to restore it.
+  """
+  name: str = ""
+  data_mode: str = "current"
+  has_generator: bool = False
+  conditional: bool = False
+  scenario: Optional[str] = None
+  state_format: int = 1
+
   @abc.abstractmethod
   def init(self, key: PRNGKey) -> State:
     """The state before the first task."""
@@ -183,6 +194,24 @@ class Method(abc.ABC):
     """
     del run
     return None
+
+  def program_key(self):
+    """A hashable value that determines every program this method's steps trace, or None.
+
+    Compiled chunks are cached under it (:func:`step_identity`), so two methods with equal keys
+    must trace equal programs from equal argument shapes. By default: the class, the config's
+    :func:`config_fingerprint`, the image shape, the number of classes and ``parallel``, which
+    is everything a method of this library is built from (its builders take nothing else). A
+    method that also depends on something else overrides it (or returns None: its programs are
+    then cached per method object). Computed once, at the first chunk.
+    """
+    key = self.__dict__.get("_program_key")
+    if key is None and getattr(self, "config", None) is not None:
+      key = (type(self).__module__, type(self).__qualname__, config_fingerprint(self.config),
+             tuple(getattr(self, "image_shape", ())), getattr(self, "num_classes", None),
+             self.parallel)
+      self.__dict__["_program_key"] = key
+    return key
 
   def predict_task(self, state: State, x: jax.Array, task_index) -> jax.Array:
     """Logits (B, K) with the task id given (task-incremental methods: that task's head);
@@ -231,42 +260,122 @@ def _mean_metrics(metrics_list: Sequence[Metrics]) -> Metrics:
   return jax.tree.map(lambda *m: jnp.mean(jnp.stack(m)), *metrics_list)
 
 
-@functools.lru_cache(maxsize=64)
+def config_fingerprint(config) -> str:
+  """The part of an experiment config that can shape a method's compiled programs, as JSON: all
+  of it but ``seed`` (keys are arguments of every program) and the ``checkpoint`` and ``eval``
+  sections (read by the loop and by scores, never by a step)."""
+  values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  for name in ("seed", "checkpoint", "eval"):
+    values.pop(name, None)
+  return json.dumps(values, sort_keys=True, default=repr)
+
+
+def step_identity(step: StepFn):
+  """The value a chunk program of ``step`` is cached under: for a method's bound step, the
+  method's :meth:`Method.program_key` and the step's name (equal methods trace equal programs);
+  for any other callable, the callable itself."""
+  owner, func = getattr(step, "__self__", None), getattr(step, "__func__", None)
+  key = owner.program_key() if isinstance(owner, Method) else None
+  if key is None or func is None:
+    return step
+  return key, func.__module__, func.__qualname__
+
+
+class _ChunkProgram:
+  """One compiled K-step chunk, kept by :func:`_chunk_program` under its value: it holds no
+  method. The step it runs is lent to it for the duration of each call (tracing, when jax.jit
+  or jax.pmap traces, happens inside the call), so a finished run's method, state and data are
+  freed when the run lets go of them, while an equal run later in the process reuses the program."""
+
+  def __init__(self, num_steps: int, mode: str, parallel: Parallel, fusions: str):
+    self._lock = threading.Lock()
+    self._step: Optional[StepFn] = None
+
+    def chunk(live, frozen, data, phase_key, start):
+      step = self._step
+      state = live.replace(frozen=frozen)
+      keys = jax.vmap(lambda i: jax.random.fold_in(phase_key, i))(start + jnp.arange(num_steps))
+      if mode == "scan":
+        state, metrics = jax.lax.scan(lambda s, k: step(s, data, k), state, keys)
+        metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+      else:  # "unroll": a Python loop inside one jit (faster than scan on XLA:CPU)
+        collected = []
+        for i in range(num_steps):
+          state, m = step(state, data, keys[i])
+          collected.append(m)
+        metrics = _mean_metrics(collected)
+      return state.replace(frozen=None), metrics
+
+    if parallel.mode == "pmap":
+      self.compiled = jax.pmap(chunk, axis_name=parallel.axis_name, in_axes=(None, None, None, None, 0),
+                               devices=list(parallel.devices))
+    elif parallel.mode == "jit":
+      self.compiled = xla.jit(chunk, fusions=fusions, donate_argnums=(0,),
+                              out_shardings=parallel.replicated())
+    else:
+      self.compiled = xla.jit(chunk, fusions=fusions, donate_argnums=(0,))
+
+  def _with(self, step: StepFn, method: str, args):
+    with self._lock:
+      self._step = step
+      try:
+        return getattr(self.compiled, method)(*args)
+      finally:
+        self._step = None
+
+
+class BoundChunk:
+  """A cached chunk program with the step it runs: call it as the compiled function
+  (``live, frozen, data, phase_key, start``), or ``lower`` it."""
+
+  def __init__(self, program: _ChunkProgram, step: StepFn):
+    self.program, self.step = program, step
+
+  def __call__(self, *args):
+    return self.program._with(self.step, "__call__", args)  # pylint: disable=protected-access
+
+  def lower(self, *args):
+    return self.program._with(self.step, "lower", args)  # pylint: disable=protected-access
+
+  @property
+  def options(self) -> dict:
+    """The XLA compiler options of the program's latest trace (see :mod:`gmcl.xla`)."""
+    return self.program.compiled.options
+
+
+PROGRAM_CACHE_SIZE = 64
+
+
+@functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
+def _chunk_program(identity, num_steps: int, mode: str, parallel: Parallel, fusions: str) -> _ChunkProgram:
+  del identity  # the key: which step, by value
+  return _ChunkProgram(num_steps, mode, parallel, fusions)
+
+
 def _compiled_chunk(step: StepFn, num_steps: int, mode: str, parallel: Parallel,
-                    fusions: str = "auto"):
+                    fusions: str = "auto") -> BoundChunk:
   """jit of ``num_steps`` steps; the live state (argument 0) is donated, the snapshot is not.
+
+  Programs are cached by value (:func:`step_identity`, the chunk's length and mode, ``parallel``,
+  ``fusions``; the newest :data:`PROGRAM_CACHE_SIZE`): two runs of one method with one config
+  and shapes in a process share them, and the cache holds no method, state or data.
 
   Under ``parallel.mode == "jit"`` the outputs are replicated over the mesh; under
   ``"pmap"`` the chunk runs once per device (no donation: inputs are broadcast; ``jax.pmap``
   takes no compiler options, so ``fusions`` is XLA's default there). ``fusions``: the XLA:CPU
   library fusions (:mod:`gmcl.xla`).
   """
-
-  def chunk(live, frozen, data, phase_key, start):
-    state = live.replace(frozen=frozen)
-    keys = jax.vmap(lambda i: jax.random.fold_in(phase_key, i))(start + jnp.arange(num_steps))
-    if mode == "scan":
-      state, metrics = jax.lax.scan(lambda s, k: step(s, data, k), state, keys)
-      metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-    else:  # "unroll": a Python loop inside one jit (faster than scan on XLA:CPU)
-      collected = []
-      for i in range(num_steps):
-        state, m = step(state, data, keys[i])
-        collected.append(m)
-      metrics = _mean_metrics(collected)
-    return state.replace(frozen=None), metrics
-
-  if parallel.mode == "pmap":
-    return jax.pmap(chunk, axis_name=parallel.axis_name, in_axes=(None, None, None, None, 0),
-                    devices=list(parallel.devices))
-  if parallel.mode == "jit":
-    return xla.jit(chunk, fusions=fusions, donate_argnums=(0,), out_shardings=parallel.replicated())
-  return xla.jit(chunk, fusions=fusions, donate_argnums=(0,))
+  return BoundChunk(_chunk_program(step_identity(step), num_steps, mode, parallel, fusions), step)
 
 
 def clear_compiled_chunks() -> None:
-  """Forgets the compiled chunk programs kept for reuse (and the methods their steps belong to)."""
-  _compiled_chunk.cache_clear()
+  """Forgets the compiled chunk programs kept for reuse."""
+  _chunk_program.cache_clear()
+
+
+def compiled_chunk_count() -> int:
+  """How many chunk programs the cache holds."""
+  return _chunk_program.cache_info().currsize
 
 
 CHUNK_MODES = ("unroll", "scan")

@@ -53,16 +53,16 @@ Replay (``lsa.replay = "generator"``, sequential mode; the proposal's option "an
 replayed samples from a generative memory"): the current inputs cover task t's input
 distribution only, while the bridge g_{t->t-1} must be right on the inputs of tasks 1..t-1,
 whose heads it serves. With replay, a generative memory of the inputs is trained as DGR's
-generator (Shin et al. 2017; :meth:`gmcl.methods.dgr.DGR.generator_step`: WGAN-GP on the mixture
+generator (Shin et al. 2017; :class:`gmcl.methods.memory.GenerativeMemory`: WGAN-GP on the mixture
 ``r * D_t + (1 - r) * G_{t-1}``, r = ``dgr.replay_ratio``, 1/t when "balanced"), in a
 "generator" phase before the solver's, and the bridge minimises
 
     r * E_{x ~ D_t} || g(f_t(x)) - f_{t-1}(x) ||^2 + (1 - r) * E_{x' ~ G_{t-1}} || g(f_t(x')) - f_{t-1}(x') ||^2.
 
-The memory's state is a :class:`gmcl.methods.dgr.DGRState` in ``state.memory`` (its solver
-slot empty: the solver is LSA's); ``end_task`` takes its snapshot G_t. Unlike ``state.frozen``,
-that snapshot lives inside the live state: chunks pass it through unchanged, and checkpoints
-write it with the rest of the state. Labels are never needed, so the generator is DGR's
+The memory's live state is ``state.memory`` (:class:`gmcl.methods.memory.MemoryState`);
+``end_task`` takes its snapshot G_t into ``state.frozen.memory``, beside f_t's encoder
+(:class:`LSASnapshot`), so that chunks never donate or differentiate it and checkpoints write it
+once per task, as every snapshot. Labels are never needed, so the generator is DGR's
 unconditional one by default (``model.conditional``). With ``dgr.replay_ratio = 1`` the
 replayed term has weight 0 (the samples are still drawn).
 
@@ -97,6 +97,7 @@ from gmcl.optim import adam
 from gmcl.models.classifiers import Classifier, make_classifier
 from gmcl.models.latent import BRIDGES, Bridge
 from gmcl.methods import dgr as dgr_method
+from gmcl.methods.memory import GenerativeMemory, MemorySnapshot, MemoryState
 from gmcl.parallel import Parallel
 from gmcl.registry import MethodSpec
 from gmcl.types import PRNGKey
@@ -158,9 +159,10 @@ class LSAState:
     task: () int32, the task being (or last) trained, T.
     task_classes: (M, K) bool, each task's classes.
     active: (K,) bool, the classes seen so far.
-    frozen: f_{t-1}'s encoder parameters (the snapshot), or None before the first task ends.
-    memory: with ``lsa.replay = "generator"``, the generative memory (a DGR state whose solver
-      slot is empty), else None.
+    frozen: the snapshot (:class:`LSASnapshot`: f_{t-1}'s encoder and, with replay, G_{t-1}),
+      or None before the first task ends.
+    memory: with ``lsa.replay = "generator"``, the generative memory's live state
+      (:class:`gmcl.methods.memory.MemoryState`), else None.
   """
   solver: ModelState
   bridge: ModelState
@@ -171,8 +173,16 @@ class LSAState:
   task: jax.Array
   task_classes: jax.Array
   active: jax.Array
-  frozen: Any = None
-  memory: Any = None
+  frozen: Optional["LSASnapshot"] = None
+  memory: Optional[MemoryState] = None
+
+
+@struct.dataclass
+class LSASnapshot:
+  """What a task leaves frozen for the next one's bridge: f_{t-1}'s encoder parameters and, with
+  ``lsa.replay = "generator"``, the generative memory's G_{t-1} (else None)."""
+  encoder: Any
+  memory: Optional[MemorySnapshot] = None
 
 
 def sequence_length(config, num_classes: int) -> int:
@@ -237,6 +247,7 @@ class LSA(Method):
   """Latent space alignment, task-incremental; see the module docstring."""
   name = "lsa"
   scenario = "task_incremental"
+  state_format = 2  # the snapshot is an LSASnapshot; the generative memory's state a MemoryState
 
   def __init__(self, config, image_shape, num_classes: int, parallel: Parallel = Parallel()):
     check_parallel_mode(config.lsa.mode, parallel.mode)
@@ -260,8 +271,7 @@ class LSA(Method):
     self.replay = s.replay
     self.memory = None
     if self.replay == "generator":
-      from gmcl.methods.dgr import DGR  # pylint: disable=import-outside-toplevel
-      self.memory = DGR(config, image_shape, num_classes, parallel)
+      self.memory = GenerativeMemory(config, self.image_shape, self.num_classes, parallel)
     self.has_generator = self.memory is not None  # the loop's sample grids
     self.conditional = self.memory is not None and self.memory.conditional
 
@@ -323,9 +333,8 @@ class LSA(Method):
     if self.compose:
       composed = compose_affine(*self._linear_parts(stack(bridge.params)), jnp.int32(0))
     memory = None
-    if self.memory is not None:  # DGR's GAN from its own key; the solver slot left empty
-      memory = self.memory.init(jax.random.fold_in(key, 2)).replace(
-          solver=ModelState(params={}, opt_state=()))
+    if self.memory is not None:  # DGR's GAN from its own key, split as DGR splits it
+      memory = self.memory.init(*jax.random.split(jax.random.fold_in(key, 2), 3)[1:])
     return LSAState(solver=solver, bridge=bridge, heads=stack(solver.params["head"]),
                     bridges=stack(bridge.params), composed=composed, key=k_tasks,
                     task=jnp.zeros((), jnp.int32),
@@ -351,9 +360,8 @@ class LSA(Method):
     solver, bridge = self._fresh_models_jit(state.key, state.solver.params["encoder"],
                                             jnp.asarray(task_index, jnp.int32))
     memory = state.memory
-    if self.memory is not None:  # DGR's: seen classes, r, GAN optimiser resets
-      memory = self.memory.begin_task(memory, task_index, active_classes).replace(
-          solver=ModelState(params={}, opt_state=()))  # (its optimiser reset would fill the slot)
+    if self.memory is not None:  # DGR's: r, the GAN's optimiser resets
+      memory = self.memory.begin_task(memory, task_index)
     return state.replace(solver=solver, bridge=bridge, task=jnp.asarray(task_index, jnp.int32),
                          task_classes=state.task_classes.at[task_index].set(current),
                          active=active, memory=memory)
@@ -378,9 +386,9 @@ class LSA(Method):
     """Stores h_t and g_{t->t-1} (at the first task: the unused identity), recomposes the
     chain (``lsa.compose``) and takes the snapshot f_t."""
     state = self._store_jit(state, state.task, state.solver.params["head"], state.bridge.params)
-    memory = self.memory.end_task(state.memory) if self.memory is not None else None
-    return state.replace(frozen=jax.tree.map(jnp.copy, state.solver.params["encoder"]),
-                         memory=memory)
+    memory = self.memory.snapshot(state.memory, state.active) if self.memory is not None else None
+    return state.replace(frozen=LSASnapshot(
+        encoder=jax.tree.map(jnp.copy, state.solver.params["encoder"]), memory=memory))
 
   # -- steps ----------------------------------------------------------------------------------
 
@@ -442,15 +450,16 @@ class LSA(Method):
     replayed, ratio = None, 1.0
     if replaying:
       key, k_rep = jax.random.split(key)
-      replayed = self.memory.replay_batch(state.memory.frozen, k_rep, self.batch_size)[0]
+      replayed = self.memory.replay_batch(state.frozen.memory, k_rep, self.batch_size)[0]
       ratio = state.memory.ratio
     bridge, metrics = self._bridge_update(state.bridge, state.solver.params["encoder"],
-                                          state.frozen, data, key, replayed, ratio)
+                                          state.frozen.encoder, data, key, replayed, ratio)
     return state.replace(bridge=bridge), metrics
 
   def generator_step(self, state: LSAState, data: TaskArrays, key):
     """One WGAN-GP iteration of the generative memory (DGR's generator step)."""
-    memory, metrics = self.memory.generator_step(state.memory, data, key)
+    frozen = None if state.frozen is None else state.frozen.memory
+    memory, metrics = self.memory.train_step(state.memory, frozen, data, key)
     return state.replace(memory=memory), metrics
 
   def sample(self, state: LSAState, key, labels):
@@ -574,7 +583,7 @@ class LSA(Method):
     return state.replace(solver=state.solver.replace(params={"encoder": enc, "head": head}),
                          task=jnp.asarray(t, jnp.int32), task_classes=task_classes,
                          active=jnp.any(task_classes, axis=0), composed=composed,
-                         frozen=jax.tree.map(jnp.copy, enc))
+                         frozen=LSASnapshot(encoder=jax.tree.map(jnp.copy, enc)))
 
   def parallel_solver_step(self, p: "ParallelTrainState", data: TaskArrays, key):
     """Step ``p.step`` of every task model at once; task k's key is
@@ -696,7 +705,7 @@ def train_parallel(method: LSA, key: PRNGKey, tasks: Sequence[TaskArrays],
                         heads=heads, bridges=stacked,
                         composed=(compose_affine(*method._linear_parts(stacked), jnp.int32(last))
                                   if method.compose else None),
-                        frozen=jax.tree.map(jnp.copy, solver.params["encoder"]))
+                        frozen=LSASnapshot(encoder=jax.tree.map(jnp.copy, solver.params["encoder"])))
   info["encoders"] = p.solvers.params["encoder"]
   return state, info
 

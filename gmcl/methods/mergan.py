@@ -69,7 +69,7 @@ from gmcl.losses.replay import dgr_solver_objective
 from gmcl.methods.base import ModelState, Phase, reset_optimizer
 from gmcl.optim import adam
 from gmcl.methods.classifier import ClassifierMethod
-from gmcl.methods.dgr import apply_generator
+from gmcl.methods.memory import apply_generator
 from gmcl.models import make_gan
 from gmcl.methods.wgan_gp import (critic_update_with, generator_update_with, wgan_gp_critic_loss,
                                   wgan_gp_iteration)

@@ -15,9 +15,10 @@ comes from:
 * ``"current"``: the current task's inputs (LwF-style, Li & Hoiem 2016): a batch drawn apart from
   the training batch. No generator: the only phase is the solver's.
 * ``"generator"``: samples of the frozen previous generator G_{t-1} (DGR's replay, Shin et al. 2017);
-  in the first task, with no G_{t-1} yet, the current inputs. The generator is trained exactly as
-  DGR's generator phase (WGAN-GP on ``r * D_t + (1 - r) * G_{t-1}``), and ``end_task`` takes DGR's
-  snapshots. DGR's replay *loss* is not used: the variant alone preserves the predictions.
+  in the first task, with no G_{t-1} yet, the current inputs. The generator is DGR's generative
+  memory (:class:`gmcl.methods.memory.GenerativeMemory`, trained in a "generator" phase by WGAN-GP
+  on ``r * D_t + (1 - r) * G_{t-1}``), and ``end_task`` takes its snapshot G_{t-1}. DGR's replay
+  *loss* is not used: the variant alone preserves the predictions.
 
 Three ways to preserve them, ``ogm.variant``:
 
@@ -63,10 +64,10 @@ Every step is ``solver_step(state, data, key) -> (state, metrics)``, pure, so it
 ``"none"`` are supported; ``"pmap"`` is not (its per-device steps would need the memory batch
 gathered and the lookahead's inner gradient averaged across devices).
 
-Why one class, a subclass of :class:`gmcl.methods.dgr.DGR`, for both memories: with
-``memory="generator"`` the generator phase, the replay sampler (``replay_batch``) and the snapshots
-are DGR's, inherited unchanged; with ``memory="current"`` the state simply holds no generator
-(``generator = critic = frozen = None``) and :meth:`OGM.phases` returns the solver phase alone. The
+One class for both memories: with ``memory="generator"`` it contains a generative memory
+(``OGM.generative``; its live state ``state.generative``, its snapshot ``state.frozen``), whose
+training step, replay draw and snapshot are the component's; with ``memory="current"`` there is
+none (``generative = frozen = None``) and :meth:`OGM.phases` returns the solver phase alone. The
 solver's initial parameters are the same in both cases (the same key split as DGR's ``init``).
 """
 
@@ -85,11 +86,11 @@ from gmcl.config import check_image_generator
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.losses.replay import replay_loss
-from gmcl.methods.base import ModelState, Phase, apply_gradients
-from gmcl.optim import adam
-from gmcl.methods.classifier import ClassifierMethod
-from gmcl.methods.dgr import DGR, DGRSnapshot
 from gmcl.methods import dgr as dgr_method
+from gmcl.methods.base import ModelState, Phase, apply_gradients
+from gmcl.methods.classifier import ClassifierMethod
+from gmcl.methods.memory import GenerativeMemory, MemorySnapshot, MemoryState
+from gmcl.optim import adam
 from gmcl.parallel import Parallel
 from gmcl.registry import MethodSpec
 
@@ -334,16 +335,14 @@ class OGMMemory:
 class OGMState:
   solver: ModelState
   active: jax.Array  # (K,) bool: classes seen so far
-  ratio: jax.Array  # () float32: DGR's r for the generator phase (memory "generator")
   memory: OGMMemory
   memory_step: jax.Array  # () int32: solver steps taken in this task; refresh when % refresh_every == 0
   distill_opt_state: Any = None  # variant "distill": the distillation step's own Adam state
-  generator: Optional[ModelState] = None  # memory "generator" only
-  critic: Optional[ModelState] = None  # memory "generator" only
-  frozen: Optional[DGRSnapshot] = None  # memory "generator": G_{t-1}, C_{t-1} after the first task
+  generative: Optional[MemoryState] = None  # memory "generator" only: G_t, its critic, r
+  frozen: Optional[MemorySnapshot] = None  # memory "generator": G_{t-1} after the first task
 
 
-class OGM(DGR):
+class OGM(ClassifierMethod):
   """Online generative memory; see the module docstring.
 
   Optimiser states: the main step uses the solver's Adam state (``state.solver.opt_state``, reset
@@ -362,14 +361,18 @@ class OGM(DGR):
   state.
   """
 
+  state_format = 2  # the generator's state in ``generative`` (gmcl.methods.memory)
+
   def __init__(self, config, image_shape, num_classes, parallel: Parallel = Parallel()):
     check_parallel_mode(parallel.mode)
-    super().__init__(config, image_shape, num_classes, parallel)
-    self.name = "ogm"
+    super().__init__(config, image_shape, num_classes, name="ogm", parallel=parallel)
     o = config.ogm
     self.variant = o.variant
     self.memory_source = o.memory
-    self.has_generator = o.memory == "generator"
+    self.generative = (GenerativeMemory(config, self.image_shape, num_classes, parallel)
+                       if o.memory == "generator" else None)
+    self.has_generator = self.generative is not None
+    self.conditional = self.has_generator and self.generative.conditional
     self.memory_batch = o.memory_batch
     self.refresh_every = o.refresh_every
     self.lookahead_steps = o.lookahead_steps
@@ -389,44 +392,49 @@ class OGM(DGR):
   # -- state ---------------------------------------------------------------------------------
 
   def init(self, key) -> OGMState:
-    if self.has_generator:
-      dgr = super().init(key)
-      solver, generator, critic = dgr.solver, dgr.generator, dgr.critic
-    else:
-      solver, generator, critic = self._init_solver(jax.random.split(key, 3)[0]), None, None
+    k_s, k_g, k_c = jax.random.split(key, 3)  # DGR's split: the same solver with either memory
+    generative = self.generative.init(k_g, k_c) if self.has_generator else None
+    solver = self._init_solver(k_s)
     memory = OGMMemory(x=jnp.zeros((self.memory_batch,) + self.image_shape, jnp.float32),
                        logits=jnp.zeros((self.memory_batch, self.num_classes), jnp.float32))
     distill = self.distill_tx.init(solver.params) if self.variant == "distill" else None
-    return OGMState(solver=solver, active=jnp.zeros((self.num_classes,), bool),
-                    ratio=jnp.ones((), jnp.float32), memory=memory,
+    return OGMState(solver=solver, active=jnp.zeros((self.num_classes,), bool), memory=memory,
                     memory_step=jnp.zeros((), jnp.int32), distill_opt_state=distill,
-                    generator=generator, critic=critic)
+                    generative=generative)
 
   def begin_task(self, state, task_index, active_classes):
-    if self.has_generator:  # DGR's: active classes, r = 1/t, optimiser resets
-      state = super().begin_task(state, task_index, active_classes)
-    else:
-      state = ClassifierMethod.begin_task(self, state, task_index, active_classes)
+    state = super().begin_task(state, task_index, active_classes)  # active classes, solver reset
+    if self.has_generator:  # r = 1/t, the GAN's optimiser resets
+      state = state.replace(generative=self.generative.begin_task(state.generative, task_index))
     if self.variant == "distill" and self.config.train.reset_optimizers:
       state = state.replace(distill_opt_state=self.distill_tx.init(state.solver.params))
     return state.replace(memory_step=jnp.zeros((), jnp.int32))  # the first step saves a new batch
 
   def end_task(self, state):
-    return super().end_task(state) if self.has_generator else state
+    """With a generator: its snapshot G_t, the next task's G_{t-1}."""
+    if not self.has_generator:
+      return state
+    return state.replace(frozen=self.generative.snapshot(state.generative, state.active))
 
   def phases(self):
+    solver = Phase("solver", self.config.train.solver_steps, self.solver_step)
     if self.has_generator:
-      return super().phases()
-    return (Phase("solver", self.config.train.solver_steps, self.solver_step),)
+      return (Phase("generator", self.config.train.generator_steps, self.generator_step), solver)
+    return (solver,)
+
+  def generator_step(self, state: OGMState, data: TaskArrays, key):
+    """One WGAN-GP iteration of the generative memory (memory "generator")."""
+    generative, metrics = self.generative.train_step(state.generative, state.frozen, data, key)
+    return state.replace(generative=generative), metrics
 
   def sample(self, state, key, labels):
-    return super().sample(state, key, labels) if self.has_generator else None
+    return self.generative.sample(state.generative, key, labels) if self.has_generator else None
 
   # -- memory --------------------------------------------------------------------------------
 
   def _draw_memory(self, state, data: TaskArrays, key) -> jax.Array:
     if self.has_generator and state.frozen is not None:  # static: compiled per case
-      return self.replay_batch(state.frozen, key, self.memory_batch)[0]
+      return self.generative.replay_batch(state.frozen, key, self.memory_batch)[0]
     return self.sample_batch(data, key, self.memory_batch)[0]
 
   def refreshed_memory(self, state, data: TaskArrays, key) -> tuple[OGMMemory, jax.Array]:

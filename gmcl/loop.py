@@ -293,6 +293,13 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
                             "overwrite=True (--overwrite) to start afresh.")
 
     def template_for(meta):
+      # Checked before any state is read: a checkpoint of another config (another method or
+      # model: other shapes) is refused, never skipped in favour of a fresh start.
+      diffs = _config_differences(meta["config"], config.to_dict(), added_keys(config.method))
+      if diffs:
+        raise IncompatibleCheckpoint(
+            f"The checkpoints in {ckpt_dir} were written with another config:\n  "
+            + "\n  ".join(diffs) + "\nUse the same config, or overwrite=True (--overwrite).")
       written = meta.get("state_format", 1)  # absent: written before formats were recorded
       if written != method.state_format:
         raise IncompatibleCheckpoint(
@@ -305,10 +312,6 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
     restored = ckpt.restore_latest(template_for, warn=log)
     if restored is not None:
       step, state, meta = restored
-      diffs = _config_differences(meta["config"], config.to_dict(), added_keys(config.method))
-      if diffs:
-        raise ValueError(f"The checkpoints in {ckpt_dir} were written with another config:\n  "
-                         + "\n  ".join(diffs) + "\nUse the same config, or overwrite=True.")
       pos, record = meta["position"], meta["record"]
       log(f"Resuming from checkpoint {step}: task {pos['task'] + 1}, phase {pos['phase']}, "
           f"step {pos['step']}.")

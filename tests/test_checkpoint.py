@@ -132,6 +132,24 @@ def test_checkpoint_of_another_state_layout_is_refused_and_kept(mnist_data, tmp_
   assert not os.path.exists(tmp_path / "results.json")
 
 
+def test_resume_with_other_shapes_or_another_method_is_refused_before_restoring(mnist_data, tmp_path):
+  """Another model (other shapes) or another method on a killed workdir: refused with the keys
+  that differ, before any restore is tried, and nothing in the workdir changes."""
+  c = _config(sft)
+  with pytest.raises(loop.RunInterrupted):
+    loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=_quiet, stop_after_steps=10)
+  before = sorted(glob.glob(str(tmp_path / "**"), recursive=True))
+  wider = _config(sft)
+  wider.model.classifier_hidden = (32,)
+  other = _config(dgr)
+  for changed, match in ((wider, r"model.classifier_hidden"), (other, r"method: 'sft' in the checkpoint")):
+    warnings = []
+    with pytest.raises(ValueError, match=match):
+      loop.run(changed, str(tmp_path), data=mnist_data, progress=False, log=warnings.append)
+    assert not any("cannot be restored" in w for w in warnings)
+    assert sorted(glob.glob(str(tmp_path / "**"), recursive=True)) == before
+
+
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(mnist_data, tmp_path):
   import dataclasses
   import numpy as np

@@ -11,6 +11,7 @@ from gmcl.data.sampling import task_arrays
 from gmcl.methods import lsa
 from gmcl.methods.base import run_chunk, step_key
 from gmcl.parallel import Parallel
+from tolerances import assert_chunks_equal_single_steps, assert_match_up_to_summation_order
 
 SHAPE = (8, 8, 1)
 K = 10
@@ -131,6 +132,7 @@ def test_parallel_equals_independent_sequential_trainings(method):
   """vmap over tasks = each task trained alone from the same initial state with the same keys."""
   run_key = jax.random.PRNGKey(3)
   tasks = [_data(classes, seed=t, capacity=64) for t, classes in enumerate(TASKS)]
+  c = method.config
   state, info = lsa.train_parallel(method, run_key, tasks, chunk_steps=1)
   init_key, train_key, _ = jax.random.split(run_key, 3)
   solo = []
@@ -138,21 +140,29 @@ def test_parallel_equals_independent_sequential_trainings(method):
     s = method.begin_task(method.init(init_key), k, _mask(classes))
     s, _ = run_chunk(method.solver_step, s, tasks[k], step_key(train_key, k, 0), 0, 3)
     solo.append(s)
-    _assert_trees_close(jax.tree.map(lambda a: a[k], info["encoders"]), s.solver.params["encoder"])
-    _assert_trees_close(jax.tree.map(lambda a: a[k], state.heads), s.solver.params["head"])
+    # One vmapped program against one per task: the same sums in another order (tests/tolerances.py).
+    assert_match_up_to_summation_order(
+        jax.tree.map(lambda a: a[k], {"encoder": info["encoders"], "head": state.heads}),
+        s.solver.params, lr=c.train.solver_lr, betas=(c.train.solver_b1, c.train.solver_b2),
+        updates=3, what=f"task {k}'s model")
     np.testing.assert_array_equal(state.task_classes[k], _mask(classes))
   for k in (1, 2):  # g_{k->k-1} on task k's inputs
     s = _copy(solo[k]).replace(
         frozen=lsa.LSASnapshot(encoder=_copy(solo[k - 1].solver.params["encoder"])))
     s, _ = run_chunk(method.bridge_step, s, tasks[k], step_key(train_key, k, 1), 0, 3)
-    _assert_trees_close(jax.tree.map(lambda a: a[k], state.bridges), s.bridge.params)
+    assert_match_up_to_summation_order(  # (the bridge's Adam: betas 0.9, 0.999)
+        jax.tree.map(lambda a: a[k], state.bridges), s.bridge.params, lr=c.lsa.bridge_lr,
+        betas=(0.9, 0.999), updates=3, what=f"bridge {k}")
     assert not np.allclose(s.bridge.params["linear"]["kernel"], np.eye(16))  # it trained
   # The assembled state predicts from f_T with the chain; task 0 after T = 0 is solo task 0.
   assert int(state.task) == 2
   x = tasks[0].x[:8]
   first = method.state_after(state, info["encoders"], 0)
-  np.testing.assert_allclose(method.predict_task(first, x, 0), method.predict_task(solo[0], x, 0),
-                             rtol=1e-5, atol=1e-5)
+  expected = np.asarray(method.predict_task(solo[0], x, 0))
+  # Parameters equal up to a rounding-sized fraction of 3 Adam steps (above): logits within 1% of
+  # their scale (a wrong model is off by their whole scale).
+  np.testing.assert_allclose(method.predict_task(first, x, 0), expected, rtol=0,
+                             atol=1e-2 * np.max(np.abs(expected[np.isfinite(expected)])))
 
 
 def test_earlier_heads_do_not_move(method):
@@ -239,11 +249,10 @@ def test_k_step_chunk_equals_single_steps(method, phase_index):
   base, _ = run_chunk(method.solver_step, base, _data([2, 3]), jax.random.PRNGKey(2), 0, 3)
   phase = method.phases()[phase_index]
   data, key = _data([2, 3], seed=1), jax.random.PRNGKey(7)
-  single = _copy(base)
-  for i in range(3):
-    single, _ = run_chunk(phase.step, single, data, key, i, 1)
-  chunked, _ = run_chunk(phase.step, _copy(base), data, key, 0, 3)
-  _assert_trees_close(single, chunked)
+  c = method.config
+  _, chunked = assert_chunks_equal_single_steps(
+      phase.step, base, data, key, lr=max(c.train.solver_lr, c.lsa.bridge_lr), updates_per_step=1,
+      what=f"lsa {phase.name}")
   trained = (lambda s: s.bridge.params) if phase_index else (lambda s: s.solver.params)
   assert any(not np.allclose(a, b) for a, b in
              zip(jax.tree.leaves(trained(chunked)), jax.tree.leaves(trained(base))))

@@ -73,3 +73,31 @@ def assert_mostly_within_rounding(one, other, *, lr, updates, what):
   close = ROUNDING_PER_UPDATE * updates * lr
   worse = float(np.mean(diff > close)) if diff.size else 0.0
   assert worse < MAX_ROUNDING_SIZED, (what, worse, float(diff.max()) if diff.size else 0.0, close)
+
+
+def assert_chunks_equal_single_steps(step, state, data, key, *, lr, updates_per_step, what,
+                                     num_steps=3, modes=("unroll",)):
+  """``num_steps`` steps of ``step`` run one per compiled call, in one call (each chunk mode of
+  ``modes``) and split 1 + (num_steps - 1): the same steps in the same order, equal up to the
+  rounding of what XLA fuses differently (:func:`assert_mostly_within_rounding`, ``lr`` the
+  largest learning rate, ``updates_per_step`` the optimiser updates one step takes); integer and
+  boolean leaves (counters, masks) exactly. Returns the single-step and the one-call states."""
+  from gmcl.methods.base import run_chunk  # pylint: disable=import-outside-toplevel
+  copy = lambda s: jax.tree.map(lambda x: x.copy() if hasattr(x, "copy") else x, s)
+  single = copy(state)
+  for i in range(num_steps):
+    single, _ = run_chunk(step, single, data, key, i, 1)
+  chunked = None
+  for mode in modes:
+    whole, _ = run_chunk(step, copy(state), data, key, 0, num_steps, mode)
+    split, _ = run_chunk(step, copy(state), data, key, 0, 1, mode)
+    split, _ = run_chunk(step, split, data, key, 1, num_steps - 1, mode)
+    for other, how in ((whole, "one call"), (split, "split")):
+      assert jax.tree.structure(other) == jax.tree.structure(single), (what, mode, how)
+      assert_mostly_within_rounding(single, other, lr=lr, updates=num_steps * updates_per_step,
+                                    what=f"{what} ({mode}, {how})")
+      for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(other)):
+        if np.asarray(a).dtype.kind in "iub":
+          np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{what} ({mode}, {how})")
+    chunked = whole if chunked is None else chunked
+  return single, chunked

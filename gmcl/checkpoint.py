@@ -93,7 +93,8 @@ class RunCheckpointer:
     Returns:
       ``(step, state, meta)``.
     """
-    for step in reversed(self.steps()):
+    steps = self.steps()
+    for step in reversed(steps):
       try:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         template = template_for(meta)
@@ -113,7 +114,8 @@ class RunCheckpointer:
         raise
       except Exception as e:  # pylint: disable=broad-except
         warn(f"Checkpoint {step} in {self.directory} cannot be restored ({type(e).__name__}: "
-             f"{str(e)[:200]}); trying the one before it.")
+             f"{str(e)[:200]}); "
+             + ("trying the one before it." if step != steps[0] else "no older checkpoint is left."))
     return None
 
   def close(self) -> None:

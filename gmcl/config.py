@@ -9,6 +9,9 @@ the valid range of anything wrong; each key is checked in one place.
 
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 import ml_collections
 
 from gmcl.checks import require
@@ -103,6 +106,30 @@ def _check_keys(config, reference, prefix=""):
       _check_keys(config[key], reference[key], path + ".")
 
 
+def _non_finite_floats(config, prefix="") -> list[tuple[str, object]]:
+  """Every value of a config (nested sections, tuples) holding a NaN or infinite float, by key."""
+  out = []
+  for key in config.keys():
+    value, path = config[key], f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      out += _non_finite_floats(value, path + ".")
+      continue
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+      out.append((path, value))
+  return out
+
+
+def sequence_length(config, num_classes: Optional[int] = None, *, limited: bool = True) -> int:
+  """The number of tasks the config's sequence has (``gmcl.data.build.build_sequence``'s length;
+  with ``limited``, ``data.max_tasks`` applied); ``num_classes`` defaults to the dataset's."""
+  from gmcl.data.sources import DATASETS  # pylint: disable=import-outside-toplevel
+  d = config.data
+  k = DATASETS[d.dataset].num_classes if num_classes is None else int(num_classes)
+  n = {"per_class": k, "split": k // max(int(d.classes_per_task), 1), "permuted": int(d.num_tasks)}[d.protocol]
+  return min(n, int(d.max_tasks)) if d.max_tasks and limited else n
+
+
 def parse_class_order(value: str, num_classes: int):
   if not value:
     return None
@@ -164,6 +191,12 @@ def validate_config(config) -> None:
   spec = method_spec(config.method)
   reference = method_config(config.method)
   _check_keys(config, reference)
+  bad = [(k, v) for k, v in _non_finite_floats(config)
+         if not (k in spec.infinite_ok and isinstance(v, float) and math.isinf(v) and v > 0)]
+  if bad:
+    allowed = f" (+inf is valid for {', '.join(sorted(spec.infinite_ok))})" if spec.infinite_ok else ""
+    raise ValueError("config: " + ", ".join(f"{k}={v!r}" for k, v in bad)
+                     + f" is NaN or infinite; valid: finite numbers{allowed}.")
   missing = sorted(set(reference.keys()) - set(config.keys()))
   if missing:
     raise ValueError(f"The config lacks the sections {missing} that method {config.method!r} reads; "
@@ -185,6 +218,9 @@ def validate_config(config) -> None:
   require(len(d.value_range) == 2 and d.value_range[1] > d.value_range[0], "data.value_range",
            d.value_range, "(low, high) with high > low")
   require(d.max_tasks >= 0, "data.max_tasks", d.max_tasks, ">= 0 (0 keeps every task)")
+  full = sequence_length(config, limited=False)
+  require(d.max_tasks <= full, "data.max_tasks", d.max_tasks,
+          f"0 or at most the {full} tasks of the {d.protocol} sequence of {d.dataset}")
   require(d.train_limit >= 0, "data.train_limit", d.train_limit, ">= 0")
   require(d.test_limit >= 0, "data.test_limit", d.test_limit, ">= 0")
   require(m.classifier in CLASSIFIERS, "model.classifier", m.classifier, str(sorted(CLASSIFIERS)))

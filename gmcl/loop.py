@@ -27,6 +27,7 @@ from gmcl.data.sampling import task_arrays
 from gmcl.methods import build_method
 from gmcl.methods.base import RunContext, clear_compiled_chunks, resolve_chunk_mode, run_chunk, step_key
 from gmcl.parallel import make_parallel
+from gmcl.workdir import WorkdirLock
 
 
 def release_compiled() -> None:
@@ -188,10 +189,20 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
     stop_after_steps: raise :class:`RunInterrupted` once this many training steps
       have run in this call (after the checkpoint due at that step, if any).
 
+  Only one run may use a workdir at a time: a second is refused at once
+  (:class:`gmcl.workdir.WorkdirBusy`, naming the holder's PID).
+
   Returns:
     The results dictionary written to ``results.json``.
   """
   validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  with WorkdirLock(workdir, log=log, enabled=jax.process_index() == 0):
+    return _run(config, workdir, data=data, progress=progress, log=log, resume=resume,
+                overwrite=overwrite, stop_after_steps=stop_after_steps)
+
+
+def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_steps) -> dict:
   finished = _finished_run(workdir)
   if finished is not None and not overwrite:
     raise FileExistsError(
@@ -200,7 +211,6 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if overwrite and os.path.isdir(ckpt_dir):
     shutil.rmtree(ckpt_dir)
-  os.makedirs(workdir, exist_ok=True)
   data = data or load_data(config)
   if data.source and data.source != data_settings(config):
     raise ValueError(f"run(data=...): the data were loaded with (dataset, pad_to, value_range, "
@@ -310,14 +320,26 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
       return method.state_template(init_key, meta)
 
     restored = ckpt.restore_latest(template_for, warn=log)
+    if restored is None:  # every one failed (each reported above): refuse rather than start over
+      raise RuntimeError(
+          f"None of the checkpoints {ckpt.steps()} in {ckpt_dir} can be restored (the reasons are "
+          "above); nothing was changed. Start afresh with overwrite=True (--overwrite), which "
+          "deletes them, or restore them from a copy.")
     if restored is not None:
       step, state, meta = restored
       pos, record = meta["position"], meta["record"]
-      log(f"Resuming from checkpoint {step}: task {pos['task'] + 1}, phase {pos['phase']}, "
-          f"step {pos['step']}.")
+      if pos["task"] >= len(seq):  # finished, but results.json is missing or unreadable
+        if jax.process_index() == 0:
+          write_json(os.path.join(workdir, "results.json"), _results_payload(config, seq, record, scenario))
+        log(f"gmcl: {workdir} holds a finished run whose results.json was missing or unreadable; "
+            f"rewritten from the final checkpoint (step {step}).")
+      else:
+        log(f"Resuming from checkpoint {step}: task {pos['task'] + 1}, phase {pos['phase']}, "
+            f"step {pos['step']}.")
 
   def save(state):
     if ckpt is not None:
+      check_finite_state(state)
       record["seconds"] += time.time() - clock[0]
       clock[0] = time.time()
       ckpt.save(pos["global_step"], state, {"position": dict(pos), "record": record,
@@ -335,6 +357,22 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
           f"Non-finite loss in task {pos['task'] + 1}, phase {phase_name!r}, step {pos['step']} "
           f"(global step {pos['global_step']}): "
           + ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+          + (f". The last good checkpoint is step {last} in {ckpt_dir}." if last is not None
+             else ". No checkpoint was written."))
+
+  def check_finite_state(state):
+    """Never checkpoint a state with a NaN or infinite float (parameters, optimiser moments,
+    snapshots): "the last good checkpoint" must be good."""
+    leaves = [(jax.tree_util.keystr(path), x) for path, x in jax.tree_util.tree_flatten_with_path(state)[0]
+              if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)]
+    finite = jax.device_get([jnp.all(jnp.isfinite(x)) for _, x in leaves])
+    bad = [name for (name, _), ok in zip(leaves, finite) if not ok]
+    if bad:
+      last = ckpt.steps()[-1] if ckpt.steps() else None
+      raise FloatingPointError(
+          f"Non-finite values in the state after task {pos['task'] + 1}, step {pos['step']} "
+          f"(global step {pos['global_step']}), in {len(bad)} arrays: {', '.join(bad[:5])}"
+          + (" ..." if len(bad) > 5 else "") + "; it was not checkpointed"
           + (f". The last good checkpoint is step {last} in {ckpt_dir}." if last is not None
              else ". No checkpoint was written."))
 

@@ -49,11 +49,14 @@ class MethodSpec:
     added_keys: config keys (``"section.key"``) added since runs of the method were
       checkpointed, with the value that reproduces the code from before: a checkpoint without
       the key resumes when the key has that value.
+    infinite_ok: config keys (``"section.key"``) for which +inf is a meaningful value (ogm's
+      unbounded epsilon); every other NaN or infinite float is refused by validation.
   """
   make: Callable[..., Any]
   sections: Callable[[], dict] = dict
   check: Callable[[Any], None] = _no_checks
   added_keys: Mapping[str, Any] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
+  infinite_ok: frozenset = frozenset()
 
 
 def method_spec(name: str) -> MethodSpec:

@@ -93,6 +93,84 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(mnist_data, tm
   assert resumed == whole
 
 
+def test_all_checkpoints_unreadable_is_refused_and_nothing_changes(mnist_data, tmp_path):
+  c = _config(sft)
+  with pytest.raises(loop.RunInterrupted):
+    loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=_quiet, stop_after_steps=30)
+  for path in glob.glob(str(tmp_path / "checkpoints" / "[0-9]*" / "state" / "**" / "*"), recursive=True):
+    if os.path.isfile(path):
+      with open(path, "wb") as f:
+        f.write(b"half-written")
+  before = {p: _read(p) for p in glob.glob(str(tmp_path / "**"), recursive=True) if os.path.isfile(p)}
+  lines = []
+  with pytest.raises(RuntimeError, match=r"None of the checkpoints .* can be restored.*--overwrite"):
+    loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=lines.append)
+  assert "no older checkpoint is left" in [line for line in lines if "cannot be restored" in line][-1]
+  after = {p: _read(p) for p in glob.glob(str(tmp_path / "**"), recursive=True) if os.path.isfile(p)}
+  assert after == before
+
+
+def test_finished_run_without_its_results_gets_them_back_from_the_final_checkpoint(mnist_data, tmp_path):
+  c = _config(sft, solver_steps=5)
+  loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=_quiet)
+  path = str(tmp_path / "results.json")
+  before = _read(path)
+  for damage in (b"", None):  # truncated, then deleted
+    if damage is None:
+      os.remove(path)
+    else:
+      with open(path, "wb") as f:
+        f.write(damage)
+    lines = []
+    loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=lines.append)
+    assert _read(path) == before
+    assert any("rewritten from the final checkpoint" in line for line in lines)
+
+
+def test_a_non_finite_state_is_never_checkpointed(mnist_data, tmp_path, monkeypatch):
+  """The guard looks at the state it saves (parameters, optimiser state), not only the losses."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from gmcl.methods.classifier import ClassifierMethod  # pylint: disable=import-outside-toplevel
+  c = _config(sft, solver_steps=5)
+  ends = []
+
+  def poisoned_end_task(self, state):  # task 2 ends with NaN weights (its losses were finite)
+    ends.append(1)
+    if len(ends) == 2:
+      state = state.replace(solver=state.solver.replace(
+          params=jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), state.solver.params)))
+    return state
+
+  monkeypatch.setattr(ClassifierMethod, "end_task", poisoned_end_task)
+  with pytest.raises(FloatingPointError, match=r"Non-finite values in the state.*params.*not checkpointed"
+                                               r".*last good checkpoint is step"):
+    loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=_quiet)
+  from gmcl.checkpoint import RunCheckpointer  # pylint: disable=import-outside-toplevel
+  ckpt = RunCheckpointer(str(tmp_path / "checkpoints"))
+  step, state, meta = ckpt.restore_latest(lambda meta: ClassifierMethod(c, (32, 32, 1), 10).init(
+      jax.random.PRNGKey(0)))
+  ckpt.close()
+  assert meta["position"]["task"] == 1  # the last checkpoint is task 1's end, and it is finite
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.solver.params))
+
+
+def test_one_run_per_workdir(mnist_data, tmp_path):
+  from gmcl.workdir import WorkdirBusy, WorkdirLock  # pylint: disable=import-outside-toplevel
+  c = _config(sft, solver_steps=5)
+  with WorkdirLock(str(tmp_path)):  # another run holds the workdir
+    with pytest.raises(WorkdirBusy, match=rf"in use by another run: PID {os.getpid()}"):
+      loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=_quiet)
+    assert sorted(os.listdir(tmp_path)) == [".gmcl.lock"]  # nothing was written
+  assert os.listdir(tmp_path) == []  # released and removed
+  with open(tmp_path / ".gmcl.lock", "w") as f:  # left by a holder that died (no flock held)
+    f.write('{"pid": 999999, "host": "h", "started": "then"}')
+  lines = []
+  loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=lines.append)
+  assert any("PID 999999 on h" in line and "taken over" in line for line in lines)
+  assert not os.path.exists(tmp_path / ".gmcl.lock")
+
+
 def test_finished_run_is_not_overwritten(mnist_data, tmp_path):
   c = _config(sft, solver_steps=5)
   loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=_quiet)

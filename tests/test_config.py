@@ -43,6 +43,9 @@ def test_method_configs_validate(module, args):
      r"model.output_activation='sigmoid'.*covers data.value_range=\(-1.0, 1.0\)"),
     (lambda c: setattr(c.data, "pad_to", 30), r"data.pad_to=30.*28, 32 or 64"),
     (lambda c: setattr(c.dgr, "replay_ratio", -0.1), r"replay_ratio=-0.1 is outside"),
+    (lambda c: setattr(c.train, "solver_lr", float("inf")), r"train.solver_lr=inf is NaN or infinite"),
+    (lambda c: setattr(c.train, "gp_weight", float("nan")), r"train.gp_weight=nan is NaN or infinite"),
+    (lambda c: setattr(c.data, "max_tasks", 20), r"data.max_tasks=20.*at most the 10 tasks"),
 ])
 def test_bad_values_name_the_key_and_the_valid_range(mutate, message):
   c = method_config("dgr")
@@ -93,3 +96,23 @@ def test_config_imports_no_method():
   code = ("import sys, gmcl.config; assert not [m for m in sys.modules if m.startswith('gmcl.methods')], "
           "sorted(m for m in sys.modules if m.startswith('gmcl.'))")
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_method_limits_are_checked_against_the_sequence_and_inf_only_where_it_means_something():
+  c = method_config("hat")
+  c.hat.max_tasks = 3
+  with pytest.raises(ValueError, match=r"hat.max_tasks=3.*>= the 10 tasks"):
+    validate_config(c)
+  c.data.max_tasks = 3  # three tasks: three embeddings suffice
+  validate_config(c)
+  c = method_config("dgm")
+  c.dgm.max_tasks = 5
+  with pytest.raises(ValueError, match=r"dgm.max_tasks=5.*>= the 10 tasks"):
+    validate_config(c)
+  c = method_config("ogm")
+  c.ogm.epsilon = float("inf")  # the unconstrained step: meaningful
+  validate_config(c)
+  for bad in (float("nan"), float("-inf")):
+    c.ogm.epsilon = bad
+    with pytest.raises(ValueError, match=r"ogm.epsilon=.* \(\+inf is valid for ogm.epsilon\)"):
+      validate_config(c)

@@ -83,7 +83,7 @@ from flax import struct
 
 from gmcl import optim
 from gmcl.checks import require
-from gmcl.config import check_image_generator
+from gmcl.config import check_image_generator, sequence_length
 from gmcl.losses.hat import sparsity_regularizer
 from gmcl.models import dgm_generator
 from gmcl.data.sampling import TaskArrays
@@ -171,7 +171,9 @@ def check_config(config) -> None:
   require(g.replay_gates in ("binary", "soft"), "dgm.replay_gates", g.replay_gates, "'binary' or 'soft'")
   require(g.critic in ("dcgan", "mlp"), "dgm.critic", g.critic, "'dcgan' or 'mlp'")
   require(g.clip_norm > 0, "dgm.clip_norm", g.clip_norm, "> 0")
-  require(g.max_tasks >= 1, "dgm.max_tasks", g.max_tasks, ">= 1")
+  n = sequence_length(config)
+  require(g.max_tasks >= n, "dgm.max_tasks", g.max_tasks,
+          f">= the {n} tasks of the config's sequence (one row of the task embeddings per task)")
   d = config.data
   size = DATASETS[d.dataset].image_shape[0]
   if g.architecture == "conv":

@@ -30,6 +30,7 @@ from flax import struct
 
 from gmcl import optim
 from gmcl.checks import require
+from gmcl.config import sequence_length
 from gmcl.losses.hat import sparsity_regularizer
 from gmcl.models import hat
 from gmcl.data.sampling import TaskArrays
@@ -84,7 +85,9 @@ def check_config(config) -> None:
   require(h.sparsity >= 0, "hat.sparsity", h.sparsity, ">= 0")
   require(h.learning_rate > 0, "hat.learning_rate", h.learning_rate, "> 0")
   require(h.clip_norm > 0, "hat.clip_norm", h.clip_norm, "> 0")
-  require(h.max_tasks >= 1, "hat.max_tasks", h.max_tasks, ">= 1")
+  n = sequence_length(config)
+  require(h.max_tasks >= n, "hat.max_tasks", h.max_tasks,
+          f">= the {n} tasks of the config's sequence (one task embedding per task)")
 
 
 class HATClassifier(Method):

@@ -86,7 +86,7 @@ import numpy as np
 from flax import struct
 
 from gmcl.checks import check_array, require
-from gmcl.config import check_image_generator
+from gmcl.config import check_image_generator, sequence_length
 from gmcl.data.sampling import TaskArrays, task_arrays
 from gmcl.losses.alignment import alignment_loss
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
@@ -183,14 +183,6 @@ class LSASnapshot:
   ``lsa.replay = "generator"``, the generative memory's G_{t-1} (else None)."""
   encoder: Any
   memory: Optional[MemorySnapshot] = None
-
-
-def sequence_length(config, num_classes: int) -> int:
-  """The number of tasks the config's sequence has (``gmcl.data.build.build_sequence``'s length)."""
-  d = config.data
-  n = {"per_class": num_classes, "split": num_classes // max(int(d.classes_per_task), 1),
-       "permuted": int(d.num_tasks)}[d.protocol]
-  return min(n, int(d.max_tasks)) if d.max_tasks else n
 
 
 def config_section() -> ml_collections.ConfigDict:

@@ -573,4 +573,5 @@ __all__ = ["MEMORIES", "NORMS", "OGM", "OGMMemory", "OGMState", "VARIANTS", "che
 
 SPEC = MethodSpec(make=make_ogm, sections=lambda: {"ogm": config_section(), "dgr": dgr_method.config_section()},
                   check=check_config,
-                  added_keys={"ogm.lookahead_target": "current", "ogm.lookahead_clip": 0.0})
+                  added_keys={"ogm.lookahead_target": "current", "ogm.lookahead_clip": 0.0},
+                  infinite_ok=frozenset({"ogm.epsilon"}))  # epsilon = inf: the unconstrained Adam step

@@ -1,12 +1,15 @@
-"""Kill-and-resume sweep: interrupts a smoke run at many points and checks each resumed
-results.json against an uninterrupted run, byte for byte. Prints one JSON line per method.
+"""Kill-and-resume sweep: stops smoke runs at many points, each in its own process, resumes each in
+a new process, and checks every resumed results.json against an uninterrupted run's, byte for byte.
+The settings are each config's defaults (``smoke``), with a checkpoint every 5 steps.
 
-  python -m benchmarks.kill_resume                   # in-process interruptions, every 3rd step
-  python -m benchmarks.kill_resume --sigkill 5       # plus 5 runs killed with SIGKILL at random times
+  python -m benchmarks.kill_resume                                  # dgr, mergan/ra, mergan/jr, dgm
+  python -m benchmarks.kill_resume --runs dgr,dgm --points 10 --sigkill 3
 
-In-process points stop the run after exactly N steps (the checkpoint due at N, if any,
-is written first). SIGKILL points kill a subprocess at a random moment, which may fall
-during a checkpoint write.
+One JSON line per run: ``stop_points`` (``--stop_after_steps=k`` in a fresh process, for k spread
+evenly over the whole run, so across tasks), ``identical`` (resumed runs byte-identical to the
+uninterrupted one), and with ``--sigkill N`` N more runs killed by SIGKILL at a random moment
+(which may fall during a checkpoint write). Every run uses its own process, as a user's rerun does:
+compiled programs and compiler choices cannot carry over from the interrupted process.
 """
 
 import argparse
@@ -19,20 +22,29 @@ import sys
 import tempfile
 import time
 
-from experiments.configs import dgr, sft
-from gmcl import loop
-from gmcl.data.build import load_data
-from gmcl.methods import build_method
-
-METHODS = {"sft": sft, "dgr": dgr}
+STOPPED = 3  # experiments.main's exit status for --stop_after_steps
 
 
-def smoke_config(name):
-  c = METHODS[name].get_config("smoke")
-  c.model.gan = "mlp"
-  c.data.max_tasks = 3
-  c.checkpoint.every_steps = 5
-  return c
+def command(run: str, workdir: str, extra=()) -> list:
+  method, _, variant = run.partition("/")
+  arg = "smoke" + (f",variant={variant}" if variant else "")
+  return [sys.executable, "-m", "experiments.main", f"--config=experiments/configs/{method}.py:{arg}",
+          "--noprogress", "--config.checkpoint.every_steps=5", f"--workdir={workdir}", *extra]
+
+
+def total_steps(run: str) -> int:
+  """Training steps of the whole run (every task's phases)."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  from gmcl.config import sequence_length  # pylint: disable=import-outside-toplevel
+  from gmcl.data.sources import DATASETS  # pylint: disable=import-outside-toplevel
+  from gmcl.methods import build_method  # pylint: disable=import-outside-toplevel
+  method, _, variant = run.partition("/")
+  c = importlib.import_module(f"experiments.configs.{method}").get_config(
+      "smoke" + (f",variant={variant}" if variant else ""))
+  info = DATASETS[c.data.dataset]
+  size = c.data.pad_to or info.image_shape[0]
+  m = build_method(c.method, c, (size, size, info.image_shape[2]), info.num_classes)
+  return sequence_length(c) * sum(p.num_steps for p in m.phases())
 
 
 def read(path):
@@ -40,63 +52,62 @@ def read(path):
     return f.read()
 
 
-def in_process(name, every, data, root):
-  c = smoke_config(name)
+def sweep(run: str, points: int, kills: int, root: str, seed: int = 0) -> dict:
+  name = run.replace("/", "-")
   whole = os.path.join(root, f"{name}_whole")
-  loop.run(c, whole, data=data, progress=False, log=lambda s: None)
-  total = sum(p.num_steps for p in build_method(name, c, data.image_shape, 10).phases()) * 3
-  points, same = list(range(1, total, every)), 0
-  for k in points:
-    workdir = os.path.join(root, f"{name}_stop{k}")
-    try:
-      loop.run(c, workdir, data=data, progress=False, log=lambda s: None, stop_after_steps=k)
-    except loop.RunInterrupted:
-      pass
-    loop.run(c, workdir, data=data, progress=False, log=lambda s: None)
-    same += read(os.path.join(workdir, "results.json")) == read(os.path.join(whole, "results.json"))
-  return {"method": name, "mode": "in-process", "kill_points": len(points), "identical": same,
-          "steps_per_run": total}
-
-
-def sigkill(name, n, root, seed=0):
-  rng = random.Random(seed)
-  base = [sys.executable, "-m", "experiments.main",
-          f"--config=experiments/configs/{name}.py:smoke", "--noprogress",
-          "--config.model.gan=mlp", "--config.data.max_tasks=3", "--config.checkpoint.every_steps=5"]
-  whole = os.path.join(root, f"{name}_sig_whole")
   t0 = time.time()
-  subprocess.run(base + [f"--workdir={whole}"], check=True, capture_output=True)
+  subprocess.run(command(run, whole), check=True, capture_output=True)
   duration = time.time() - t0
-  same, killed = 0, 0
-  for i in range(n):
-    workdir = os.path.join(root, f"{name}_sig{i}")
-    proc = subprocess.Popen(base + [f"--workdir={workdir}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+  reference = read(os.path.join(whole, "results.json"))
+  total = total_steps(run)
+  stops = sorted({max(1, round((i + 0.5) * total / points)) for i in range(points)})
+  same, differ = 0, []
+  for k in stops:
+    workdir = os.path.join(root, f"{name}_stop{k}")
+    first = subprocess.run(command(run, workdir, [f"--stop_after_steps={k}"]), capture_output=True)
+    if first.returncode not in (0, STOPPED):
+      raise SystemExit(f"{run} stopped at {k} failed ({first.returncode}):\n{first.stderr.decode()[-2000:]}")
+    subprocess.run(command(run, workdir), check=True, capture_output=True)
+    ok = read(os.path.join(workdir, "results.json")) == reference
+    same += ok
+    if not ok:
+      differ.append(k)
+  rng, killed, same_killed = random.Random(seed), 0, 0
+  for i in range(kills):
+    workdir = os.path.join(root, f"{name}_kill{i}")
+    proc = subprocess.Popen(command(run, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(rng.uniform(0.3, 0.95) * duration)
     if proc.poll() is None:
       proc.send_signal(signal.SIGKILL)
       killed += 1
     proc.wait()
-    if not os.path.exists(os.path.join(workdir, "results.json")) or \
-        json.load(open(os.path.join(workdir, "results.json")))["completed_tasks"] < 3:
-      subprocess.run(base + [f"--workdir={workdir}"], check=True, capture_output=True)
-    same += read(os.path.join(workdir, "results.json")) == read(os.path.join(whole, "results.json"))
-  return {"method": name, "mode": "sigkill", "runs": n, "killed_mid_run": killed, "identical": same}
+    done = os.path.exists(os.path.join(workdir, "results.json")) and \
+        json.loads(read(os.path.join(workdir, "results.json")))["completed_tasks"] == \
+        len(json.loads(reference)["tasks"])
+    if not done:
+      subprocess.run(command(run, workdir), check=True, capture_output=True)
+    same_killed += read(os.path.join(workdir, "results.json")) == reference
+  out = {"run": run, "steps_per_run": total, "stop_points": len(stops), "identical": same,
+         "differ_at": differ, "seconds_per_run": round(duration, 1)}
+  if kills:
+    out.update(sigkill_runs=kills, killed_mid_run=killed, sigkill_identical=same_killed)
+  return out
 
 
-def main():
+def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--methods", default="sft,dgr")
-  p.add_argument("--every", type=int, default=3, help="interrupt at every N-th step")
-  p.add_argument("--sigkill", type=int, default=0, help="subprocess runs killed with SIGKILL")
-  a = p.parse_args()
-  data = load_data(smoke_config("sft"))
+  p.add_argument("--runs", default="dgr,mergan/ra,mergan/jr,dgm", help="method or method/variant, comma-separated")
+  p.add_argument("--points", type=int, default=10, help="stop points per run, spread over its steps")
+  p.add_argument("--sigkill", type=int, default=0, help="runs killed with SIGKILL at random moments")
+  a = p.parse_args(argv)
+  bad = 0
   with tempfile.TemporaryDirectory() as root:
-    for name in a.methods.split(","):
-      print(json.dumps(in_process(name, a.every, data, root)), flush=True)
-      if a.sigkill:
-        print(json.dumps(sigkill(name, a.sigkill, root)), flush=True)
+    for run in a.runs.split(","):
+      row = sweep(run, a.points, a.sigkill, root)
+      bad += row["identical"] < row["stop_points"] or row.get("sigkill_identical", 0) < a.sigkill
+      print(json.dumps(row), flush=True)
+  return 1 if bad else 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -17,7 +17,11 @@ flags.DEFINE_bool("resume", True, "Continue from the workdir's checkpoints, if i
 flags.DEFINE_bool("overwrite", False, "Start afresh even if the workdir holds a finished run.")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU VM slices, "
                   "multi-node GPU); run the same command on every host.")
+flags.DEFINE_integer("stop_after_steps", None, "Stop after this many training steps of this call "
+                     "(after the checkpoint due then), with exit status 3: for resume checks.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+STOPPED = 3  # the exit status of a run stopped by --stop_after_steps
 
 
 def main(argv):
@@ -29,8 +33,12 @@ def main(argv):
     from gmcl.parallel import initialize_multihost  # pylint: disable=import-outside-toplevel
     initialize_multihost()
   from gmcl import loop  # pylint: disable=import-outside-toplevel
-  loop.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress, resume=FLAGS.resume,
-           overwrite=FLAGS.overwrite)
+  try:
+    loop.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress, resume=FLAGS.resume,
+             overwrite=FLAGS.overwrite, stop_after_steps=FLAGS.stop_after_steps)
+  except loop.RunInterrupted as e:
+    print(f"gmcl: {e}")
+    raise SystemExit(STOPPED) from None
 
 
 if __name__ == "__main__":

@@ -24,6 +24,43 @@ flags.mark_flags_as_required(["config", "workdir"])
 STOPPED = 3  # the exit status of a run stopped by --stop_after_steps
 
 
+def _unknown_override(argv) -> str:
+  """For a ``--config.a.b=v`` naming a key the config lacks: which part, and the valid keys there."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec_arg is None and "--config" in argv:
+    spec_arg = argv[argv.index("--config") + 1]
+  if not spec_arg:
+    return ""
+  path, _, args = spec_arg.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_gmcl_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(args) if args else module.get_config()
+  from gmcl.config import unknown_key  # pylint: disable=import-outside-toplevel
+  for a in argv:
+    if a.startswith("--config.") and "=" in a:
+      message = unknown_key(config, a[len("--config."):].split("=", 1)[0])
+      if message:
+        return f"--config.{message}"
+  return ""
+
+
+def _parse_flags(argv):
+  """absl's flag parsing; an override of a key the config lacks names the key and the valid ones."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    raise SystemExit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.") from None
+  except (KeyError, AttributeError) as e:  # an override of a key the config lacks
+    message = ""
+    try:
+      message = _unknown_override(argv)
+    except Exception:  # pylint: disable=broad-except
+      pass
+    raise SystemExit(f"FATAL Flags parsing error: {message or e}") from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -42,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

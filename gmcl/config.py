@@ -94,6 +94,19 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def unknown_key(config, dotted: str) -> str:
+  """"" if ``dotted`` ("train.solver_lr") names a key of ``config``; else a message naming its first
+  missing part and the valid keys there (a command-line override of a key the config lacks)."""
+  node, walked = config, []
+  for part in dotted.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      where = ".".join(walked) or "the config"
+      valid = sorted(node.keys()) if hasattr(node, "keys") else "none (it is a value, not a section)"
+      return f"{'.'.join(walked + [part])}: {where} has no key {part!r}; valid keys there: {valid}."
+    node, walked = node[part], walked + [part]
+  return ""
+
+
 def _check_keys(config, reference, prefix=""):
   for key in config.keys():
     path = f"{prefix}{key}"

@@ -116,3 +116,14 @@ def test_method_limits_are_checked_against_the_sequence_and_inf_only_where_it_me
     c.ogm.epsilon = bad
     with pytest.raises(ValueError, match=r"ogm.epsilon=.* \(\+inf is valid for ogm.epsilon\)"):
       validate_config(c)
+
+
+def test_an_override_of_a_missing_key_names_it_and_the_valid_keys():
+  from gmcl.config import unknown_key  # pylint: disable=import-outside-toplevel
+  c = method_config("sft")
+  assert unknown_key(c, "train.solver_lr") == ""
+  assert unknown_key(c, "foo.bar").startswith(
+      "foo: the config has no key 'foo'; valid keys there: ['checkpoint', 'data'")
+  message = unknown_key(c, "train.lrate")
+  assert message.startswith("train.lrate: train has no key 'lrate'") and "'solver_lr'" in message
+  assert "it is a value" in unknown_key(c, "train.solver_lr.x")

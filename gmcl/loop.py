@@ -142,6 +142,36 @@ def _finished_run(workdir: str) -> Optional[int]:
   return done if total and done == total else None
 
 
+def _memory_bytes() -> Optional[int]:
+  """The memory one device offers: an accelerator's allocator limit, else the host's RAM."""
+  try:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+      return int(stats["bytes_limit"])
+  except Exception:  # pylint: disable=broad-except
+    pass
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def check_sizes_fit(config) -> None:
+  """Refuses, before any data is loaded, batch sizes whose images alone (float32) exceed the
+  memory of one device: the key named, instead of an out-of-memory error later."""
+  from gmcl.data.sources import DATASETS  # pylint: disable=import-outside-toplevel
+  h, w, c = DATASETS[config.data.dataset].image_shape
+  side = config.data.pad_to or h
+  image = side * (side if config.data.pad_to else w) * c * 4
+  limit = _memory_bytes()
+  if limit is None:
+    return
+  for key, n in (("train.batch_size", config.train.batch_size), ("eval.batch_size", config.eval.batch_size)):
+    if n * image > limit:
+      raise ValueError(f"config.{key}={n} cannot fit: one batch of its images is {n * image / 2**30:.1f} GiB "
+                       f"(float32), more than the {limit / 2**30:.1f} GiB of memory one device has here.")
+
+
 def _config_differences(saved: dict, current: dict, added: dict, prefix="") -> list[str]:
   """What differs between a checkpoint's config and the current one, key by key. ``added`` holds
   keys added to gmcl since (:func:`gmcl.config.added_keys`): absent from a checkpoint, they
@@ -196,6 +226,7 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
     The results dictionary written to ``results.json``.
   """
   validate_config(config)
+  check_sizes_fit(config)
   os.makedirs(workdir, exist_ok=True)
   with WorkdirLock(workdir, log=log, enabled=jax.process_index() == 0):
     return _run(config, workdir, data=data, progress=progress, log=log, resume=resume,

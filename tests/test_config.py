@@ -127,3 +127,14 @@ def test_an_override_of_a_missing_key_names_it_and_the_valid_keys():
   message = unknown_key(c, "train.lrate")
   assert message.startswith("train.lrate: train has no key 'lrate'") and "'solver_lr'" in message
   assert "it is a value" in unknown_key(c, "train.solver_lr.x")
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_any_data_is_loaded(tmp_path):
+  from gmcl import loop  # pylint: disable=import-outside-toplevel
+  c = method_config("sft")
+  c.train.batch_size = 2 ** 31
+  with pytest.raises(ValueError, match=r"config.train.batch_size=2147483648 cannot fit: one batch .* GiB"):
+    loop.run(c, str(tmp_path / "run"), progress=False, log=lambda s: None)
+  assert not (tmp_path / "run").exists()  # refused before the workdir was made or data loaded
+  c.train.batch_size = 64
+  loop.check_sizes_fit(c)  # an ordinary batch fits

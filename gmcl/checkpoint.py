@@ -22,8 +22,10 @@ fails to restore is skipped with a warning and the one before it is used.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 from typing import Any, Callable, Optional
 
 import jax
@@ -64,6 +66,7 @@ class RunCheckpointer:
       meta: JSON-serialisable position, scores and config.
       snapshot_id: the number of tasks ended (the snapshot's identity).
     """
+    self._check_space(step, state)
     frozen = getattr(state, "frozen", None)
     if frozen is not None:
       if snapshot_id is None:
@@ -78,6 +81,16 @@ class RunCheckpointer:
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)), force=True)
     self.manager.wait_until_finished()
+
+  def _check_space(self, step: int, state: Any) -> None:
+    """Refuses a write the disk cannot hold, in one line (orbax's own error on a full disk is
+    buried under its background threads' tracebacks): a checkpoint needs about the state's bytes."""
+    needed = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
+    free = shutil.disk_usage(self.directory).free
+    if free < needed + (1 << 20):  # the state and a little metadata
+      raise OSError(errno.ENOSPC, f"No space left on device for checkpoint {step} in {self.directory}: "
+                    f"it needs about {needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free. Free some "
+                    "space and run the same command again: the run resumes from the last checkpoint.")
 
   def restore_latest(self, template_for: Callable[[dict], Any],
                      warn: Callable[[str], None] = logging.warning

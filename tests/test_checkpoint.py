@@ -281,3 +281,23 @@ def test_config_comparison_of_a_resume_knows_added_keys_and_other_methods_sectio
   assert [d.split(":")[0] for d in _config_differences(old_ogm, changed, added_keys("ogm"))] == ["ogm.epsilon"]
   # ogm's added keys are ogm's: another method does not accept them
   assert "ogm.lookahead_clip" not in added_keys("dgr")
+
+
+def test_a_full_disk_is_one_clear_error_and_the_run_resumes_after(mnist_data, tmp_path, monkeypatch):
+  import collections  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  c = _config(sft)
+  whole = loop.run(c, str(tmp_path / "whole"), data=mnist_data, progress=False, log=_quiet)
+  real = shutil.disk_usage
+  usage = collections.namedtuple("usage", "total used free")
+  calls = []
+
+  def full_after_two(path):  # the disk fills up after the first two checkpoints
+    calls.append(path)
+    return usage(1 << 40, 1 << 40, 0) if len(calls) > 2 else real(path)
+
+  monkeypatch.setattr(shutil, "disk_usage", full_after_two)
+  with pytest.raises(OSError, match=r"No space left on device for checkpoint \d+ in .*needs about .* MiB, 0.0 MiB"):
+    loop.run(c, str(tmp_path / "run"), data=mnist_data, progress=False, log=_quiet)
+  monkeypatch.setattr(shutil, "disk_usage", real)
+  assert loop.run(c, str(tmp_path / "run"), data=mnist_data, progress=False, log=_quiet) == whole

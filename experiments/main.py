@@ -52,13 +52,14 @@ def _parse_flags(argv):
     return FLAGS(argv)
   except flags.Error as e:
     raise SystemExit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.") from None
-  except (KeyError, AttributeError) as e:  # an override of a key the config lacks
-    message = ""
+  except (KeyError, AttributeError):  # an override of a key the config lacks, or a bug elsewhere
     try:
       message = _unknown_override(argv)
     except Exception:  # pylint: disable=broad-except
-      pass
-    raise SystemExit(f"FATAL Flags parsing error: {message or e}") from None
+      message = ""
+    if not message:
+      raise
+    raise SystemExit(f"FATAL Flags parsing error: {message}") from None
 
 
 def main(argv):

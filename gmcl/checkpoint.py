@@ -66,7 +66,7 @@ class RunCheckpointer:
       meta: JSON-serialisable position, scores and config.
       snapshot_id: the number of tasks ended (the snapshot's identity).
     """
-    self._check_space(step, state)
+    self.check_space(step, state, snapshot_id)
     frozen = getattr(state, "frozen", None)
     if frozen is not None:
       if snapshot_id is None:
@@ -82,9 +82,13 @@ class RunCheckpointer:
                                                     meta=ocp.args.JsonSave(meta)), force=True)
     self.manager.wait_until_finished()
 
-  def _check_space(self, step: int, state: Any) -> None:
+  def check_space(self, step: int, state: Any, snapshot_id: Optional[int] = None) -> None:
     """Refuses a write the disk cannot hold, in one line (orbax's own error on a full disk is
-    buried under its background threads' tracebacks): a checkpoint needs about the state's bytes."""
+    buried under its background threads' tracebacks): a checkpoint needs about the bytes of the
+    state's live part, and of its snapshot unless ``snapshot_id`` was written already."""
+    frozen = getattr(state, "frozen", None)
+    if frozen is not None and snapshot_id is not None and snapshot_id in self.snapshots.all_steps():
+      state = state.replace(frozen=None)
     needed = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
     free = shutil.disk_usage(self.directory).free
     if free < needed + (1 << 20):  # the state and a little metadata

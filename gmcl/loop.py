@@ -166,10 +166,14 @@ def check_sizes_fit(config) -> None:
   limit = _memory_bytes()
   if limit is None:
     return
+  p = config.parallel
+  devices = 1 if p.mode == "none" else (p.num_devices or jax.local_device_count())
   for key, n in (("train.batch_size", config.train.batch_size), ("eval.batch_size", config.eval.batch_size)):
-    if n * image > limit:
-      raise ValueError(f"config.{key}={n} cannot fit: one batch of its images is {n * image / 2**30:.1f} GiB "
-                       f"(float32), more than the {limit / 2**30:.1f} GiB of memory one device has here.")
+    share = -(-n // devices) if key.startswith("train") else n  # a training batch is split over devices
+    if share * image > limit:
+      raise ValueError(f"config.{key}={n} cannot fit: one device's part of a batch of its images is "
+                       f"{share * image / 2**30:.1f} GiB (float32), more than the {limit / 2**30:.1f} GiB "
+                       "of memory one device has here.")
 
 
 def _config_differences(saved: dict, current: dict, added: dict, prefix="") -> list[str]:
@@ -350,8 +354,13 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
             "with overwrite=True (--overwrite).")
       return method.state_template(init_key, meta)
 
-    restored = ckpt.restore_latest(template_for, warn=log)
+    try:
+      restored = ckpt.restore_latest(template_for, warn=log)
+    except BaseException:
+      ckpt.close()
+      raise
     if restored is None:  # every one failed (each reported above): refuse rather than start over
+      ckpt.close()
       raise RuntimeError(
           f"None of the checkpoints {ckpt.steps()} in {ckpt_dir} can be restored (the reasons are "
           "above); nothing was changed. Start afresh with overwrite=True (--overwrite), which "
@@ -459,6 +468,9 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
     if bar is not None:
       bar.close()
     state = method.end_task(state)
+    if ckpt is not None:  # before results.json lists the task: a state that cannot be kept is not scored
+      check_finite_state(state)
+      ckpt.check_space(pos["global_step"], state, t + 1)
     record_task(t, state, record["metrics"], time.time() - task_start)
     pos.update(task=t + 1, phase=0, step=0, begun=False)
     save(state)  # the task boundary: snapshots taken, scores written

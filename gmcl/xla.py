@@ -89,12 +89,13 @@ def _signature(args, kwargs):
   for leaf in leaves:
     if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
       parts.append((tuple(leaf.shape), str(leaf.dtype), bool(getattr(leaf, "weak_type", False))))
-    else:
+    elif isinstance(leaf, (bool, int, float, complex)):  # traced as a weak-typed scalar: its type decides
+      parts.append(type(leaf))
+    else:  # static arguments: their value decides (unhashable ones are jit's error, not ours)
       try:
-        hash(leaf)
-        parts.append((type(leaf), leaf))
+        parts.append((type(leaf), hash(leaf)))
       except TypeError:
-        parts.append((type(leaf), id(leaf)))
+        parts.append(type(leaf))
   return treedef, tuple(parts)
 
 

@@ -135,9 +135,9 @@ def test_a_non_finite_state_is_never_checkpointed(mnist_data, tmp_path, monkeypa
   c = _config(sft, solver_steps=5)
   ends = []
 
-  def poisoned_end_task(self, state):  # task 2 ends with NaN weights (its losses were finite)
+  def poisoned_end_task(self, state):  # the last task ends with NaN weights (its losses were finite)
     ends.append(1)
-    if len(ends) == 2:
+    if len(ends) == 3:
       state = state.replace(solver=state.solver.replace(
           params=jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), state.solver.params)))
     return state
@@ -151,8 +151,11 @@ def test_a_non_finite_state_is_never_checkpointed(mnist_data, tmp_path, monkeypa
   step, state, meta = ckpt.restore_latest(lambda meta: ClassifierMethod(c, (32, 32, 1), 10).init(
       jax.random.PRNGKey(0)))
   ckpt.close()
-  assert meta["position"]["task"] == 1  # the last checkpoint is task 1's end, and it is finite
+  assert meta["position"]["task"] == 2  # the last checkpoint is task 2's end, and it is finite
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.solver.params))
+  import json  # pylint: disable=import-outside-toplevel
+  with open(tmp_path / "results.json") as f:  # the NaN state was not scored either
+    assert json.load(f)["completed_tasks"] == 2
 
 
 def test_one_run_per_workdir(mnist_data, tmp_path):

@@ -133,7 +133,7 @@ def test_a_batch_that_cannot_fit_is_refused_before_any_data_is_loaded(tmp_path):
   from gmcl import loop  # pylint: disable=import-outside-toplevel
   c = method_config("sft")
   c.train.batch_size = 2 ** 31
-  with pytest.raises(ValueError, match=r"config.train.batch_size=2147483648 cannot fit: one batch .* GiB"):
+  with pytest.raises(ValueError, match=r"config.train.batch_size=2147483648 cannot fit: .* GiB"):
     loop.run(c, str(tmp_path / "run"), progress=False, log=lambda s: None)
   assert not (tmp_path / "run").exists()  # refused before the workdir was made or data loaded
   c.train.batch_size = 64

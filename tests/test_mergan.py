@@ -179,9 +179,10 @@ def test_variants_add_their_terms_only_with_a_snapshot(variant, term, conditioni
       assert "critic_jr_loss" in second
     else:  # at a task's first step G_t is G_{t-1}: the step's own alignment term is rounding
       # 0.5 * sum over H*W*C pixels of (G_t(z) - G_{t-1}(z))^2, the same generator computed in two
-      # places of one program (fused differently): each pixel of a tanh output within 1e-5
-      # (~100 float32 roundings), so at most 0.5 * H*W*C * 1e-10; a real difference is ~1e2.
-      assert 0.0 <= float(second[term]) <= 0.5 * np.prod(SHAPE) * 1e-10
+      # places of one program (fused differently): each pixel of a tanh output within 1e-3 (TF32
+      # matmuls on GPUs round at 1e-3; float32 at ~1e-7), so at most 0.5 * H*W*C * 1e-6; a real
+      # difference is ~1e2.
+      assert 0.0 <= float(second[term]) <= 0.5 * np.prod(SHAPE) * 1e-6
   # Adam's moments start afresh at each task (the official code re-initialises them).
   fresh = method.begin_task(state, 2, np.arange(10) < 3)
   for name in ("generator", "critic"):

@@ -201,17 +201,26 @@ class Method(DataParallel, abc.ABC):
     Compiled chunks are cached under it (:func:`step_identity`), so two methods with equal keys
     must trace equal programs from equal argument shapes. By default: the class, the config's
     :func:`config_fingerprint`, the image shape, the number of classes and ``parallel``, which
-    is everything a method of this library is built from (its builders take nothing else). A
-    method that also depends on something else overrides it (or returns None: its programs are
-    then cached per method object). Computed once, at the first chunk.
+    is everything a method of this library is built from (its builders take nothing else). The
+    config is fingerprinted when the method stores it (``self.config = config``, first in every
+    constructor), so a config changed afterwards does not change the key. A step must therefore
+    depend only on those (not on attributes set later, module functions patched later, or
+    ``setup(data)``); a method that depends on more overrides this (or returns None: its
+    programs are then cached per step object).
     """
     key = self.__dict__.get("_program_key")
-    if key is None and getattr(self, "config", None) is not None:
-      key = (type(self).__module__, type(self).__qualname__, config_fingerprint(self.config),
+    fingerprint = self.__dict__.get("_config_fingerprint")
+    if key is None and fingerprint is not None:
+      key = (type(self).__module__, type(self).__qualname__, fingerprint,
              tuple(getattr(self, "image_shape", ())), getattr(self, "num_classes", None),
              self.parallel)
       self.__dict__["_program_key"] = key
     return key
+
+  def __setattr__(self, name, value):
+    if name == "config" and value is not None:  # the config as the method was built from it
+      self.__dict__["_config_fingerprint"] = config_fingerprint(value)
+    super().__setattr__(name, value)
 
   def predict_task(self, state: State, x: jax.Array, task_index) -> jax.Array:
     """Logits (B, K) with the task id given (task-incremental methods: that task's head);
@@ -273,7 +282,8 @@ def config_fingerprint(config) -> str:
 def step_identity(step: StepFn):
   """The value a chunk program of ``step`` is cached under: for a method's bound step, the
   method's :meth:`Method.program_key` and the step's name (equal methods trace equal programs);
-  for any other callable, the callable itself."""
+  for any other callable (or a method whose key is None), the callable itself, which the cache
+  then keeps alive until it is evicted or cleared."""
   owner, func = getattr(step, "__self__", None), getattr(step, "__func__", None)
   key = owner.program_key() if isinstance(owner, Method) else None
   if key is None or func is None:
@@ -339,8 +349,8 @@ class BoundChunk:
 
   @property
   def options(self) -> dict:
-    """The XLA compiler options of the program's latest trace (see :mod:`gmcl.xla`)."""
-    return self.program.compiled.options
+    """The XLA compiler options of the program's latest call (see :mod:`gmcl.xla`; none under pmap)."""
+    return getattr(self.program.compiled, "options", {})
 
 
 PROGRAM_CACHE_SIZE = 64

@@ -8,7 +8,8 @@ The settings are each config's defaults (``smoke``), with a checkpoint every 5 s
 One JSON line per run: ``stop_points`` (``--stop_after_steps=k`` in a fresh process, for k spread
 evenly over the whole run, so across tasks), ``identical`` (resumed runs byte-identical to the
 uninterrupted one), and with ``--sigkill N`` N more runs killed by SIGKILL at a random moment
-(which may fall during a checkpoint write). Every run uses its own process, as a user's rerun does:
+(once its checkpoints reach a random step, after a random delay of up to a second: mid-run, and
+now and then during a checkpoint write). Every run uses its own process, as a user's rerun does:
 compiled programs and compiler choices cannot carry over from the interrupted process.
 """
 
@@ -47,6 +48,14 @@ def total_steps(run: str) -> int:
   return sequence_length(c) * sum(p.num_steps for p in m.phases())
 
 
+def _newest_checkpoint(workdir: str) -> int:
+  folder = os.path.join(workdir, "checkpoints")
+  try:
+    return max((int(n) for n in os.listdir(folder) if n.isdigit()), default=-1)
+  except FileNotFoundError:
+    return -1
+
+
 def read(path):
   with open(path, "rb") as f:
     return f.read()
@@ -75,8 +84,13 @@ def sweep(run: str, points: int, kills: int, root: str, seed: int = 0) -> dict:
   rng, killed, same_killed = random.Random(seed), 0, 0
   for i in range(kills):
     workdir = os.path.join(root, f"{name}_kill{i}")
+    # Killed once its checkpoints reach a random step (so mid-run, in any task), after a random
+    # delay of up to a second (so now and then during the next checkpoint's write).
+    target, delay = rng.randrange(5, max(6, total - 5)), rng.uniform(0.0, 1.0)
     proc = subprocess.Popen(command(run, workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(rng.uniform(0.3, 0.95) * duration)
+    while proc.poll() is None and _newest_checkpoint(workdir) < target:
+      time.sleep(0.1)
+    time.sleep(delay)
     if proc.poll() is None:
       proc.send_signal(signal.SIGKILL)
       killed += 1

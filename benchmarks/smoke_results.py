@@ -5,15 +5,17 @@
   python -m benchmarks.smoke_results --out runs/smoke_results --compare benchmarks/smoke_results_amd_epyc.jsonl
 
 A refactoring that must not change behaviour is checked with it: run it before and after, on the
-same machine, and compare. ``benchmarks/smoke_results_amd_epyc.jsonl`` holds the list on a 2-core
-AMD EPYC (CPU family 26, as lscpu reports it) with the pinned versions; other CPUs round differently
-and give other hashes, so compare with it on that kind of machine only, and otherwise with a list
-made before the change. Each line gives the sha256 of the whole file and of the file without its
-``config`` entry (the results alone: a config that gains or loses sections changes the first only).
-Smoke runs take real MNIST (``make data``); one process per run, because a process's first compiled
-programs decide some compiler options (gmcl.xla), so in-process runs could differ from what a user's
-fresh command gives; each run has its own cache folder (MeRGAN's oracle is trained in every run,
-never read from an earlier one).
+same machine, and compare (that is the reliable way). ``benchmarks/smoke_results_amd_epyc.jsonl``
+holds the first 22 runs' list of the code at 67eeeb6 on a 2-core AMD EPYC (CPU family 26, as lscpu
+reports it) with the pinned versions. It is out of date in two ways: on CPU family 25 ``ogm/project``
+differs (its SVD takes another LAPACK path; the other 21 matched), and since XLA:CPU's options are
+chosen per program (gmcl.xla, not by the first program a wrapper compiled) the runs whose task-2
+programs convolve where task 1's did not (dgr, the MeRGAN runs) changed by float rounding. Make a
+list before a change instead. Each line gives the sha256 of the whole file and of the file without
+its ``config`` entry (the results alone: a config that gains or loses sections changes the first
+only). Smoke runs take real MNIST (``make data``); one process per run, as a user's fresh command
+runs; each run has its own cache folder (MeRGAN's oracle is trained in every run, never read from
+an earlier one).
 """
 
 from __future__ import annotations

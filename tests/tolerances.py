@@ -71,8 +71,7 @@ def _params_arrays(state):
 def params_leaves(state):
   """The leaves of every ``params`` field in a method state (models' parameters, not optimiser
   moments or statistics), flattened."""
-  leaves = [x for path, x in jax.tree_util.tree_flatten_with_path(state)[0]
-            if any(getattr(k, "name", getattr(k, "key", None)) == "params" for k in path)]
+  leaves = _params_arrays(state)
   return np.concatenate([np.asarray(x, np.float64).ravel() for x in leaves]) if leaves else np.zeros(0)
 
 

@@ -11,8 +11,10 @@ rebuilt from finished runs (``--table_only``; unfinished runs are marked with ho
 A pair a method does not support (lsa on one class per task, where the task id gives the label
 away) is marked n/a; a run that fails is marked with its error and the others
 go on. The table (``OUT/table_SCHEDULE.md``, also printed) gives the final accuracy A_T (A_5/A_10 on the
-one-class-per-task benchmarks), the scenario, and each run's training wall time, with the command
-that made it.
+one-class-per-task benchmarks) as mean ± sd over ``--num_seeds`` seeds (3 by default, trained
+together where the method allows: ``config.num_seeds``), the scenario, each run's training wall
+time and the machine, with the command that made it. One seed's figures differ between CPU
+types by several points (GAN training amplifies float rounding): compare runs of one machine type.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ flags.DEFINE_enum("schedule", "demo", SCHEDULES, "Config argument giving each ru
 flags.DEFINE_list("benchmarks", list(BENCHMARKS), f"Subset of {list(BENCHMARKS)}.")
 flags.DEFINE_list("methods", list(METHODS), "Subset of the method names (see METHODS).")
 flags.DEFINE_integer("max_tasks", 0, "> 0: keep only the first N tasks of every sequence.")
+flags.DEFINE_integer("num_seeds", 3, "Seeds per run (config.num_seeds), from config.seed on.", lower_bound=1)
 flags.DEFINE_bool("table_only", False, "Only rebuild the table from finished runs.")
 
 
@@ -77,32 +80,35 @@ def config_arg(method: str, benchmark: str, schedule: str) -> str:
   return f"experiments/configs/{module}.py:" + ",".join(args)
 
 
-def build_config(method: str, benchmark: str, schedule: str, max_tasks: int = 0):
+def build_config(method: str, benchmark: str, schedule: str, max_tasks: int = 0, num_seeds: int = 1):
   module, _ = METHODS[method]
   arg = config_arg(method, benchmark, schedule).split(":", 1)[1]
   config = importlib.import_module(f"experiments.configs.{module}").get_config(arg)
   if max_tasks:
     config.data.max_tasks = max_tasks
+  config.num_seeds = num_seeds
   for key, value in OVERRIDES.get(method, {}).items():
     section, name = key.split(".")
     config[section][name] = value
   return config
 
 
-def command(method: str, benchmark: str, schedule: str, workdir: str, max_tasks: int = 0) -> str:
+def command(method: str, benchmark: str, schedule: str, workdir: str, max_tasks: int = 0,
+            num_seeds: int = 1) -> str:
   extra = f" --config.data.max_tasks={max_tasks}" if max_tasks else ""
+  extra += f" --config.num_seeds={num_seeds}" if num_seeds != 1 else ""
   extra += "".join(f" --config.{k}={v}" for k, v in OVERRIDES.get(method, {}).items())
   return (f"python -m experiments.main --config {config_arg(method, benchmark, schedule)}{extra} "
           f"--workdir {workdir}")
 
 
 def run_pair(method: str, benchmark: str, schedule: str, workdir: str, data_cache: dict,
-             max_tasks: int = 0) -> dict:
+             max_tasks: int = 0, num_seeds: int = 1) -> dict:
   """Runs one pair (or reads its finished results); returns the table's cell."""
   from gmcl import loop  # pylint: disable=import-outside-toplevel
   from gmcl.data.build import data_settings, load_data  # pylint: disable=import-outside-toplevel
   if loop._finished_run(workdir) is None:  # pylint: disable=protected-access
-    config = build_config(method, benchmark, schedule, max_tasks)
+    config = build_config(method, benchmark, schedule, max_tasks, num_seeds)
     settings = data_settings(config)
     if settings not in data_cache:
       data_cache[settings] = load_data(config)
@@ -113,16 +119,17 @@ def run_pair(method: str, benchmark: str, schedule: str, workdir: str, data_cach
     finally:
       loop.release_compiled()  # HAT and DGM runs' programs exceed a process's mappings
     print(f"{method} on {benchmark}: {time.time() - start:.0f} s", flush=True)
-  return read_cell(workdir)
+  return read_cell(workdir, num_seeds)
 
 
-def run_dir(out: str, schedule: str, max_tasks: int, benchmark: str, method: str) -> str:
-  """``OUT/SCHEDULE[_firstN]/BENCHMARK/METHOD``: runs of other schedules are never mistaken for these."""
-  tag = schedule + (f"_first{max_tasks}" if max_tasks else "")
+def run_dir(out: str, schedule: str, max_tasks: int, benchmark: str, method: str, num_seeds: int = 1) -> str:
+  """``OUT/SCHEDULE[_firstN][_Sseeds]/BENCHMARK/METHOD``: runs of other schedules or seed counts
+  are never mistaken for these."""
+  tag = schedule + (f"_first{max_tasks}" if max_tasks else "") + (f"_{num_seeds}seeds" if num_seeds != 1 else "")
   return os.path.join(out, tag, benchmark, method.replace("/", "_"))
 
 
-def read_cell(workdir: str) -> dict:
+def read_cell(workdir: str, num_seeds: int = 1) -> dict:
   """A finished run's cell; an unfinished one is marked with how far it got."""
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
@@ -131,22 +138,33 @@ def read_cell(workdir: str) -> dict:
     res = json.load(f)
   if res["completed_tasks"] != len(res["tasks"]):
     return {"error": f"incomplete ({res['completed_tasks']}/{len(res['tasks'])} tasks)"}
-  cell = {"A": res["A"], "scenario": res["scenario"], "forgetting": res["average_forgetting"]}
+  seeds = res.get("seeds", [res.get("seed")])  # written before seeds were trained together: one
+  if len(seeds) != num_seeds:
+    return {"error": f"{len(seeds)} seeds, not {num_seeds}"}
+  cell = {"A": res["A"], "A_std": res.get("A_std", [0.0] * len(res["A"])), "seeds": seeds,
+          "scenario": res["scenario"], "forgetting": res["average_forgetting"]}
   timings = os.path.join(workdir, "timings.json")
   if os.path.exists(timings):
     with open(timings) as f:
-      cell["seconds"] = json.load(f)["wall_seconds"]
+      t = json.load(f)
+    cell["seconds"] = t["wall_seconds"]
+    if "machine" in t:
+      cell["machine"] = t["machine"]
   return cell
 
 
 def format_cell(cell: dict, benchmark: str) -> str:
   if "error" in cell or "na" in cell:
     return cell.get("error") or "n/a"
-  a = cell["A"]
+  a, sd = cell["A"], cell.get("A_std")
+  several = len(cell.get("seeds", [0])) > 1
+
+  def value(i):
+    return f"{100 * a[i]:.2f}" + (f" ± {100 * sd[i]:.2f}" if several and sd else "")
   if benchmark in ("per_class_mnist", "fashion_mnist") and len(a) >= 10:
-    text = f"{100 * a[4]:.2f} / {100 * a[9]:.2f}"
+    text = f"{value(4)} / {value(9)}"
   else:
-    text = f"{100 * a[-1]:.2f}"
+    text = value(len(a) - 1)
   if cell["scenario"] == "task_incremental":
     text += " (TI)"
   if "seconds" in cell:
@@ -154,10 +172,15 @@ def format_cell(cell: dict, benchmark: str) -> str:
   return text
 
 
-def table(cells: dict, benchmarks, methods, schedule: str, out: str, max_tasks: int = 0) -> str:
+def table(cells: dict, benchmarks, methods, schedule: str, out: str, max_tasks: int = 0,
+          num_seeds: int = 1) -> str:
+  machines = sorted({c["machine"] for c in cells.values() if "machine" in c})
+  over = (f"mean ± sd over {num_seeds} seeds" if num_seeds > 1 else "one seed (its figures differ "
+          "between CPU types by several points: prefer --num_seeds 3 or more)")
   lines = [f"Schedule `{schedule}`" + (f", first {max_tasks} tasks" if max_tasks else "")
-           + ". Cells: final A_T in % (per-class benchmarks: A_5 / A_10), training wall time. "
-           "(TI): task-incremental (task id given at test time); all others class-incremental.", "",
+           + f". Cells: final A_T in % (per-class benchmarks: A_5 / A_10), {over}, training wall time. "
+           "(TI): task-incremental (task id given at test time); all others class-incremental. "
+           + (f"Machine: {'; '.join(machines)}." if machines else ""), "",
            "| method | " + " | ".join(benchmarks) + " |", "|---" * (len(benchmarks) + 1) + "|"]
   for m in methods:
     lines.append(f"| {m} | " + " | ".join(format_cell(cells[(m, b)], b) for b in benchmarks) + " |")
@@ -165,7 +188,8 @@ def table(cells: dict, benchmarks, methods, schedule: str, out: str, max_tasks: 
   for b in benchmarks:
     for m in methods:
       if "na" not in cells[(m, b)]:
-        lines.append(f"    {command(m, b, schedule, run_dir(out, schedule, max_tasks, b, m), max_tasks)}")
+        workdir = run_dir(out, schedule, max_tasks, b, m, num_seeds)
+        lines.append(f"    {command(m, b, schedule, workdir, max_tasks, num_seeds)}")
   return "\n".join(lines) + "\n"
 
 
@@ -181,15 +205,16 @@ def main(argv):
   cells, data_cache = {}, {}
   for b in FLAGS.benchmarks:
     for m in FLAGS.methods:
-      workdir = run_dir(FLAGS.out, FLAGS.schedule, FLAGS.max_tasks, b, m)
+      workdir = run_dir(FLAGS.out, FLAGS.schedule, FLAGS.max_tasks, b, m, FLAGS.num_seeds)
       why = unsupported(m, b)
       if why:
         cells[(m, b)] = {"na": why}
       elif FLAGS.table_only:
-        cells[(m, b)] = read_cell(workdir)
+        cells[(m, b)] = read_cell(workdir, FLAGS.num_seeds)
       else:
         try:
-          cells[(m, b)] = run_pair(m, b, FLAGS.schedule, workdir, data_cache, FLAGS.max_tasks)
+          cells[(m, b)] = run_pair(m, b, FLAGS.schedule, workdir, data_cache, FLAGS.max_tasks,
+                                   FLAGS.num_seeds)
         except Exception as e:  # pylint: disable=broad-except
           traceback.print_exc()
           cells[(m, b)] = {"error": f"failed: {type(e).__name__}"}
@@ -200,7 +225,8 @@ def main(argv):
 def write_table(cells: dict) -> str:
   """Writes OUT/table_SCHEDULE.md (pairs not run yet: "pending") and returns its text."""
   full = {(m, b): cells.get((m, b), {"error": "pending"}) for m in FLAGS.methods for b in FLAGS.benchmarks}
-  text = table(full, FLAGS.benchmarks, FLAGS.methods, FLAGS.schedule, FLAGS.out, FLAGS.max_tasks)
+  text = table(full, FLAGS.benchmarks, FLAGS.methods, FLAGS.schedule, FLAGS.out, FLAGS.max_tasks,
+               FLAGS.num_seeds)
   path = os.path.join(FLAGS.out, f"table_{FLAGS.schedule}.md")
   # One temporary file per process: comparisons of disjoint subsets may share OUT and run at once.
   tmp = f"{path}.{os.getpid()}.tmp"

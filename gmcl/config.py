@@ -26,6 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = ""  # the method that runs: method_config(name) sets it and adds its sections
   c.seed = 0
+  # Seeds seed, seed+1, ..., seed+num_seeds-1 on the same data and tasks (gmcl.seeds): stacked in one
+  # program where their states share shapes; results.json reports each and their mean ± sd.
+  c.num_seeds = 1
 
   c.data = ml_collections.ConfigDict()
   c.data.dataset = "mnist"
@@ -169,7 +172,7 @@ def method_config(name: str) -> ml_collections.ConfigDict:
 # Config keys added to gmcl after runs had been checkpointed, with the value that reproduces the
 # code from before the key existed (a checkpoint without the key resumes when it has that value);
 # each method adds its own (MethodSpec.added_keys).
-ADDED_KEYS = {"model.conv_plan": "native", "train.xla_cpu_fusions": "xla"}
+ADDED_KEYS = {"model.conv_plan": "native", "train.xla_cpu_fusions": "xla", "num_seeds": 1}
 
 
 def added_keys(name: str) -> dict:
@@ -215,6 +218,10 @@ def validate_config(config) -> None:
     raise ValueError(f"The config lacks the sections {missing} that method {config.method!r} reads; "
                      f"build it with gmcl.config.method_config({config.method!r}) or an experiment config.")
   d, m, t = config.data, config.model, config.train
+  require(isinstance(config.seed, int) and not isinstance(config.seed, bool), "seed", config.seed,
+          "an integer")
+  require(isinstance(config.num_seeds, int) and config.num_seeds >= 1, "num_seeds", config.num_seeds,
+          "an integer >= 1")
   require(d.dataset in DATASETS, "data.dataset", d.dataset, str(sorted(DATASETS)))
   require(d.protocol in PROTOCOLS, "data.protocol", d.protocol, str(list(PROTOCOLS)))
   num_classes = DATASETS[d.dataset].num_classes

@@ -20,13 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmcl import evaluation, xla
+from gmcl import seeds as seeds_lib
 from gmcl.checkpoint import IncompatibleCheckpoint, RunCheckpointer
 from gmcl.config import added_keys, validate_config
 from gmcl.data.build import Data, build_sequence, data_settings, load_data, task_sizes, training_examples
 from gmcl.data.sampling import task_arrays
 from gmcl.methods import build_method
 from gmcl.methods.base import RunContext, clear_compiled_chunks, resolve_chunk_mode, run_chunk, step_key
-from gmcl.parallel import make_parallel
+from gmcl.parallel import Parallel, make_parallel
 from gmcl.workdir import WorkdirLock
 
 
@@ -113,19 +114,69 @@ class RunInterrupted(RuntimeError):
   """Raised by :func:`run` when ``stop_after_steps`` is reached (tests of resume use it)."""
 
 
+def _seed_payload(seed: int, rec: dict) -> dict:
+  """What a single-seed results.json holds of one seed's record."""
+  t = len(rec["A"])
+  R = np.array([[np.nan if v is None else v for v in row] for row in rec["R"]], dtype=float)
+  return {"seed": seed, "A": rec["A"], "accuracy_matrix": rec["R"],
+          "average_forgetting": evaluation.average_forgetting(R[:t, :t]) if t else 0.0,
+          "backward_transfer": evaluation.backward_transfer(R[:t, :t]) if t else 0.0,
+          "completed_tasks": t, "per_task": rec["per_task"], "scores": rec.get("scores", {})}
+
+
 def _results_payload(config, seq, record, scenario=None) -> dict:
-  R = np.array([[np.nan if v is None else v for v in row] for row in record["R"]], dtype=float)
-  t = len(record["A"])
-  return {
+  """results.json: ``per_seed`` (one single-seed payload per seed) and, at the top, the mean over
+  seeds of A_t, the accuracy matrix, forgetting, backward transfer and every float score, with
+  the sample standard deviation beside each (``A_std``, ...; 0.0 for one seed), over the tasks
+  every seed has completed (``completed_tasks``). Scores that are numbers, None (nothing
+  measured) or dicts of numbers (per class) are averaged entry by entry; others (structured
+  records) appear per seed only."""
+  seeds = seeds_lib.seed_list(config)
+  per_seed = [_seed_payload(s, rec) for s, rec in zip(seeds, record["seeds"])]
+  t = min(p["completed_tasks"] for p in per_seed)
+  A, A_std = seeds_lib.mean_std_series([p["A"][:t] for p in per_seed])
+  out = {
       "method": config.method, "dataset": config.data.dataset,
       "protocol": config.data.protocol, "scenario": scenario or seq.scenario, "seed": config.seed,
-      "tasks": [list(task.classes) for task in seq],
-      "A": record["A"], "accuracy_matrix": record["R"],
-      "average_forgetting": evaluation.average_forgetting(R[:t, :t]) if t else 0.0,
-      "backward_transfer": evaluation.backward_transfer(R[:t, :t]) if t else 0.0,
-      "completed_tasks": t, "per_task": record["per_task"], "config": config.to_dict(),
-      "scores": record.get("scores", {}),
+      "seeds": seeds, "tasks": [list(task.classes) for task in seq],
+      "A": A, "A_std": A_std,
+      "accuracy_matrix": seeds_lib.mean_matrix([p["accuracy_matrix"][:t] for p in per_seed]),
+      "completed_tasks": t, "config": config.to_dict(), "per_seed": per_seed,
   }
+  common = [np.array([[np.nan if v is None else v for v in row] for row in p["accuracy_matrix"][:t]],
+                     dtype=float) for p in per_seed]  # over the tasks every seed has completed
+  for name in ("average_forgetting", "backward_transfer"):
+    fn = getattr(evaluation, name)
+    out[name], out[f"{name}_std"] = seeds_lib.mean_std([fn(R[:t, :t]) if t else 0.0 for R in common])
+  scores = {}
+  for name in sorted({n for p in per_seed for n in p["scores"]}):
+    series = [p["scores"].get(name, []) for p in per_seed]  # (some start after task 1)
+    averaged = seeds_lib.average_series([v[:min(map(len, series))] for v in series])
+    if averaged is not None:  # others (structured scores) are reported per seed only
+      scores[name], scores[f"{name}_std"] = averaged
+  out["scores"] = scores
+  out["per_task"] = []
+  for i in range(t):
+    entries = [p["per_task"][i] for p in per_seed]
+    names = sorted(set.intersection(*(set(e["metrics"]) for e in entries)))
+    out["per_task"].append({"task": i + 1, "classes": entries[0]["classes"], "A": A[i], "A_std": A_std[i],
+                            "metrics": {n: seeds_lib.mean_std([e["metrics"][n] for e in entries])[0]
+                                        for n in names}})
+  return out
+
+
+def _seed_record() -> dict:
+  return {"A": [], "R": [], "per_task": [], "scores": {}}
+
+
+def _upgrade_record(record: dict) -> dict:
+  """A checkpoint's record as this gmcl keeps it (one record per seed): those written before seeds
+  were trained together held one seed's A, R, per_task and scores at the top."""
+  if "seeds" in record:
+    return record
+  seed = {k: record.get(k, default) for k, default in (("A", []), ("R", []), ("per_task", []), ("scores", {}))}
+  return {"seeds": [seed], "metrics": [record.get("metrics", {})], "timings": record.get("timings", []),
+          "seconds": record.get("seconds", 0.0)}
 
 
 def _finished_run(workdir: str) -> Optional[int]:
@@ -254,10 +305,23 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
       config.checkpoint
   parallel = make_parallel(config.parallel.mode, config.parallel.num_devices)
   method = build_method(config.method, config, data.image_shape, data.num_classes, parallel)
+  seeds = seeds_lib.seed_list(config)
+  # Seeds whose states share shapes train stacked, in one program per chunk; others one after
+  # another (groups of one seed). Under parallel.mode=jit, a seed count the devices divide is
+  # split over them (the method then sees one device), else each batch is, as without seeds.
+  stacked = len(seeds) > 1 and method.seeds_share_shapes
+  seed_axis = ""
+  if stacked:
+    seed_axis = "vmap"
+    if parallel.mode == "jit" and parallel.num_devices > 1 and len(seeds) % parallel.num_devices == 0:
+      seed_axis = "shard"
+      method = build_method(config.method, config, data.image_shape, data.num_classes, Parallel())
+  groups = [list(range(len(seeds)))] if stacked else [[i] for i in range(len(seeds))]
   method.setup(data, log=log)
-  run_key = jax.random.PRNGKey(config.seed)
-  init_key, train_key, sample_key = jax.random.split(run_key, 3)
-  record = {"A": [], "R": [], "per_task": [], "timings": [], "metrics": {}, "seconds": 0.0}
+  run_keys = [jax.random.PRNGKey(s) for s in seeds]
+  init_keys, train_keys, sample_keys = zip(*(jax.random.split(k, 3) for k in run_keys))
+  record = {"seeds": [_seed_record() for _ in seeds], "metrics": [{} for _ in groups[0]],
+            "timings": [], "seconds": 0.0}
   fusions = t_cfg.xla_cpu_fusions
   predict = xla.jit(method.predict, fusions=fusions)
   predict_task = xla.jit(method.predict_task, fusions=fusions)
@@ -265,37 +329,55 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
   scenario = "task_incremental" if task_incremental else seq.scenario
   sample = xla.jit(method.sample, fusions=fusions)
   clock = [time.time()]
+  several = len(seeds) > 1
 
-  def record_task(t, state, metrics, train_time):
-    """Scores the state after task t, records it, writes results.json and timings.json."""
+  def seed_states(state, group):
+    """(seed index, that seed's state) for each seed of ``group`` (slices of a stacked state)."""
+    if not stacked:
+      return [(group[0], state)]
+    return list(zip(group, seeds_lib.unstack(state, len(group))))
+
+  def each_seed(fn, state, group):
+    """``fn`` applied to each seed's state: the once-per-task transitions run per seed."""
+    if not stacked:
+      return fn(state)
+    return seeds_lib.stack([fn(s) for _, s in seed_states(state, group)])
+
+  def record_task(t, group, state, metrics, train_time):
+    """Scores each seed's state after task t, records it, writes results.json and timings.json."""
     task = seq[t]
-    if task_incremental:  # the task id is given at test time: each task scored with its own head
-      scores = evaluation.evaluate_task_incremental(
-          lambda xb, j: predict_task(state, xb, jnp.asarray(j, jnp.int32)), data.x_test,
-          data.y_test, seq, t, config.eval.batch_size)
-    else:
-      scores = evaluation.evaluate_after_task(lambda xb: predict(state, xb), data.x_test,
-                                              data.y_test, seq, t, config.eval.batch_size)
-    row = [float(v) for v in scores["row"]]
-    if seq.scenario == "class_incremental" or task_incremental:
-      row[t + 1:] = [None] * (len(seq) - t - 1)  # unseen classes are masked: nothing measured
-    record["R"].append(row)
-    record["A"].append(scores["A"])
-    extra = method.extra_scores(state, data, seq, t, jax.random.fold_in(sample_key, 10_000 + t))
-    for name, value in extra.items():
-      record.setdefault("scores", {}).setdefault(name, []).append(value)
-    record["per_task"].append({"task": t + 1, "classes": list(task.classes), "A": scores["A"],
-                               "metrics": dict(metrics)})
-    record["timings"].append({"task": t + 1, "train_seconds": train_time})
-    if config.eval.save_samples:
-      grid = sample_grid(method, state, jax.random.fold_in(sample_key, t), seq.seen_classes(t),
-                         config.eval.samples_per_class, lambda xb: predict(state, xb), sample)
-      if grid is not None and jax.process_index() == 0:
-        save_grid(grid, os.path.join(workdir, f"samples_task{t + 1:02d}.png"),
-                  tuple(config.data.value_range))
-    log(f"task {t + 1:2d}/{len(seq)} classes={list(task.classes)} A_{t + 1}={100 * scores['A']:.2f}% "
-        + "".join(f"{k}={100 * v:.2f}% " for k, v in extra.items() if isinstance(v, float))
-        + f"train {train_time:.1f}s " + " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    for j, (i, s_state) in enumerate(seed_states(state, group)):
+      rec = record["seeds"][i]
+      if task_incremental:  # the task id is given at test time: each task scored with its own head
+        scores = evaluation.evaluate_task_incremental(
+            lambda xb, k, s_state=s_state: predict_task(s_state, xb, jnp.asarray(k, jnp.int32)),
+            data.x_test, data.y_test, seq, t, config.eval.batch_size)
+      else:
+        scores = evaluation.evaluate_after_task(lambda xb, s_state=s_state: predict(s_state, xb),
+                                                data.x_test, data.y_test, seq, t, config.eval.batch_size)
+      row = [float(v) for v in scores["row"]]
+      if seq.scenario == "class_incremental" or task_incremental:
+        row[t + 1:] = [None] * (len(seq) - t - 1)  # unseen classes are masked: nothing measured
+      rec["R"].append(row)
+      rec["A"].append(scores["A"])
+      extra = method.extra_scores(s_state, data, seq, t, jax.random.fold_in(sample_keys[i], 10_000 + t))
+      for name, value in extra.items():
+        rec.setdefault("scores", {}).setdefault(name, []).append(value)
+      rec["per_task"].append({"task": t + 1, "classes": list(task.classes), "A": scores["A"],
+                              "metrics": dict(metrics[j])})
+      if config.eval.save_samples and i == 0:  # the grids show the first seed
+        grid = sample_grid(method, s_state, jax.random.fold_in(sample_keys[i], t), seq.seen_classes(t),
+                           config.eval.samples_per_class, lambda xb, s_state=s_state: predict(s_state, xb),
+                           sample)
+        if grid is not None and jax.process_index() == 0:
+          save_grid(grid, os.path.join(workdir, f"samples_task{t + 1:02d}.png"),
+                    tuple(config.data.value_range))
+      log(f"task {t + 1:2d}/{len(seq)} " + (f"seed {seeds[i]} " if several else "")
+          + f"classes={list(task.classes)} A_{t + 1}={100 * scores['A']:.2f}% "
+          + "".join(f"{k}={100 * v:.2f}% " for k, v in extra.items() if isinstance(v, float))
+          + (f"train {train_time:.1f}s " if j == 0 else "")
+          + " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics[j].items())))
+    record["timings"].append({"task": t + 1, "seeds": [seeds[i] for i in group], "train_seconds": train_time})
     results = _results_payload(config, seq, record, scenario)
     # Timings live apart from results.json, so that a seeded run's results are reproducible byte
     # for byte (and equal after a resume).
@@ -303,34 +385,55 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
       write_json(os.path.join(workdir, "results.json"), results)
       write_json(os.path.join(workdir, "timings.json"), {
           "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+          "machine": xla.machine_description(),
           "wall_seconds": record["seconds"] + time.time() - clock[0],
           "per_task": record["timings"]})
 
   def summary():
     what = ("mean accuracy over tasks so far, task id given" if task_incremental
             else "accuracy over seen classes")
-    log(evaluation.format_table(record["A"], f"{config.method} on {config.data.dataset} "
-                                f"({config.data.protocol}): {what}, %"))
-    for name, values in sorted(record.get("scores", {}).items()):
-      if values and all(isinstance(v, float) for v in values) and name.startswith("A_"):
-        log(evaluation.format_table(values, f"scores.{name}, %"))
-    return _results_payload(config, seq, record, scenario)
+    results = _results_payload(config, seq, record, scenario)
+    over = f", mean ± sd over seeds {seeds}" if several else ""
+    log(evaluation.format_table(results["A"], f"{config.method} on {config.data.dataset} "
+                                f"({config.data.protocol}): {what}, %{over}",
+                                stds=results["A_std"] if several else None))
+    for name, values in sorted(results["scores"].items()):
+      if name.startswith("A_") and not name.endswith("_std"):
+        log(evaluation.format_table(values, f"scores.{name}, %{over}",
+                                    stds=results["scores"][f"{name}_std"] if several else None))
+    return results
 
-  outcomes = method.train_tasks(RunContext(config=config, data=data, sequence=seq, run_key=run_key, log=log))
-  if outcomes is not None:  # the method drives its own tasks (one call, no checkpoints)
+  outcomes = method.train_tasks(RunContext(config=config, data=data, sequence=seq, run_key=run_keys[0], log=log))
+  if outcomes is not None:  # the method drives its own tasks (one call per seed, no checkpoints)
+    if stacked:
+      raise RuntimeError(f"{config.method} drives its own tasks (train_tasks), so its seeds run one "
+                         "after another: its seeds_share_shapes must say False.")
     log(f"gmcl: method={config.method} dataset={config.data.dataset} protocol={config.data.protocol} "
-        f"tasks={len(seq)} backend={jax.default_backend()} (the method's own driver)")
-    for t, outcome in enumerate(outcomes):
-      record_task(t, outcome.state, outcome.metrics, outcome.train_seconds)
+        f"tasks={len(seq)} backend={jax.default_backend()} (the method's own driver)"
+        + (f" seeds={seeds} (one after another)" if several else ""))
+    for i in range(len(seeds)):
+      if i:
+        outcomes = method.train_tasks(RunContext(config=config, data=data, sequence=seq,
+                                                 run_key=run_keys[i], log=log))
+      for t, outcome in enumerate(outcomes):
+        record_task(t, [i], outcome.state, [outcome.metrics], outcome.train_seconds)
     return summary()
 
   chunk_mode = resolve_chunk_mode(t_cfg.chunk_mode)
   cumulative = method.data_mode == "cumulative"
   sizes = task_sizes(data, seq, config.data.train_limit)
   capacity = max(np.cumsum(sizes)) if cumulative else max(sizes)
-  state = method.init(init_key)
-  # Where the run stands: `begun` says whether begin_task has run for `task`.
-  pos = {"task": 0, "phase": 0, "step": 0, "global_step": 0, "begun": False}
+
+  def init_group(g):
+    return each_seed_list([method.init(init_keys[i]) for i in groups[g]])
+
+  def each_seed_list(states):
+    return seeds_lib.stack(states) if stacked else states[0]
+
+  state = init_group(0)
+  # Where the run stands: `begun` says whether begin_task has run for `task`; `group` is the
+  # group of seeds training (one group when they are stacked).
+  pos = {"group": 0, "task": 0, "phase": 0, "step": 0, "global_step": 0, "begun": False}
   ckpt = RunCheckpointer(ckpt_dir, keep=c_cfg.keep) if c_cfg.enabled else None
   if ckpt is not None and ckpt.steps():
     if not resume:
@@ -352,7 +455,8 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
             f"gmcl writes and reads layout {method.state_format} (the state's structure changed "
             "between the versions). Resume with the gmcl version that wrote them, or start afresh "
             "with overwrite=True (--overwrite).")
-      return method.state_template(init_key, meta)
+      group = groups[meta["position"].get("group", 0)]
+      return each_seed_list([method.state_template(init_keys[i], meta) for i in group])
 
     try:
       restored = ckpt.restore_latest(template_for, warn=log)
@@ -365,17 +469,22 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
           f"None of the checkpoints {ckpt.steps()} in {ckpt_dir} can be restored (the reasons are "
           "above); nothing was changed. Start afresh with overwrite=True (--overwrite), which "
           "deletes them, or restore them from a copy.")
-    if restored is not None:
-      step, state, meta = restored
-      pos, record = meta["position"], meta["record"]
-      if pos["task"] >= len(seq):  # finished, but results.json is missing or unreadable
-        if jax.process_index() == 0:
-          write_json(os.path.join(workdir, "results.json"), _results_payload(config, seq, record, scenario))
-        log(f"gmcl: {workdir} holds a finished run whose results.json was missing or unreadable; "
-            f"rewritten from the final checkpoint (step {step}).")
-      else:
-        log(f"Resuming from checkpoint {step}: task {pos['task'] + 1}, phase {pos['phase']}, "
-            f"step {pos['step']}.")
+    step, state, meta = restored
+    pos, record = {"group": 0, **meta["position"]}, _upgrade_record(meta["record"])
+    if pos["task"] >= len(seq) and pos["group"] == len(groups) - 1:
+      # finished, but results.json is missing or unreadable
+      if jax.process_index() == 0:
+        write_json(os.path.join(workdir, "results.json"), _results_payload(config, seq, record, scenario))
+      log(f"gmcl: {workdir} holds a finished run whose results.json was missing or unreadable; "
+          f"rewritten from the final checkpoint (step {step}).")
+    else:
+      log(f"Resuming from checkpoint {step}: " + (f"seed {seeds[groups[pos['group']][0]]}, " if not stacked
+                                                    and several else "")
+          + f"task {pos['task'] + 1}, phase {pos['phase']}, step {pos['step']}.")
+
+  def snapshot_id(group, tasks_ended):
+    """A snapshot's identity: the tasks ended when it was taken, counted over groups of seeds."""
+    return group * (len(seq) + 1) + tasks_ended
 
   def save(state, checked=False):
     if ckpt is not None:
@@ -383,15 +492,23 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
         check_finite_state(state)
       record["seconds"] += time.time() - clock[0]
       clock[0] = time.time()
+      first = seeds_lib.take(state, 0) if stacked else state  # stacked seeds share their shapes
       ckpt.save(pos["global_step"], state, {"position": dict(pos), "record": record,
                                             "config": config.to_dict(),
-                                            "method": method.checkpoint_meta(state),
+                                            "method": method.checkpoint_meta(first),
                                             "state_format": method.state_format},
-                snapshot_id=pos["task"])  # = tasks ended when the snapshot was taken
+                snapshot_id=snapshot_id(pos["group"], pos["task"]))
 
-  def check_finite(metrics, phase_name):
-    values = _host_metrics(metrics)
-    bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+  def host_metrics(metrics, group) -> list[dict]:
+    """One dict of host floats per seed of ``group`` (a stacked chunk's metrics have the seed axis)."""
+    values = jax.device_get(metrics)
+    if not stacked:
+      return [{k: float(v) for k, v in values.items()}]
+    return [{k: float(v[j]) for k, v in values.items()} for j in range(len(group))]
+
+  def check_finite(metrics, phase_name, group):
+    bad = {f"{k}" + (f" (seed {seeds[group[j]]})" if several else ""): v
+           for j, m in enumerate(host_metrics(metrics, group)) for k, v in m.items() if not np.isfinite(v)}
     if bad:
       last = ckpt.steps()[-1] if ckpt is not None and ckpt.steps() else None
       raise FloatingPointError(
@@ -419,62 +536,70 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
 
   clock[0] = time.time()
   steps_this_call = 0
+  how_seeds = ("one after another" if not stacked else "stacked, one program"
+               + (", split over the devices" if seed_axis == "shard" else ""))
   log(f"gmcl: method={config.method} dataset={config.data.dataset} protocol={config.data.protocol} "
       f"tasks={len(seq)} backend={jax.default_backend()} chunk={t_cfg.chunk_steps} ({chunk_mode}) "
-      f"parallel={parallel.mode} x{parallel.num_devices}")
+      f"parallel={parallel.mode} x{parallel.num_devices}"
+      + (f" seeds={seeds} ({how_seeds})" if several else ""))
 
-  for t in range(pos["task"], len(seq)):
-    task_start = time.time()
-    if not pos["begun"]:
-      state = method.begin_task(state, t, seq.active_mask(t))
-      pos.update(task=t, phase=0, step=0, begun=True)
-      record["metrics"] = {}
-    x, y = training_examples(data, seq, t, cumulative, config.data.train_limit)
-    arrays = task_arrays(x, y, capacity)
-    phases = list(method.phases())
-    bar = None
-    if progress:
-      from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-      bar = tqdm(total=sum(p.num_steps for p in phases), desc=f"task {t + 1}/{len(seq)}",
-                 leave=False, dynamic_ncols=True)
-      bar.update(sum(p.num_steps for p in phases[:pos["phase"]]) + pos["step"])
-    for p_index in range(pos["phase"], len(phases)):  # the index keys the phase, skipped or not
-      phase = phases[p_index]
-      phase_key = step_key(train_key, t, p_index)
-      done = pos["step"]
-      while done < phase.num_steps:
-        k = min(t_cfg.chunk_steps, phase.num_steps - done)
-        state, metrics = run_chunk(phase.step, state, arrays, phase_key, done, k, chunk_mode,
-                                   parallel, fusions)
-        done += k
-        steps_this_call += k
-        pos.update(step=done, global_step=pos["global_step"] + k)
-        if bar is not None:
-          bar.update(k)
-        every = c_cfg.every_steps
-        if every and pos["global_step"] // every > (pos["global_step"] - k) // every \
-            and done < phase.num_steps:
-          check_finite(metrics, phase.name)  # never checkpoint a diverged state
-          save(state)
-        if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+  for g in range(pos["group"], len(groups)):
+    group = groups[g]
+    if g != pos["group"]:  # the previous group of seeds has finished: the next one starts
+      pos.update(group=g, task=0, phase=0, step=0, begun=False)
+      state = init_group(g)
+    for t in range(pos["task"], len(seq)):
+      task_start = time.time()
+      if not pos["begun"]:
+        state = each_seed(lambda s, t=t: method.begin_task(s, t, seq.active_mask(t)), state, group)
+        pos.update(task=t, phase=0, step=0, begun=True)
+        record["metrics"] = [{} for _ in group]
+      x, y = training_examples(data, seq, t, cumulative, config.data.train_limit)
+      arrays = task_arrays(x, y, capacity)
+      phases = list(method.phases())
+      bar = None
+      if progress:
+        from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+        bar = tqdm(total=sum(p.num_steps for p in phases), desc=f"task {t + 1}/{len(seq)}",
+                   leave=False, dynamic_ncols=True)
+        bar.update(sum(p.num_steps for p in phases[:pos["phase"]]) + pos["step"])
+      for p_index in range(pos["phase"], len(phases)):  # the index keys the phase, skipped or not
+        phase = phases[p_index]
+        phase_key = each_seed_list([step_key(train_keys[i], t, p_index) for i in group])
+        done = pos["step"]
+        while done < phase.num_steps:
+          k = min(t_cfg.chunk_steps, phase.num_steps - done)
+          state, metrics = run_chunk(phase.step, state, arrays, phase_key, done, k, chunk_mode,
+                                     parallel, fusions, seed_axis)
+          done += k
+          steps_this_call += k
+          pos.update(step=done, global_step=pos["global_step"] + k)
           if bar is not None:
-            bar.close()
-          raise RunInterrupted(f"stopped after {steps_this_call} steps (task {t + 1}, "
-                               f"phase {phase.name}, step {done}).")
-      if phase.num_steps:
-        check_finite(metrics, phase.name)
-        record["metrics"].update(
-            {f"{phase.name}/{k}": v for k, v in _host_metrics(metrics).items()})
-      pos.update(phase=p_index + 1, step=0)
-    if bar is not None:
-      bar.close()
-    state = method.end_task(state)
-    if ckpt is not None:  # before results.json lists the task: a state that cannot be kept is not scored
-      check_finite_state(state)
-      ckpt.check_space(pos["global_step"], state, t + 1)
-    record_task(t, state, record["metrics"], time.time() - task_start)
-    pos.update(task=t + 1, phase=0, step=0, begun=False)
-    save(state, checked=True)  # the task boundary: snapshots taken, scores written
+            bar.update(k)
+          every = c_cfg.every_steps
+          if every and pos["global_step"] // every > (pos["global_step"] - k) // every \
+              and done < phase.num_steps:
+            check_finite(metrics, phase.name, group)  # never checkpoint a diverged state
+            save(state)
+          if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+            if bar is not None:
+              bar.close()
+            raise RunInterrupted(f"stopped after {steps_this_call} steps (task {t + 1}, "
+                                 f"phase {phase.name}, step {done}).")
+        if phase.num_steps:
+          check_finite(metrics, phase.name, group)
+          for j, values in enumerate(host_metrics(metrics, group)):
+            record["metrics"][j].update({f"{phase.name}/{k}": v for k, v in values.items()})
+        pos.update(phase=p_index + 1, step=0)
+      if bar is not None:
+        bar.close()
+      state = each_seed(method.end_task, state, group)
+      if ckpt is not None:  # before results.json lists the task: a state that cannot be kept is not scored
+        check_finite_state(state)
+        ckpt.check_space(pos["global_step"], state, snapshot_id(g, t + 1))
+      record_task(t, group, state, record["metrics"], time.time() - task_start)
+      pos.update(task=t + 1, phase=0, step=0, begun=False)
+      save(state, checked=True)  # the task boundary: snapshots taken, scores written
   if ckpt is not None:
     ckpt.close()
   return summary()

@@ -57,6 +57,11 @@ class Parallel:
   def batch_sharding(self) -> Optional[NamedSharding]:
     return NamedSharding(self.mesh(), P(AXIS)) if self.mode == "jit" else None
 
+  def seed_sharding(self) -> NamedSharding:
+    """Arrays with a leading seed axis split over the mesh (:mod:`gmcl.seeds`): the same
+    partition as a batch's, one block of seeds per device."""
+    return NamedSharding(self.mesh(), P(AXIS))
+
 
 def make_parallel(mode: str = "none", num_devices: int = 0,
                   devices: Optional[Sequence[Any]] = None) -> Parallel:

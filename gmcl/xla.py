@@ -149,3 +149,18 @@ class _Jitted:
 def jit(fun: Callable, *, fusions: str = "auto", **jit_kwargs: Any) -> Callable:
   """``jax.jit(fun, **jit_kwargs)`` with the XLA:CPU library fusions ``fusions`` (module docstring)."""
   return _Jitted(fun, fusions, jit_kwargs)
+
+
+def machine_description() -> str:
+  """The machine programs run on, in words: CPU model and cores, JAX version, device kind (for
+  timings.json and benchmark tables: one seed's figures, and speeds, differ between CPU types)."""
+  import os  # pylint: disable=import-outside-toplevel
+  import platform  # pylint: disable=import-outside-toplevel
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  dev = jax.devices()[0]
+  return f"{cpu}, {os.cpu_count()} cores; JAX {jax.__version__} on {dev.platform} ({dev.device_kind})"

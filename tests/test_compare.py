@@ -11,14 +11,15 @@ from experiments import compare
 from gmcl.config import validate_config
 
 
-def _write(workdir, A, tasks, seconds=None):
+def _write(workdir, A, tasks, seconds=None, seeds=None, A_std=None):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "results.json"), "w") as f:
+    extra = {} if seeds is None else {"seeds": seeds, "A_std": A_std}  # None: written before seeds
     json.dump({"A": A, "tasks": [[i] for i in range(tasks)], "completed_tasks": len(A),
-               "scenario": "class_incremental", "average_forgetting": 0.1}, f)
+               "scenario": "class_incremental", "average_forgetting": 0.1, **extra}, f)
   if seconds is not None:
     with open(os.path.join(workdir, "timings.json"), "w") as f:
-      json.dump({"wall_seconds": seconds}, f)
+      json.dump({"wall_seconds": seconds, "machine": "CPU X, 2 cores"}, f)
 
 
 def test_cells_of_finished_unfinished_and_missing_runs(tmp_path):
@@ -31,12 +32,16 @@ def test_cells_of_finished_unfinished_and_missing_runs(tmp_path):
   _write(half, [1.0, 0.9], 10)
   assert compare.read_cell(half) == {"error": "incomplete (2/10 tasks)"}
   assert compare.read_cell(str(tmp_path / "none")) == {"error": "not run"}
+  assert compare.read_cell(done, num_seeds=3) == {"error": "1 seeds, not 3"}
+  three = str(tmp_path / "three")
+  _write(three, [1.0, 0.5], 2, seconds=60.0, seeds=[0, 1, 2], A_std=[0.0, 0.0125])
+  assert compare.format_cell(compare.read_cell(three, num_seeds=3), "split_mnist") == "50.00 ± 1.25, 1.0 min"
 
 
-def test_schedules_and_truncations_never_share_a_run_folder():
-  dirs = {compare.run_dir("out", s, m, "split_mnist", "lgm/ra-train")
-          for s in compare.SCHEDULES for m in (0, 2)}
-  assert len(dirs) == 2 * len(compare.SCHEDULES)
+def test_schedules_truncations_and_seed_counts_never_share_a_run_folder():
+  dirs = {compare.run_dir("out", s, m, "split_mnist", "lgm/ra-train", n)
+          for s in compare.SCHEDULES for m in (0, 2) for n in (1, 3)}
+  assert len(dirs) == 4 * len(compare.SCHEDULES)
 
 
 def test_unsupported_pairs_say_why():
@@ -47,16 +52,17 @@ def test_unsupported_pairs_say_why():
 
 @pytest.mark.parametrize("method", ["lgm/hat-bridge", "ogm/project-G", "lsa/parallel", "dgr"])
 def test_the_printed_command_rebuilds_the_config(method):
-  cmd = compare.command(method, "split_mnist", "demo", "runs/x", max_tasks=3)
+  cmd = compare.command(method, "split_mnist", "demo", "runs/x", max_tasks=3, num_seeds=3)
   arg = cmd.split("--config ")[1].split(" ")[0]
   path, _, args = arg.partition(":")
   module = importlib.import_module("experiments.configs." + os.path.basename(path)[:-3])
   config = module.get_config(args)
   for flag in cmd.split(" --config.")[1:]:
     key, _, value = flag.split(" ")[0].partition("=")
-    section, name = key.split(".")
-    config[section][name] = type(config[section][name])(value)
-  expected = compare.build_config(method, "split_mnist", "demo", max_tasks=3)
+    *sections, name = key.split(".")
+    node = config[sections[0]] if sections else config
+    node[name] = type(node[name])(value)
+  expected = compare.build_config(method, "split_mnist", "demo", max_tasks=3, num_seeds=3)
   validate_config(expected)
   assert config.to_dict() == expected.to_dict()
 
@@ -65,18 +71,20 @@ def test_table_only_reads_finished_runs_and_leaves_another_process_table_write_a
   if not compare.FLAGS.is_parsed():
     compare.FLAGS.mark_as_parsed()
   out = str(tmp_path)
-  _write(compare.run_dir(out, "demo", 0, "split_mnist", "dgr"), [1.0, 0.9, 0.8, 0.7, 0.6], 5, seconds=60.0)
+  _write(compare.run_dir(out, "demo", 0, "split_mnist", "dgr", 3), [1.0, 0.9, 0.8, 0.7, 0.6], 5, seconds=60.0,
+         seeds=[0, 1, 2], A_std=[0.0, 0.01, 0.02, 0.03, 0.04])
   # Another comparison writing the same table at this moment: its temporary file must survive.
   other = os.path.join(out, f"table_demo.md.{os.getpid() + 1}.tmp")
   with open(other, "w") as f:
     f.write("other")
   with flagsaver.flagsaver(out=out, schedule="demo", benchmarks=["split_mnist", "permuted_mnist"],
-                           methods=["dgr", "lsa/sequential"], max_tasks=0, table_only=True):
+                           methods=["dgr", "lsa/sequential"], max_tasks=0, table_only=True, num_seeds=3):
     compare.main([])
   with open(os.path.join(out, "table_demo.md")) as f:
     text = f.read()
-  assert "| dgr | 60.00, 1.0 min | not run |" in text
+  assert "| dgr | 60.00 ± 4.00, 1.0 min | not run |" in text
+  assert "mean ± sd over 3 seeds" in text and "Machine: CPU X, 2 cores." in text
   assert "| lsa/sequential | not run | not run |" in text
   with open(other) as f:
     assert f.read() == "other"
-  assert sorted(os.listdir(out)) == sorted(["demo", "table_demo.md", os.path.basename(other)])
+  assert sorted(os.listdir(out)) == sorted(["demo_3seeds", "table_demo.md", os.path.basename(other)])

@@ -100,8 +100,12 @@ def backward_transfer(R: np.ndarray) -> float:
   return float(np.mean([R[T, j] - R[j, j] for j in range(T)]))
 
 
-def format_table(accuracies, title: str = "A_t") -> str:
-  """A one-row table of A_1..A_T in percent."""
+def format_table(accuracies, title: str = "A_t", stds=None) -> str:
+  """A table of A_1..A_T in percent: one row, or with ``stds`` (standard deviations over seeds)
+  a second row of ± sd under it."""
   head = " ".join(f"{f'A_{i + 1}':>7}" for i in range(len(accuracies)))
   vals = " ".join(f"{100 * a:7.2f}" for a in accuracies)
-  return f"{title}\n{head}\n{vals}"
+  table = f"{title}\n{head}\n{vals}"
+  if stds is not None:
+    table += "\n" + " ".join(f"{'±' + format(100 * s, '.2f'):>7}" for s in stds)
+  return table

@@ -78,7 +78,7 @@ class RunContext:
   config: Any  # the experiment config
   data: Any  # the run's gmcl.data.build.Data
   sequence: Any  # the gmcl.data.tasks.TaskSequence
-  run_key: PRNGKey  # PRNGKey(config.seed)
+  run_key: PRNGKey  # PRNGKey(s) of the seed s it trains (config.seed, config.seed + 1, ...)
   log: Callable[[str], None] = print
 
 
@@ -222,6 +222,14 @@ class Method(DataParallel, abc.ABC):
       self.__dict__["_config_fingerprint"] = config_fingerprint(value)
     super().__setattr__(name, value)
 
+  @property
+  def seeds_share_shapes(self) -> bool:
+    """Whether every seed's state has the same structure and shapes at every point of a run (the
+    default), so that the loop can stack seeds and train them in one program (:mod:`gmcl.seeds`);
+    a method whose shapes depend on what it learnt (DGM's growth) says False, and its seeds run one
+    after another."""
+    return True
+
   def predict_task(self, state: State, x: jax.Array, task_index) -> jax.Array:
     """Logits (B, K) with the task id given (task-incremental methods: that task's head);
     by default :meth:`predict`."""
@@ -271,10 +279,11 @@ def _mean_metrics(metrics_list: Sequence[Metrics]) -> Metrics:
 
 def config_fingerprint(config) -> str:
   """The part of an experiment config that can shape a method's compiled programs, as JSON: all
-  of it but ``seed`` (keys are arguments of every program) and the ``checkpoint`` and ``eval``
+  of it but ``seed`` and ``num_seeds`` (keys are arguments of every program; the seed axis is the
+  chunk's, :func:`run_chunk`) and the ``checkpoint`` and ``eval``
   sections (read by the loop and by scores, never by a step)."""
   values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  for name in ("seed", "checkpoint", "eval"):
+  for name in ("seed", "num_seeds", "checkpoint", "eval"):
     values.pop(name, None)
   return json.dumps(values, sort_keys=True, default=repr)
 
@@ -297,7 +306,7 @@ class _ChunkProgram:
   or jax.pmap traces, happens inside the call), so a finished run's method, state and data are
   freed when the run lets go of them, while an equal run later in the process reuses the program."""
 
-  def __init__(self, num_steps: int, mode: str, parallel: Parallel, fusions: str):
+  def __init__(self, num_steps: int, mode: str, parallel: Parallel, fusions: str, seeds: str = ""):
     self._lock = threading.Lock()
     self._step: Optional[StepFn] = None
 
@@ -316,7 +325,12 @@ class _ChunkProgram:
         metrics = _mean_metrics(collected)
       return state.replace(frozen=None), metrics
 
-    if parallel.mode == "pmap":
+    if seeds:  # a leading seed axis on the state, its snapshot and the phase key; data shared
+      chunk = jax.vmap(chunk, in_axes=(0, 0, None, 0, None))
+    if seeds == "shard":  # the seed axis split over the mesh: each device trains its seeds
+      self.compiled = xla.jit(chunk, fusions=fusions, donate_argnums=(0,),
+                              out_shardings=parallel.seed_sharding())
+    elif parallel.mode == "pmap":
       self.compiled = jax.pmap(chunk, axis_name=parallel.axis_name, in_axes=(None, None, None, None, 0),
                                devices=list(parallel.devices))
     elif parallel.mode == "jit":
@@ -357,13 +371,14 @@ PROGRAM_CACHE_SIZE = 64
 
 
 @functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
-def _chunk_program(identity, num_steps: int, mode: str, parallel: Parallel, fusions: str) -> _ChunkProgram:
+def _chunk_program(identity, num_steps: int, mode: str, parallel: Parallel, fusions: str,
+                   seeds: str = "") -> _ChunkProgram:
   del identity  # the key: which step, by value
-  return _ChunkProgram(num_steps, mode, parallel, fusions)
+  return _ChunkProgram(num_steps, mode, parallel, fusions, seeds)
 
 
 def _compiled_chunk(step: StepFn, num_steps: int, mode: str, parallel: Parallel,
-                    fusions: str = "auto") -> BoundChunk:
+                    fusions: str = "auto", seeds: str = "") -> BoundChunk:
   """jit of ``num_steps`` steps; the live state (argument 0) is donated, the snapshot is not.
 
   Programs are cached by value (:func:`step_identity`, the chunk's length and mode, ``parallel``,
@@ -373,9 +388,10 @@ def _compiled_chunk(step: StepFn, num_steps: int, mode: str, parallel: Parallel,
   Under ``parallel.mode == "jit"`` the outputs are replicated over the mesh; under
   ``"pmap"`` the chunk runs once per device (no donation: inputs are broadcast; ``jax.pmap``
   takes no compiler options, so ``fusions`` is XLA's default there). ``fusions``: the XLA:CPU
-  library fusions (:mod:`gmcl.xla`).
+  library fusions (:mod:`gmcl.xla`). ``seeds``: see :func:`run_chunk`.
   """
-  return BoundChunk(_chunk_program(step_identity(step), num_steps, mode, parallel, fusions), step)
+  return BoundChunk(_chunk_program(step_identity(step), num_steps, mode, parallel, fusions, seeds),
+                    step)
 
 
 def clear_compiled_chunks() -> None:
@@ -389,6 +405,7 @@ def compiled_chunk_count() -> int:
 
 
 CHUNK_MODES = ("unroll", "scan")
+SEED_AXES = ("", "vmap", "shard")
 
 
 def resolve_chunk_mode(mode: str) -> str:
@@ -413,7 +430,7 @@ def first_replica(x: jax.Array) -> jax.Array:
 
 def run_chunk(step: StepFn, state: State, data: TaskArrays, phase_key: PRNGKey, start: int,
               num_steps: int, mode: str = "unroll", parallel: Parallel = Parallel(),
-              fusions: str = "auto") -> tuple[State, Metrics]:
+              fusions: str = "auto", seeds: str = "") -> tuple[State, Metrics]:
   """Runs steps ``start .. start+num_steps-1`` of a phase in one compiled call.
 
   Step i uses ``fold_in(phase_key, i)``, so any split of a phase into chunks gives
@@ -421,15 +438,28 @@ def run_chunk(step: StepFn, state: State, data: TaskArrays, phase_key: PRNGKey, 
   separate, non-donated argument. Metrics are averaged over the chunk. ``parallel``
   must be the one the method was built with (see :mod:`gmcl.parallel`); ``fusions`` the
   XLA:CPU library fusions (:mod:`gmcl.xla`, ``config.train.xla_cpu_fusions``).
+
+  ``seeds``: "" (one seed), or the state, its snapshot and ``phase_key`` carry a leading seed axis
+  (:mod:`gmcl.seeds`) and the chunk runs every seed under ``jax.vmap``: "vmap" (with ``parallel``
+  as without seeds), or "shard" (``parallel.mode == "jit"``: the seed axis is split over the mesh,
+  and the method was built for one device, ``Parallel()``). Metrics then have the seed axis.
   """
   if mode not in CHUNK_MODES:
     raise ValueError(f"chunk mode {mode!r}; valid choices: {CHUNK_MODES}.")
   if num_steps < 1:
     raise ValueError(f"num_steps={num_steps} must be >= 1.")
-  fn = _compiled_chunk(step, num_steps, mode, parallel, xla.check_fusions(fusions))
+  if seeds not in SEED_AXES:
+    raise ValueError(f"seeds={seeds!r}; valid choices: {SEED_AXES}.")
+  if seeds == "shard" and parallel.mode != "jit":
+    raise ValueError(f"seeds='shard' needs parallel mode 'jit', not {parallel.mode!r}.")
+  fn = _compiled_chunk(step, num_steps, mode, parallel, xla.check_fusions(fusions), seeds)
   live, frozen = state.replace(frozen=None), state.frozen
   start = jnp.asarray(start, jnp.int32)
-  if parallel.mode == "pmap":
+  if seeds == "shard":
+    live, frozen = jax.device_put((live, frozen), parallel.seed_sharding())
+    data = jax.device_put(data, parallel.replicated())
+    live, metrics = fn(live, frozen, data, phase_key, start)
+  elif parallel.mode == "pmap":
     live, metrics = fn(live, frozen, data, phase_key, jnp.full((parallel.num_devices,), start))
     live, metrics = jax.tree.map(first_replica, (live, metrics))  # replicas are identical
   else:

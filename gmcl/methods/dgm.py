@@ -289,6 +289,10 @@ class DGM(Method):
   def phases(self):
     return (Phase("gan", self.num_steps, self.gan_step),)
 
+  @property
+  def seeds_share_shapes(self) -> bool:
+    return not self.d.growth  # growth's widths depend on the gates each seed learnt
+
   # -- checkpoints: growth changes shapes, so the template comes from the recorded widths ----
 
   def checkpoint_meta(self, state: DGMState) -> dict:

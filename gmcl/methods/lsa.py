@@ -532,6 +532,10 @@ class LSA(Method):
 
   # -- parallel mode ----------------------------------------------------------------------------
 
+  @property
+  def seeds_share_shapes(self) -> bool:
+    return self.mode != "parallel"  # its own driver trains one seed per call
+
   def train_tasks(self, run: RunContext):
     """``lsa.mode = "parallel"`` drives its own tasks: every task's model at once
     (:func:`train_parallel`, one program vmapped over tasks), then the bridges. Task t's outcome

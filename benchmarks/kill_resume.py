@@ -4,6 +4,7 @@ The settings are each config's defaults (``smoke``), with a checkpoint every 5 s
 
   python -m benchmarks.kill_resume                                  # dgr, mergan/ra, mergan/jr, dgm
   python -m benchmarks.kill_resume --runs dgr,dgm --points 10 --sigkill 3
+  python -m benchmarks.kill_resume --runs dgr@3,dgm@2      # 3 seeds stacked; DGM's 2 one after another
 
 One JSON line per run: ``stop_points`` (``--stop_after_steps=k`` in a fresh process, for k spread
 evenly over the whole run, so across tasks), ``identical`` (resumed runs byte-identical to the
@@ -26,26 +27,35 @@ import time
 STOPPED = 3  # experiments.main's exit status for --stop_after_steps
 
 
-def command(run: str, workdir: str, extra=()) -> list:
+def parse_run(run: str) -> tuple[str, str, int]:
+  """``method[/variant][@seeds]`` -> (method, variant, number of seeds)."""
+  run, _, count = run.partition("@")
   method, _, variant = run.partition("/")
+  return method, variant, int(count or 1)
+
+
+def command(run: str, workdir: str, extra=()) -> list:
+  method, variant, num_seeds = parse_run(run)
   arg = "smoke" + (f",variant={variant}" if variant else "")
   return [sys.executable, "-m", "experiments.main", f"--config=experiments/configs/{method}.py:{arg}",
-          "--noprogress", "--config.checkpoint.every_steps=5", f"--workdir={workdir}", *extra]
+          "--noprogress", "--config.checkpoint.every_steps=5", f"--workdir={workdir}",
+          *([f"--config.num_seeds={num_seeds}"] if num_seeds > 1 else []), *extra]
 
 
 def total_steps(run: str) -> int:
-  """Training steps of the whole run (every task's phases)."""
+  """Training steps of the whole run (every task's phases; every seed's when they run in turn)."""
   import importlib  # pylint: disable=import-outside-toplevel
   from gmcl.config import sequence_length  # pylint: disable=import-outside-toplevel
   from gmcl.data.sources import DATASETS  # pylint: disable=import-outside-toplevel
   from gmcl.methods import build_method  # pylint: disable=import-outside-toplevel
-  method, _, variant = run.partition("/")
+  method, variant, num_seeds = parse_run(run)
   c = importlib.import_module(f"experiments.configs.{method}").get_config(
       "smoke" + (f",variant={variant}" if variant else ""))
   info = DATASETS[c.data.dataset]
   size = c.data.pad_to or info.image_shape[0]
   m = build_method(c.method, c, (size, size, info.image_shape[2]), info.num_classes)
-  return sequence_length(c) * sum(p.num_steps for p in m.phases())
+  in_turn = 1 if m.seeds_share_shapes else num_seeds
+  return in_turn * sequence_length(c) * sum(p.num_steps for p in m.phases())
 
 
 def _newest_checkpoint(workdir: str) -> int:
@@ -62,7 +72,7 @@ def read(path):
 
 
 def sweep(run: str, points: int, kills: int, root: str, seed: int = 0) -> dict:
-  name = run.replace("/", "-")
+  name = run.replace("/", "-").replace("@", "_seeds")
   whole = os.path.join(root, f"{name}_whole")
   t0 = time.time()
   subprocess.run(command(run, whole), check=True, capture_output=True)

@@ -80,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Which ops XLA:CPU hands to YNNPACK (gmcl.xla): auto ("dot" for programs with convolutions,
   # XLA's defaults otherwise) | xla | dot | none. Kernels only; GPU/TPU ignore it.
   c.train.xla_cpu_fusions = "auto"
+  # How one program trains stacked seeds (num_seeds > 1, gmcl.seeds): auto (on the CPU, each seed in
+  # turn for steps with convolutions, vmap otherwise; vmap on GPU/TPU) | vmap | unroll.
+  c.train.seed_axis = "auto"
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.mode = "none"  # none | jit (device mesh, NamedSharding) | pmap
@@ -172,7 +175,8 @@ def method_config(name: str) -> ml_collections.ConfigDict:
 # Config keys added to gmcl after runs had been checkpointed, with the value that reproduces the
 # code from before the key existed (a checkpoint without the key resumes when it has that value);
 # each method adds its own (MethodSpec.added_keys).
-ADDED_KEYS = {"model.conv_plan": "native", "train.xla_cpu_fusions": "xla", "num_seeds": 1}
+ADDED_KEYS = {"model.conv_plan": "native", "train.xla_cpu_fusions": "xla", "num_seeds": 1,
+              "train.seed_axis": "auto"}
 
 
 def added_keys(name: str) -> dict:
@@ -262,6 +266,7 @@ def validate_config(config) -> None:
     require(0 <= t[key] < 1, f"train.{key}", t[key], "[0, 1)")
   require(t.chunk_steps >= 1, "train.chunk_steps", t.chunk_steps, ">= 1")
   require(t.chunk_mode in CHUNK_MODES, "train.chunk_mode", t.chunk_mode, str(list(CHUNK_MODES)))
+  require(t.seed_axis in ("auto", "vmap", "unroll"), "train.seed_axis", t.seed_axis, "'auto', 'vmap' or 'unroll'")
   require(t.xla_cpu_fusions in XLA_CPU_FUSIONS, "train.xla_cpu_fusions", t.xla_cpu_fusions,
           str(list(XLA_CPU_FUSIONS)))
   require(config.parallel.mode in ("none", "jit", "pmap"), "parallel.mode", config.parallel.mode,

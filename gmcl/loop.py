@@ -26,7 +26,8 @@ from gmcl.config import added_keys, validate_config
 from gmcl.data.build import Data, build_sequence, data_settings, load_data, task_sizes, training_examples
 from gmcl.data.sampling import task_arrays
 from gmcl.methods import build_method
-from gmcl.methods.base import RunContext, clear_compiled_chunks, resolve_chunk_mode, run_chunk, step_key
+from gmcl.methods.base import (RunContext, clear_compiled_chunks, resolve_chunk_mode, resolve_seed_axis,
+                               run_chunk, step_key)
 from gmcl.parallel import Parallel, make_parallel
 from gmcl.workdir import WorkdirLock
 
@@ -312,7 +313,7 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
   stacked = len(seeds) > 1 and method.seeds_share_shapes
   seed_axis = ""
   if stacked:
-    seed_axis = "vmap"
+    seed_axis = "stacked"  # vmap or unroll, per phase (train.seed_axis)
     if parallel.mode == "jit" and parallel.num_devices > 1 and len(seeds) % parallel.num_devices == 0:
       seed_axis = "shard"
       method = build_method(config.method, config, data.image_shape, data.num_classes, Parallel())
@@ -567,10 +568,12 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
         phase = phases[p_index]
         phase_key = each_seed_list([step_key(train_keys[i], t, p_index) for i in group])
         done = pos["step"]
+        axis = seed_axis if seed_axis != "stacked" or done >= phase.num_steps else \
+            resolve_seed_axis(t_cfg.seed_axis, phase.step, state, arrays, phase_key, parallel)
         while done < phase.num_steps:
           k = min(t_cfg.chunk_steps, phase.num_steps - done)
           state, metrics = run_chunk(phase.step, state, arrays, phase_key, done, k, chunk_mode,
-                                     parallel, fusions, seed_axis)
+                                     parallel, fusions, axis)
           done += k
           steps_this_call += k
           pos.update(step=done, global_step=pos["global_step"] + k)

@@ -196,8 +196,9 @@ def test_every_registered_method_has_an_experiment_config():
 
 
 def test_stacked_seeds_chunk_equals_each_seed_alone(after_task_1):
-  """Two seeds stacked on a leading axis and run under vmap in one chunk (gmcl.seeds) equal each
-  seed's chunk run alone, up to the rounding of batched operations (tests/tolerances.py)."""
+  """Two seeds stacked on a leading axis and run in one chunk (gmcl.seeds), batched under vmap or
+  one after another, equal each seed's chunk run alone, up to the rounding of batched or
+  differently fused operations (tests/tolerances.py)."""
   from gmcl import seeds  # pylint: disable=import-outside-toplevel
   method, c, state, data = _begun_second_task(after_task_1)
   for p, phase in enumerate(method.phases()):
@@ -208,14 +209,15 @@ def test_stacked_seeds_chunk_equals_each_seed_alone(after_task_1):
     other, _ = run_chunk(phase.step, _copy(other), data, keys[1], 100, 1)
     starts = [state, other]
     alone = [run_chunk(phase.step, _copy(s), data, k, 0, 2) for s, k in zip(starts, keys)]
-    together, metrics = run_chunk(phase.step, seeds.stack([_copy(s) for s in starts]), data,
-                                  jnp.stack(keys), 0, 2, seeds="vmap")
-    for s in range(2):
-      mine = seeds.take(together, s)
-      assert jax.tree.structure(mine) == jax.tree.structure(alone[s][0]), method.name
-      assert_mostly_within_rounding(alone[s][0], mine, lr=_largest_lr(c), updates=2 * _updates_per_step(c),
-                                    what=f"{method.name} {phase.name} seed {s}")
-      for name, value in alone[s][1].items():
-        np.testing.assert_allclose(float(metrics[name][s]), float(value), rtol=1e-3, atol=1e-4,
-                                   err_msg=f"{method.name} {phase.name} {name} seed {s}")
+    for axis in ("vmap", "unroll"):
+      together, metrics = run_chunk(phase.step, seeds.stack([_copy(s) for s in starts]), data,
+                                    jnp.stack(keys), 0, 2, seeds=axis)
+      for s in range(2):
+        mine, what = seeds.take(together, s), f"{method.name} {phase.name} seed {s} ({axis})"
+        assert jax.tree.structure(mine) == jax.tree.structure(alone[s][0]), what
+        assert_mostly_within_rounding(alone[s][0], mine, lr=_largest_lr(c), updates=2 * _updates_per_step(c),
+                                      what=what)
+        for name, value in alone[s][1].items():
+          np.testing.assert_allclose(float(metrics[name][s]), float(value), rtol=1e-3, atol=1e-4,
+                                     err_msg=f"{what} {name}")
     state = alone[0][0]

@@ -81,6 +81,27 @@ def test_a_checkpoint_record_of_one_seed_before_seeds_existed_is_upgraded():
   assert loop._upgrade_record(new) is new  # pylint: disable=protected-access
 
 
+def test_seed_axis_auto_unrolls_convolutions_on_the_cpu_and_batches_the_rest():
+  import jax  # pylint: disable=import-outside-toplevel
+  from gmcl.methods.base import resolve_seed_axis  # pylint: disable=import-outside-toplevel
+
+  def dense(state, data, key):
+    return {"w": state["w"] @ state["w"] + data["x"].sum() + jax.random.normal(key, ())}, {}
+
+  def conv(state, data, key):
+    y = jax.lax.conv(data["x"], state["k"], (1, 1), "SAME")
+    return {"k": state["k"] + y.mean() + jax.random.normal(key, ())}, {}
+  keys = jnp.stack([jax.random.PRNGKey(0)] * 2)
+  dense_state, conv_state = {"w": jnp.ones((2, 3, 3))}, {"k": jnp.ones((2, 1, 1, 3, 3))}
+  data = {"x": jnp.ones((4, 1, 8, 8))}
+  expected = ("unroll" if jax.default_backend() == "cpu" else "vmap")
+  assert resolve_seed_axis("auto", conv, conv_state, data, keys) == expected
+  assert resolve_seed_axis("auto", dense, dense_state, data, keys) == "vmap"
+  assert resolve_seed_axis("unroll", dense, dense_state, data, keys) == "unroll"
+  with pytest.raises(ValueError, match="seed_axis='batch'.*'vmap'"):
+    resolve_seed_axis("batch", dense, dense_state, data, keys)
+
+
 def _sft(max_tasks=2, steps=30, **top):
   c = sft.get_config("smoke")
   c.data.protocol = "split"  # two classes per task: losses that are not zero

@@ -325,7 +325,15 @@ class _ChunkProgram:
         metrics = _mean_metrics(collected)
       return state.replace(frozen=None), metrics
 
-    if seeds:  # a leading seed axis on the state, its snapshot and the phase key; data shared
+    if seeds == "unroll":  # a leading seed axis; each seed's chunk one after another, in one program
+      one_seed = chunk
+
+      def chunk(live, frozen, data, phase_key, start):  # pylint: disable=function-redefined
+        take = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
+        outs = [one_seed(take(live, i), take(frozen, i), data, phase_key[i], start)
+                for i in range(phase_key.shape[0])]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+    elif seeds:  # a leading seed axis on the state, its snapshot and the phase key; data shared
       chunk = jax.vmap(chunk, in_axes=(0, 0, None, 0, None))
     if seeds == "shard":  # the seed axis split over the mesh: each device trains its seeds
       self.compiled = xla.jit(chunk, fusions=fusions, donate_argnums=(0,),
@@ -397,6 +405,7 @@ def _compiled_chunk(step: StepFn, num_steps: int, mode: str, parallel: Parallel,
 def clear_compiled_chunks() -> None:
   """Forgets the compiled chunk programs kept for reuse."""
   _chunk_program.cache_clear()
+  _HAS_CONVOLUTION.clear()
 
 
 def compiled_chunk_count() -> int:
@@ -405,7 +414,7 @@ def compiled_chunk_count() -> int:
 
 
 CHUNK_MODES = ("unroll", "scan")
-SEED_AXES = ("", "vmap", "shard")
+SEED_AXES = ("", "vmap", "unroll", "shard")
 
 
 def resolve_chunk_mode(mode: str) -> str:
@@ -428,6 +437,33 @@ def first_replica(x: jax.Array) -> jax.Array:
   return shard.reshape(shard.shape[1:])
 
 
+SEED_AXIS_CHOICES = ("auto", "vmap", "unroll")
+_HAS_CONVOLUTION: dict = {}
+
+
+def resolve_seed_axis(choice: str, step: StepFn, state: State, data: TaskArrays, phase_key: PRNGKey,
+                      parallel: Parallel = Parallel()) -> str:
+  """``train.seed_axis`` for one phase's chunk of stacked seeds: "vmap" or "unroll" as given, or for
+  "auto" the one measured faster for the program: on the CPU, "unroll" when the step convolves
+  (vmap makes each convolution a grouped one over the seeds' kernels, which XLA:CPU ran at half the
+  speed of the seeds' convolutions one after another: BENCHMARKS.md, "Seeds"), "vmap" otherwise;
+  "vmap" on GPU and TPU. Decided from the step's single-seed program (traced once per step and
+  argument signature; ``parallel``: the one the method was built with), never from call order."""
+  if choice not in SEED_AXIS_CHOICES:
+    raise ValueError(f"train.seed_axis={choice!r}; valid choices: {list(SEED_AXIS_CHOICES)}.")
+  if choice != "auto":
+    return choice
+  if jax.default_backend() != "cpu":
+    return "vmap"
+  one = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), tree)  # no copy
+  args = (one(state), data, one(phase_key))
+  key = (step_identity(step), xla._signature(args, {}))  # pylint: disable=protected-access
+  if key not in _HAS_CONVOLUTION:
+    axis_env = [(parallel.axis_name, parallel.num_devices)] if parallel.mode == "pmap" else None
+    _HAS_CONVOLUTION[key] = xla.has_convolution(jax.make_jaxpr(step, axis_env=axis_env)(*args).jaxpr)
+  return "unroll" if _HAS_CONVOLUTION[key] else "vmap"
+
+
 def run_chunk(step: StepFn, state: State, data: TaskArrays, phase_key: PRNGKey, start: int,
               num_steps: int, mode: str = "unroll", parallel: Parallel = Parallel(),
               fusions: str = "auto", seeds: str = "") -> tuple[State, Metrics]:
@@ -440,8 +476,9 @@ def run_chunk(step: StepFn, state: State, data: TaskArrays, phase_key: PRNGKey, 
   XLA:CPU library fusions (:mod:`gmcl.xla`, ``config.train.xla_cpu_fusions``).
 
   ``seeds``: "" (one seed), or the state, its snapshot and ``phase_key`` carry a leading seed axis
-  (:mod:`gmcl.seeds`) and the chunk runs every seed under ``jax.vmap``: "vmap" (with ``parallel``
-  as without seeds), or "shard" (``parallel.mode == "jit"``: the seed axis is split over the mesh,
+  (:mod:`gmcl.seeds`) and one program trains every seed: "vmap" (batched under ``jax.vmap``, with
+  ``parallel`` as without seeds), "unroll" (each seed's steps in turn, the single-seed program's
+  operations), or "shard" (vmap with the seed axis split over the mesh: ``parallel.mode == "jit"``,
   and the method was built for one device, ``Parallel()``). Metrics then have the seed axis.
   """
   if mode not in CHUNK_MODES:

@@ -255,3 +255,41 @@ def test_dgm_with_growth_runs_its_seeds_one_after_another(mnist_data, tmp_path):
   lines = []
   loop.run(c, str(tmp_path / "stacked"), data=mnist_data, progress=False, log=lines.append)
   assert any("seeds=[0, 1] (stacked, one program)" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_eight_seeds_on_eight_devices_one_each(mnist_data, tmp_path):
+  c = _sft(num_seeds=8)
+  one = _run(c, tmp_path / "one", mnist_data)
+  c.parallel.mode, c.parallel.num_devices = "jit", 8
+  lines = []
+  eight = loop.run(c, str(tmp_path / "eight"), data=mnist_data, progress=False, log=lines.append)
+  assert any("split over the devices" in line for line in lines)
+  for s in range(8):
+    np.testing.assert_allclose(np.array(eight["per_seed"][s]["accuracy_matrix"], float),
+                               np.array(one["per_seed"][s]["accuracy_matrix"], float),
+                               atol=1.01 * _one_image(mnist_data, (0, 1, 2, 3)))
+
+
+def test_shard_puts_one_block_of_seeds_on_each_device():
+  import jax  # pylint: disable=import-outside-toplevel
+  from gmcl.data.sampling import task_arrays  # pylint: disable=import-outside-toplevel
+  from gmcl.methods.base import run_chunk  # pylint: disable=import-outside-toplevel
+  from gmcl.parallel import make_parallel  # pylint: disable=import-outside-toplevel
+  from flax import struct  # pylint: disable=import-outside-toplevel
+
+  @struct.dataclass
+  class S:
+    w: jnp.ndarray
+    frozen: object = None
+
+  def step(state, data, key):
+    return state.replace(w=state.w * 0.5 + data.x.mean() + jax.random.uniform(key)), {"w": state.w.sum()}
+  data = task_arrays(np.ones((4, 2, 2, 1), np.float32), np.zeros(4, np.int32), capacity=4)
+  keys = jnp.stack([jax.random.PRNGKey(i) for i in range(4)])
+  stacked = S(w=jnp.arange(12.0).reshape(4, 3))
+  out, metrics = run_chunk(step, stacked, data, keys, 0, 2, parallel=make_parallel("jit", 2), seeds="shard")
+  assert [s.data.shape for s in out.w.addressable_shards] == [(2, 3), (2, 3)]  # two seeds per device
+  assert metrics["w"].shape == (4,)
+  expected, _ = run_chunk(step, S(w=jnp.arange(12.0).reshape(4, 3)), data, keys, 0, 2, seeds="vmap")
+  np.testing.assert_allclose(np.asarray(out.w), np.asarray(expected.w), rtol=1e-6)

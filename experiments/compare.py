@@ -10,7 +10,7 @@ continues from its checkpoints, so the command resumes where it stopped and a ta
 rebuilt from finished runs (``--table_only``; unfinished runs are marked with how far they got).
 A pair a method does not support (lsa on one class per task, where the task id gives the label
 away) is marked n/a; a run that fails is marked with its error and the others
-go on. The table (``OUT/table_SCHEDULE.md``, also printed) gives the final accuracy A_T (A_5/A_10 on the
+go on. The table (``OUT/table_SCHEDULE_Sseeds.md``; ``table_SCHEDULE.md`` for one seed; also printed) gives the final accuracy A_T (A_5/A_10 on the
 one-class-per-task benchmarks) as mean ± sd over ``--num_seeds`` seeds (3 by default, trained
 together where the method allows: ``config.num_seeds``), the scenario, each run's training wall
 time and the machine, with the command that made it. One seed's figures differ between CPU
@@ -178,7 +178,8 @@ def table(cells: dict, benchmarks, methods, schedule: str, out: str, max_tasks: 
   over = (f"mean ± sd over {num_seeds} seeds" if num_seeds > 1 else "one seed (its figures differ "
           "between CPU types by several points: prefer --num_seeds 3 or more)")
   lines = [f"Schedule `{schedule}`" + (f", first {max_tasks} tasks" if max_tasks else "")
-           + f". Cells: final A_T in % (per-class benchmarks: A_5 / A_10), {over}, training wall time. "
+           + f". Cells: final A_T in % (per-class benchmarks: A_5 / A_10), {over}, the run's wall time "
+           "(every seed's). "
            "(TI): task-incremental (task id given at test time); all others class-incremental. "
            + (f"Machine: {'; '.join(machines)}." if machines else ""), "",
            "| method | " + " | ".join(benchmarks) + " |", "|---" * (len(benchmarks) + 1) + "|"]
@@ -222,12 +223,17 @@ def main(argv):
   print(write_table(cells))
 
 
+def table_name(schedule: str, num_seeds: int) -> str:
+  """``table_SCHEDULE[_Sseeds].md``: tables of other seed counts are never overwritten by this one."""
+  return f"table_{schedule}" + (f"_{num_seeds}seeds" if num_seeds != 1 else "") + ".md"
+
+
 def write_table(cells: dict) -> str:
   """Writes OUT/table_SCHEDULE.md (pairs not run yet: "pending") and returns its text."""
   full = {(m, b): cells.get((m, b), {"error": "pending"}) for m in FLAGS.methods for b in FLAGS.benchmarks}
   text = table(full, FLAGS.benchmarks, FLAGS.methods, FLAGS.schedule, FLAGS.out, FLAGS.max_tasks,
                FLAGS.num_seeds)
-  path = os.path.join(FLAGS.out, f"table_{FLAGS.schedule}.md")
+  path = os.path.join(FLAGS.out, table_name(FLAGS.schedule, FLAGS.num_seeds))
   # One temporary file per process: comparisons of disjoint subsets may share OUT and run at once.
   tmp = f"{path}.{os.getpid()}.tmp"
   os.makedirs(os.path.dirname(path), exist_ok=True)

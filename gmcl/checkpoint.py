@@ -9,8 +9,9 @@ A checkpoint holds, under one orbax step number (the global training-step count)
   the id of the snapshot it goes with.
 
 The frozen snapshots (G_{t-1}, C_{t-1}) change only at task boundaries, so they are
-written once per boundary, to ``snapshots/<number of tasks ended>``, and every
-checkpoint of the next task refers to that one copy.
+written once per boundary, to ``snapshots/<id>`` (the number of tasks ended, counted on over groups
+of seeds trained one after another: ``group * (tasks + 1) + tasks ended``), and every checkpoint of
+the next task refers to that one copy.
 
 PRNG keys are not state here: every step's key is ``fold_in`` of the run key (from
 ``config.seed``) and the step's position, so a resumed run draws the same keys.
@@ -64,7 +65,7 @@ class RunCheckpointer:
       state: a method state; its ``frozen`` field goes to ``snapshots/<snapshot_id>``
         unless that snapshot was written already.
       meta: JSON-serialisable position, scores and config.
-      snapshot_id: the number of tasks ended (the snapshot's identity).
+      snapshot_id: the snapshot's identity (the tasks ended when it was taken; see the module docstring).
     """
     self.check_space(step, state, snapshot_id)
     frozen = getattr(state, "frozen", None)

@@ -81,7 +81,8 @@ def base_config() -> ml_collections.ConfigDict:
   # XLA's defaults otherwise) | xla | dot | none. Kernels only; GPU/TPU ignore it.
   c.train.xla_cpu_fusions = "auto"
   # How one program trains stacked seeds (num_seeds > 1, gmcl.seeds): auto (on the CPU, each seed in
-  # turn for steps with convolutions, vmap otherwise; vmap on GPU/TPU) | vmap | unroll.
+  # turn for steps with convolutions, vmap otherwise; vmap on GPU/TPU) | vmap | unroll. A seed axis
+  # split over a jit mesh (num_seeds a multiple of the devices) is always vmap.
   c.train.seed_axis = "auto"
 
   c.parallel = ml_collections.ConfigDict()

@@ -131,7 +131,9 @@ def _results_payload(config, seq, record, scenario=None) -> dict:
   the sample standard deviation beside each (``A_std``, ...; 0.0 for one seed), over the tasks
   every seed has completed (``completed_tasks``). Scores that are numbers, None (nothing
   measured) or dicts of numbers (per class) are averaged entry by entry; others (structured
-  records) appear per seed only."""
+  records) appear at the top for one seed, and per seed only for several. The top-level
+  forgetting and backward transfer are the means of each seed's (not recomputed from the mean
+  accuracy matrix, whose maxima differ)."""
   seeds = seeds_lib.seed_list(config)
   per_seed = [_seed_payload(s, rec) for s, rec in zip(seeds, record["seeds"])]
   t = min(p["completed_tasks"] for p in per_seed)
@@ -153,7 +155,11 @@ def _results_payload(config, seq, record, scenario=None) -> dict:
   for name in sorted({n for p in per_seed for n in p["scores"]}):
     series = [p["scores"].get(name, []) for p in per_seed]  # (some start after task 1)
     averaged = seeds_lib.average_series([v[:min(map(len, series))] for v in series])
-    if averaged is not None:  # others (structured scores) are reported per seed only
+    if len(per_seed) == 1:  # one seed: its scores as they are (ints stay ints), structured ones too
+      scores[name] = series[0]
+      if averaged is not None:
+        scores[f"{name}_std"] = averaged[1]
+    elif averaged is not None:  # several: structured scores are reported per seed only
       scores[name], scores[f"{name}_std"] = averaged
   out["scores"] = scores
   out["per_task"] = []
@@ -220,10 +226,14 @@ def check_sizes_fit(config) -> None:
     return
   p = config.parallel
   devices = 1 if p.mode == "none" else (p.num_devices or jax.local_device_count())
+  seeds = int(config.get("num_seeds", 1))
   for key, n in (("train.batch_size", config.train.batch_size), ("eval.batch_size", config.eval.batch_size)):
-    share = -(-n // devices) if key.startswith("train") else n  # a training batch is split over devices
+    # A training batch is split over devices, and stacked seeds' batches are all in one program
+    # (split over the devices too when the seed axis is): S x B / devices either way.
+    share = -(-n * seeds // devices) if key.startswith("train") else n
     if share * image > limit:
-      raise ValueError(f"config.{key}={n} cannot fit: one device's part of a batch of its images is "
+      raise ValueError(f"config.{key}={n} cannot fit: one device's part of a batch of its images"
+                       + (f" (for {seeds} seeds)" if seeds > 1 and key.startswith("train") else "") + " is "
                        f"{share * image / 2**30:.1f} GiB (float32), more than the {limit / 2**30:.1f} GiB "
                        "of memory one device has here.")
 
@@ -399,9 +409,10 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
                                 f"({config.data.protocol}): {what}, %{over}",
                                 stds=results["A_std"] if several else None))
     for name, values in sorted(results["scores"].items()):
-      if name.startswith("A_") and not name.endswith("_std"):
+      if name.startswith("A_") and not name.endswith("_std") and values \
+          and all(isinstance(v, float) for v in values):
         log(evaluation.format_table(values, f"scores.{name}, %{over}",
-                                    stds=results["scores"][f"{name}_std"] if several else None))
+                                    stds=results["scores"].get(f"{name}_std") if several else None))
     return results
 
   outcomes = method.train_tasks(RunContext(config=config, data=data, sequence=seq, run_key=run_keys[0], log=log))
@@ -456,6 +467,12 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
             f"gmcl writes and reads layout {method.state_format} (the state's structure changed "
             "between the versions). Resume with the gmcl version that wrote them, or start afresh "
             "with overwrite=True (--overwrite).")
+      written_groups = meta.get("seed_groups", [[0]])  # absent: one seed, before seeds existed
+      if written_groups != groups:
+        raise IncompatibleCheckpoint(
+            f"The checkpoints in {ckpt_dir} train the seeds in groups {written_groups} (a group is stacked "
+            f"in one program); this gmcl trains {config.method}'s seeds in groups {groups}. Resume with the "
+            "gmcl version that wrote them, or start afresh with overwrite=True (--overwrite).")
       group = groups[meta["position"].get("group", 0)]
       return each_seed_list([method.state_template(init_keys[i], meta) for i in group])
 
@@ -478,6 +495,9 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
         write_json(os.path.join(workdir, "results.json"), _results_payload(config, seq, record, scenario))
       log(f"gmcl: {workdir} holds a finished run whose results.json was missing or unreadable; "
           f"rewritten from the final checkpoint (step {step}).")
+    elif pos["task"] >= len(seq):
+      log(f"Resuming from checkpoint {step}: seed {seeds[groups[pos['group']][0]]} has finished; "
+          f"seed {seeds[groups[pos['group'] + 1][0]]} starts.")
     else:
       log(f"Resuming from checkpoint {step}: " + (f"seed {seeds[groups[pos['group']][0]]}, " if not stacked
                                                     and several else "")
@@ -497,6 +517,7 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
       ckpt.save(pos["global_step"], state, {"position": dict(pos), "record": record,
                                             "config": config.to_dict(),
                                             "method": method.checkpoint_meta(first),
+                                            "seed_groups": groups,
                                             "state_format": method.state_format},
                 snapshot_id=snapshot_id(pos["group"], pos["task"]))
 
@@ -538,7 +559,7 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
   clock[0] = time.time()
   steps_this_call = 0
   how_seeds = ("one after another" if not stacked else "stacked, one program"
-               + (", split over the devices" if seed_axis == "shard" else ""))
+               + (", split over the devices (vmap)" if seed_axis == "shard" else ""))
   log(f"gmcl: method={config.method} dataset={config.data.dataset} protocol={config.data.protocol} "
       f"tasks={len(seq)} backend={jax.default_backend()} chunk={t_cfg.chunk_steps} ({chunk_mode}) "
       f"parallel={parallel.mode} x{parallel.num_devices}"

@@ -74,17 +74,18 @@ def test_table_only_reads_finished_runs_and_leaves_another_process_table_write_a
   _write(compare.run_dir(out, "demo", 0, "split_mnist", "dgr", 3), [1.0, 0.9, 0.8, 0.7, 0.6], 5, seconds=60.0,
          seeds=[0, 1, 2], A_std=[0.0, 0.01, 0.02, 0.03, 0.04])
   # Another comparison writing the same table at this moment: its temporary file must survive.
-  other = os.path.join(out, f"table_demo.md.{os.getpid() + 1}.tmp")
+  other = os.path.join(out, f"table_demo_3seeds.md.{os.getpid() + 1}.tmp")
   with open(other, "w") as f:
     f.write("other")
   with flagsaver.flagsaver(out=out, schedule="demo", benchmarks=["split_mnist", "permuted_mnist"],
                            methods=["dgr", "lsa/sequential"], max_tasks=0, table_only=True, num_seeds=3):
     compare.main([])
-  with open(os.path.join(out, "table_demo.md")) as f:
+  with open(os.path.join(out, "table_demo_3seeds.md")) as f:
     text = f.read()
   assert "| dgr | 60.00 ± 4.00, 1.0 min | not run |" in text
   assert "mean ± sd over 3 seeds" in text and "Machine: CPU X, 2 cores." in text
   assert "| lsa/sequential | not run | not run |" in text
   with open(other) as f:
     assert f.read() == "other"
-  assert sorted(os.listdir(out)) == sorted(["demo_3seeds", "table_demo.md", os.path.basename(other)])
+  assert sorted(os.listdir(out)) == sorted(["demo_3seeds", "table_demo_3seeds.md", os.path.basename(other)])
+  assert compare.table_name("demo", 1) == "table_demo.md"

@@ -163,6 +163,27 @@ def test_seeds_one_after_another_equal_their_single_seed_runs_exactly(mnist_data
       _run(c, workdir, mnist_data, stop_after_steps=stop)
     _run(c, workdir, mnist_data)
     assert (workdir / "results.json").read_bytes() == (tmp_path / "whole" / "results.json").read_bytes(), stop
+  # Checkpoints at task boundaries only: a stop early in seed 1 resumes from seed 0's last boundary.
+  c.checkpoint.every_steps = 0
+  boundary = _run(c, tmp_path / "boundary_whole", mnist_data)
+  with pytest.raises(loop.RunInterrupted):
+    _run(c, tmp_path / "boundary", mnist_data, stop_after_steps=steps + 3)
+  lines = []
+  resumed = loop.run(c, str(tmp_path / "boundary"), data=mnist_data, progress=False, log=lines.append)
+  assert any("seed 0 has finished; seed 1 starts" in line for line in lines)
+  assert resumed == boundary
+  assert (tmp_path / "boundary" / "results.json").read_bytes() == \
+      (tmp_path / "boundary_whole" / "results.json").read_bytes()
+
+
+def test_a_checkpoint_of_other_seed_groups_is_refused(mnist_data, tmp_path, monkeypatch):
+  c = _sft(num_seeds=2)
+  c.checkpoint.every_steps = 10
+  with pytest.raises(loop.RunInterrupted):
+    _run(c, tmp_path, mnist_data, stop_after_steps=15)  # stacked: one group [0, 1]
+  monkeypatch.setattr(type(_sft_method()), "seeds_share_shapes", property(lambda self: False))
+  with pytest.raises(ValueError, match=r"groups \[\[0, 1\]\].*groups \[\[0\], \[1\]\]"):
+    _run(c, tmp_path, mnist_data)
 
 
 def _sft_method() -> Method:

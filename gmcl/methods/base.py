@@ -227,7 +227,8 @@ class Method(DataParallel, abc.ABC):
     """Whether every seed's state has the same structure and shapes at every point of a run (the
     default), so that the loop can stack seeds and train them in one program (:mod:`gmcl.seeds`);
     a method whose shapes depend on what it learnt (DGM's growth) says False, and its seeds run one
-    after another."""
+    after another. So does a method that drives its own tasks (:meth:`train_tasks`): its driver
+    trains one seed per call."""
     return True
 
   def predict_task(self, state: State, x: jax.Array, task_index) -> jax.Array:
@@ -257,8 +258,10 @@ class Method(DataParallel, abc.ABC):
 
   def extra_scores(self, state: State, data, sequence, task_index: int,
                    key: PRNGKey) -> dict[str, Any]:
-    """Scores besides A_t after task ``task_index``, by name: the loop appends each to
-    ``results.json["scores"][name]``. Values are floats or JSON-serialisable dicts."""
+    """Scores besides A_t after task ``task_index``, by name: the loop appends each to the seed's
+    ``results.json["per_seed"][i]["scores"][name]`` and reports their mean over seeds at the top
+    (``scores[name]``, ``scores[name + "_std"]``; a structured score of one seed as it is). Values
+    are floats, None or JSON-serialisable dicts."""
     del state, data, sequence, task_index, key
     return {}
 

@@ -640,7 +640,7 @@ def train_parallel(method: LSA, key: PRNGKey, tasks: Sequence[TaskArrays],
 
   Args:
     method: an :class:`LSA` (its ``lsa.mode`` is not consulted here).
-    key: the run key (``PRNGKey(config.seed)``).
+    key: the run key (``PRNGKey(s)`` of the seed s it trains).
     tasks: T task arrays of equal capacity (``task_arrays(x, y, capacity)``), in task order.
     class_masks: (T, K) bool, each task's classes; None: the labels each task holds.
     chunk_steps: steps per compiled call (default ``train.chunk_steps``).

@@ -10,7 +10,8 @@ continues from its checkpoints, so the command resumes where it stopped and a ta
 rebuilt from finished runs (``--table_only``; unfinished runs are marked with how far they got).
 A pair a method does not support (lsa on one class per task, where the task id gives the label
 away) is marked n/a; a run that fails is marked with its error and the others
-go on. The table (``OUT/table_SCHEDULE_Sseeds.md``; ``table_SCHEDULE.md`` for one seed; also printed) gives the final accuracy A_T (A_5/A_10 on the
+go on. The table (``OUT/table_SCHEDULE_Sseeds.md``; ``table_SCHEDULE.md`` for one seed; also
+printed) gives the final accuracy A_T (A_5/A_10 on the
 one-class-per-task benchmarks) as mean ± sd over ``--num_seeds`` seeds (3 by default, trained
 together where the method allows: ``config.num_seeds``), the scenario, each run's training wall
 time and the machine, with the command that made it. One seed's figures differ between CPU

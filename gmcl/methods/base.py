@@ -32,6 +32,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from gmcl import seeds as seeds_lib
 from gmcl import xla
 from gmcl.data.sampling import TaskArrays, sample_batch
 from gmcl.parallel import Parallel
@@ -332,10 +333,9 @@ class _ChunkProgram:
       one_seed = chunk
 
       def chunk(live, frozen, data, phase_key, start):  # pylint: disable=function-redefined
-        take = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
-        outs = [one_seed(take(live, i), take(frozen, i), data, phase_key[i], start)
+        outs = [one_seed(seeds_lib.take(live, i), seeds_lib.take(frozen, i), data, phase_key[i], start)
                 for i in range(phase_key.shape[0])]
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+        return seeds_lib.stack(outs)
     elif seeds:  # a leading seed axis on the state, its snapshot and the phase key; data shared
       chunk = jax.vmap(chunk, in_axes=(0, 0, None, 0, None))
     if seeds == "shard":  # the seed axis split over the mesh: each device trains its seeds

@@ -1,0 +1,356 @@
+"""The seed's table (Ostapenko et al. 2019, Table 1) with gmcl's figures beside the papers'.
+
+  python -m experiments.paper_table                                # print it from results/
+  python -m experiments.paper_table --run --runs dgr,joint         # run what is missing, then print
+  python -m experiments.paper_table --readme README.md             # rewrite the README's section
+
+The rows are the seed's ten (JT, EWC-M, EWC-S, PI-S, RWalk-S, iCaRL-S, DGR, MeRGAN, DGMw, DGMa),
+its columns MNIST, SVHN and CIFAR-10 A_5 / A_10 and ImageNet-50 A_30 / A_50, class-incremental with
+one class per task. Under each row's paper figures come gmcl's, one line per run and protocol,
+each the mean ± sd over the run's seeds, and every line says its protocol: the papers' figures do
+not share one (the seed's table copies MeRGAN's oracle accuracies on generated samples beside
+continual-learning accuracies on real test images), so a gmcl figure is compared only with a
+paper figure of the same protocol. "–": not run; "needs data": the dataset is not prepared on
+this machine (or gmcl cannot load it yet) and no result is recorded.
+
+gmcl's figures are read from ``results/SCHEDULE_Sseeds/DATASET/RUN/results.json`` (the small
+results.json and timings.json of finished runs, committed; no checkpoints). ``--run`` trains the
+missing runs in ``--workdirs`` (resumable: an interrupted run continues from its checkpoints) and
+copies each finished run's two files there; an existing different copy is kept unless
+``--overwrite``. The schedule is the config argument (``cpu``: the 2-core CPU's; ``smoke``: tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import filecmp
+import importlib
+import json
+import os
+import shutil
+import sys
+from typing import Callable, Optional
+
+from absl import app, flags
+
+from gmcl import seeds as seeds_lib
+
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
+BEGIN, END = "<!-- paper_table:begin -->", "<!-- paper_table:end -->"
+README_DATA = ("mnist", "fashion_mnist")  # the datasets at hand where the README's runs were made
+
+# (dataset, label, the tasks whose A_t the column reports)
+COLUMNS = (("mnist", "MNIST", (5, 10)), ("svhn_cropped", "SVHN", (5, 10)), ("cifar10", "CIFAR-10", (5, 10)),
+           ("imagenet50", "ImageNet-50", (30, 50)))
+
+PROTOCOLS = {
+    "real": "continual-learning accuracy: the classifier on the real test images of every class seen",
+    "oracle": "MeRGAN's oracle accuracy: a classifier trained on real data labels generated samples of "
+              "every class seen",
+    "aux": "DGM's: the critic's auxiliary head on the real test images of every class seen",
+    "single_head_2": "RWalk's: 5 tasks of 2 classes, one head over the classes seen, real test images",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One gmcl run behind a row: ``experiments/configs/MODULE.py:dataset=D,SCHEDULE[,variant=V]``."""
+  module: str
+  variant: Optional[str] = None
+
+  @property
+  def name(self) -> str:
+    return self.module + (f"_{self.variant}" if self.variant else "")
+
+  def config_arg(self, dataset: str, schedule: str) -> str:
+    args = [f"dataset={dataset}", "protocol=per_class", schedule] + ([f"variant={self.variant}"]
+                                                                     if self.variant else [])
+    return f"experiments/configs/{self.module}.py:" + ",".join(args)
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+  """One gmcl line of a row: a run's A_t series (``A``, or a score of results.json's ``scores``)
+  under a protocol."""
+  run: Run
+  score: str  # "A" or the name of a score series
+  protocol: str
+  label: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  label: str
+  paper: dict  # (dataset, t) -> the paper's figure (%)
+  protocol: str  # the paper figures' protocol (a PROTOCOLS key)
+  source: str
+  views: tuple = ()
+  missing: str = ""  # why gmcl has no line yet
+  note: str = ""  # about the paper's figures
+
+
+JOINT, DGR = Run("joint"), Run("dgr")
+MERGAN_RA, MERGAN_JR = Run("mergan", "ra"), Run("mergan", "jr")
+DGMW, DGMA = Run("dgm", "dgmw"), Run("dgm", "dgma")
+RUNS = {r.name: r for r in (JOINT, DGR, MERGAN_RA, MERGAN_JR, DGMW, DGMA)}
+
+
+def _paper(mnist=(None, None), svhn=(None, None), cifar=(None, None), imagenet=(None, None)) -> dict:
+  out = {}
+  for (dataset, _, ts), values in zip(COLUMNS, (mnist, svhn, cifar, imagenet)):
+    out.update({(dataset, t): v for t, v in zip(ts, values) if v is not None})
+  return out
+
+
+MERGAN_T1 = "Wu et al. 2018, Table 1, copied by the seed's table"
+UNTRANSCRIBED = "the seed's table (from Chaudhry et al. 2018; its figures not transcribed here yet)"
+ROWS = (
+    Row("JT", _paper((97.66, 96.92), (85.30, 84.82)), "oracle", MERGAN_T1,
+        (View(JOINT, "A", "real", "joint training of the classifier"),)),
+    Row("EWC-M", _paper((70.62, 77.03), (39.84, 33.02)), "oracle", MERGAN_T1,
+        missing="not built yet (the baselines' issue)", note="EWC on the generator"),
+    Row("EWC-S", _paper(), "single_head_2", UNTRANSCRIBED,
+        missing="not built yet (the baselines' issue)"),
+    Row("PI-S", _paper(), "single_head_2", UNTRANSCRIBED,
+        missing="not built yet (the baselines' issue)"),
+    Row("RWalk-S", _paper(), "single_head_2", UNTRANSCRIBED,
+        missing="not built yet (the baselines' issue)"),
+    Row("iCaRL-S", _paper(), "single_head_2", UNTRANSCRIBED,
+        missing="not built yet (the baselines' issue)"),
+    Row("DGR", _paper((90.39, 85.40), (61.29, 47.28)), "oracle", MERGAN_T1,
+        (View(DGR, "A", "real", "the solver"),)),
+    Row("MeRGAN", _paper((98.19, 97.00), (80.90, 66.78)), "oracle", MERGAN_T1,
+        (View(MERGAN_RA, "A_oracle", "oracle", "RA"), View(MERGAN_JR, "A_oracle", "oracle", "JR"),
+         View(MERGAN_RA, "A", "real", "RA, replay classifier"),
+         View(MERGAN_JR, "A", "real", "JR, replay classifier")),
+        note="A_5 RA's, A_10 JR's"),
+    Row("DGMw", _paper((98.75, 96.46)), "aux", "Ostapenko et al. 2019, Table 1",
+        (View(DGMW, "A", "aux", "last step"),)),
+    Row("DGMa", _paper((99.17, 97.92)), "aux", "Ostapenko et al. 2019, Table 1",
+        (View(DGMA, "A", "aux", "last step"),)),
+)
+
+
+def results_dir(schedule: str, num_seeds: int, dataset: str, run: str, root: str = RESULTS) -> str:
+  return os.path.join(root, f"{schedule}_{num_seeds}seeds", dataset, run)
+
+
+def read_results(folder: str) -> Optional[dict]:
+  path = os.path.join(folder, "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def series(res: dict, score: str) -> list[list]:
+  """Each seed's A_t series for ``score`` (``A`` or a score name)."""
+  per_seed = res.get("per_seed") or [res]
+  return [p["A"] if score == "A" else p.get("scores", {}).get(score, []) for p in per_seed]
+
+
+def cell(res: Optional[dict], score: str, t: int, available: bool) -> str:
+  """``mean ± sd`` (%) of A_t over the run's seeds, or why there is none."""
+  if res is None:
+    return "–" if available else "needs data"
+  if res["completed_tasks"] != len(res["tasks"]):
+    return f"incomplete ({res['completed_tasks']}/{len(res['tasks'])})"
+  values = [s[t - 1] for s in series(res, score) if len(s) >= t and s[t - 1] is not None]
+  if len(values) != len(res.get("seeds", [0])):
+    return "–"
+  mean, sd = seeds_lib.mean_std([100 * v for v in values])
+  return f"{mean:.2f} ± {sd:.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def config_of(run: Run, dataset: str, schedule: str, num_seeds: int):
+  """The config ``run`` has today on ``dataset`` at ``schedule`` with ``num_seeds`` seeds."""
+  module, _, arg = run.config_arg(dataset, schedule).partition(":")
+  config = importlib.import_module(module[:-3].replace("/", ".")).get_config(arg)
+  config.num_seeds = num_seeds
+  return config
+
+
+def stale(res: dict, run: Run, dataset: str, schedule: str, num_seeds: int) -> list[str]:
+  """The keys in which a recorded run's config differs from the one its command gives today
+  (keys added to gmcl since count as equal at the value that reproduces the older code)."""
+  from gmcl import loop  # pylint: disable=import-outside-toplevel
+  from gmcl.config import added_keys  # pylint: disable=import-outside-toplevel
+  current = config_of(run, dataset, schedule, num_seeds)
+  return loop._config_differences(res.get("config", {}), current.to_dict(),  # pylint: disable=protected-access
+                                  added_keys(current.method))
+
+
+def _default_available(dataset: str) -> bool:
+  from gmcl.data.sources import DATASETS, is_prepared  # pylint: disable=import-outside-toplevel
+  if dataset not in DATASETS:
+    return False
+  try:
+    return is_prepared(dataset)
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+def _timings(folder: str) -> dict:
+  path = os.path.join(folder, "timings.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def table(schedule: str, num_seeds: int, root: str = RESULTS,
+          available: Callable[[str], bool] = _default_available) -> str:
+  """The table in Markdown, its protocols, and each gmcl run's command, machine and wall time."""
+  avail = {d: available(d) for d, _, _ in COLUMNS}
+  heads = [f"{label} A_{t}" for _, label, ts in COLUMNS for t in ts]
+  lines = ["| row | protocol | " + " | ".join(heads) + " |", "|---|---" + "|---" * len(heads) + "|"]
+  found = {}
+  for row in ROWS:
+    paper = [f"{row.paper[(d, t)]:.2f}" if (d, t) in row.paper else "–" for d, _, ts in COLUMNS for t in ts]
+    note = f" ({row.note})" if row.note else ""
+    lines.append(f"| **{row.label}**, paper{note} | {row.protocol} | " + " | ".join(paper) + " |")
+    for v in row.views:
+      cells = []
+      for d, _, ts in COLUMNS:
+        folder = results_dir(schedule, num_seeds, d, v.run.name, root)
+        res = read_results(folder)
+        if res is not None:
+          found[(d, v.run.name)] = (folder, res)
+        cells += [cell(res, v.score, t, avail[d]) for t in ts]
+      label = f"gmcl `{v.run.name}`" + (f" ({v.label})" if v.label else "")
+      lines.append(f"| {label} | {v.protocol} | " + " | ".join(cells) + " |")
+    if row.missing:
+      lines.append(f"| gmcl: {row.missing} | | " + " | ".join("–" for _ in heads) + " |")
+  machines = sorted({_timings(folder).get("machine", "machine not recorded") for folder, _ in found.values()})
+  seeds = "one seed" if num_seeds == 1 else f"mean ± sd over {num_seeds} seeds"
+  out = [f"Schedule `{schedule}`; gmcl's figures: {seeds} (sample sd), in %. "
+         + (f"Machine: {'; '.join(machines)}. " if machines else "")
+         + "One seed's figures differ between CPU types by several points: compare runs of one machine "
+         "type, and figures of one protocol.", "", *lines, "", "Protocols:", ""]
+  out += [f"- `{k}`: {text}." for k, text in PROTOCOLS.items()]
+  sources = {}
+  for r in ROWS:
+    if r.paper:
+      sources.setdefault(r.source, []).append(r.label)
+  out += ["", "Paper figures: " + "; ".join(f"{', '.join(labels)}: {src}" for src, labels in sources.items())
+          + "."]
+  if found:
+    out += ["", "gmcl's runs (`python -m experiments.main --config CONFIG --config.num_seeds=S --workdir W`):", "",
+            "| run | dataset | CONFIG | seeds | wall time | machine |", "|---|---|---|---|---|---|"]
+    for (d, name), (folder, res) in sorted(found.items()):  # every folder is a RUNS name
+      t = _timings(folder)
+      wall = f"{t['wall_seconds'] / 60:.0f} min" if "wall_seconds" in t else "–"
+      differs = stale(res, RUNS[name], d, schedule, num_seeds)
+      if differs:
+        out.append(f"| `{name}` | {d} | **stale**: recorded with another config than today's "
+                   f"(`{'`, `'.join(x.split(':')[0] for x in differs)}`) | | | |")
+        continue
+      out.append(f"| `{name}` | {d} | `{RUNS[name].config_arg(d, schedule)}` | "
+                 f"{', '.join(map(str, res.get('seeds', [res.get('seed')])))} | {wall} | "
+                 f"{t.get('machine', '–')} |")
+  return "\n".join(out) + "\n"
+
+
+def replace_section(text: str, section: str) -> str:
+  """``text`` with what lies between the markers replaced by ``section``."""
+  if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+    raise ValueError(f"The file needs exactly one {BEGIN} and, after it, one {END} line.")
+  head, rest = text.split(BEGIN)
+  _, tail = rest.split(END)
+  return f"{head}{BEGIN}\n{section}{END}{tail}"
+
+
+def section(text: str) -> str:
+  """What lies between the markers of ``text``."""
+  return text.split(BEGIN, 1)[1].split(END, 1)[0].lstrip("\n")
+
+
+def copy_results(workdir: str, dest: str, overwrite: bool = False) -> None:
+  """Copies a finished run's results.json and timings.json into ``dest``; a different copy
+  already there is refused unless ``overwrite``."""
+  os.makedirs(dest, exist_ok=True)
+  target = os.path.join(dest, "results.json")
+  if os.path.exists(target) and not overwrite and not filecmp.cmp(
+      target, os.path.join(workdir, "results.json"), shallow=False):
+    raise FileExistsError(f"{target} holds other results than {workdir}'s; pass --overwrite to replace it.")
+  for name in ("results.json", "timings.json"):
+    src = os.path.join(workdir, name)
+    if os.path.exists(src):
+      tmp = os.path.join(dest, f".{name}.tmp")
+      shutil.copyfile(src, tmp)
+      os.replace(tmp, os.path.join(dest, name))
+
+
+def run_missing(names, datasets, schedule: str, num_seeds: int, workdirs: str, root: str = RESULTS,
+                overwrite: bool = False, available: Callable[[str], bool] = _default_available,
+                log=print, load_data=None) -> list[str]:
+  """Trains each (run, dataset) without results in ``root`` (one data load per data setting);
+  returns the folders written."""
+  from gmcl import loop  # pylint: disable=import-outside-toplevel
+  from gmcl.data import build  # pylint: disable=import-outside-toplevel
+  load_data, cache, written = load_data or build.load_data, {}, []
+  for d in datasets:
+    if not available(d):
+      log(f"{d}: needs data (not prepared on this machine); skipped")
+      continue
+    for name in names:
+      dest = results_dir(schedule, num_seeds, d, name, root)
+      res = read_results(dest)
+      if res is not None and res["completed_tasks"] == len(res["tasks"]) and not overwrite:
+        continue
+      run = RUNS[name]
+      config = config_of(run, d, schedule, num_seeds)
+      workdir = os.path.join(workdirs, f"{schedule}_{num_seeds}seeds", d, name)
+      settings = build.data_settings(config)
+      if settings not in cache:
+        cache[settings] = load_data(config)
+      try:
+        loop.run(config, workdir, data=cache[settings], progress=False, log=log)
+      finally:
+        loop.release_compiled()
+      copy_results(workdir, dest, overwrite)
+      written.append(dest)
+  return written
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("schedule", "cpu", "The config argument of the runs (cpu, demo, smoke, ...).")
+flags.DEFINE_integer("num_seeds", 3, "Seeds per run (config.num_seeds).", lower_bound=1)
+flags.DEFINE_bool("run", False, "Train the runs missing from results/ first.")
+flags.DEFINE_list("runs", list(RUNS), f"With --run: which runs ({list(RUNS)}).")
+flags.DEFINE_list("datasets", ["mnist"], "With --run: which datasets.")
+flags.DEFINE_string("workdirs", "runs/paper_table", "With --run: where the runs' workdirs go.")
+flags.DEFINE_string("results", RESULTS, "The folder of recorded results.")
+flags.DEFINE_bool("overwrite", False, "Replace recorded results that differ.")
+flags.DEFINE_string("readme", None, "Rewrite this file's section between the paper_table markers.")
+
+
+def main(argv):
+  del argv
+  bad = [n for n in FLAGS.runs if n not in RUNS]
+  if bad:
+    raise app.UsageError(f"Unknown run(s) {bad}; valid: {list(RUNS)}.")
+  known = [d for d, _, _ in COLUMNS]
+  bad = [d for d in FLAGS.datasets if d not in known]
+  if bad:
+    raise app.UsageError(f"Unknown dataset(s) {bad}; valid: {known}.")
+  if FLAGS.run:
+    run_missing(FLAGS.runs, FLAGS.datasets, FLAGS.schedule, FLAGS.num_seeds, FLAGS.workdirs,
+                FLAGS.results, FLAGS.overwrite)
+  text = table(FLAGS.schedule, FLAGS.num_seeds, FLAGS.results)
+  if FLAGS.readme:
+    with open(FLAGS.readme) as f:
+      old = f.read()
+    # The README's "needs data" means: not prepared where its runs were made (README_DATA), so
+    # that the section does not depend on the datasets of the machine that regenerates it.
+    new = replace_section(old, table(FLAGS.schedule, FLAGS.num_seeds, FLAGS.results,
+                                     available=lambda d: d in README_DATA))
+    tmp = FLAGS.readme + ".tmp"
+    with open(tmp, "w") as f:
+      f.write(new)
+    os.replace(tmp, FLAGS.readme)
+  sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+  app.run(main)

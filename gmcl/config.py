@@ -10,6 +10,7 @@ the valid range of anything wrong; each key is checked in one place.
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import ml_collections
@@ -34,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.dataset = "mnist"
   c.data.data_dir = ""  # TFDS data dir; "" = TFDS's default
   c.data.manual_dir = ""  # folder with the original archives; "" = none
+  # an .npz of the splits (python -m gmcl.data.prepare NAME --export_npz FILE), read instead of
+  # TFDS: for machines without TensorFlow; "" = TFDS
+  c.data.arrays = ""
   c.data.protocol = "per_class"  # per_class | split | permuted
   c.data.class_order = ""  # e.g. "3,1,4,..."; "" = 0..K-1
   c.data.classes_per_task = 2  # split protocol
@@ -177,7 +181,7 @@ def method_config(name: str) -> ml_collections.ConfigDict:
 # code from before the key existed (a checkpoint without the key resumes when it has that value);
 # each method adds its own (MethodSpec.added_keys).
 ADDED_KEYS = {"model.conv_plan": "native", "train.xla_cpu_fusions": "xla", "num_seeds": 1,
-              "train.seed_axis": "auto"}
+              "train.seed_axis": "auto", "data.arrays": ""}
 
 
 def added_keys(name: str) -> dict:
@@ -243,6 +247,9 @@ def validate_config(config) -> None:
   require(len(d.value_range) == 2 and d.value_range[1] > d.value_range[0], "data.value_range",
            d.value_range, "(low, high) with high > low")
   require(d.max_tasks >= 0, "data.max_tasks", d.max_tasks, ">= 0 (0 keeps every task)")
+  require(isinstance(d.arrays, str) and (d.arrays == "" or (d.arrays.endswith(".npz") and os.path.isfile(d.arrays))),
+          "data.arrays", d.arrays, "\"\" (TFDS) or an existing .npz file written by "
+          f"`python -m gmcl.data.prepare {d.dataset} --export_npz FILE`")
   full = sequence_length(config, limited=False)
   require(d.max_tasks <= full, "data.max_tasks", d.max_tasks,
           f"0 or at most the {full} tasks of the {d.protocol} sequence of {d.dataset}")

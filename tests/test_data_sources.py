@@ -93,3 +93,59 @@ def test_an_unreachable_download_host_fails_at_once(tmp_path, monkeypatch, name,
   with pytest.raises(sources.DatasetUnavailableError, match=rf"host {host} is not reachable"):
     sources.prepare_dataset(name, data_dir=str(tmp_path), source="tfds")
   assert probed == [host]
+
+
+def test_exported_arrays_load_as_tfds_does_and_without_tensorflow(tmp_path):
+  """`prepare mnist --export_npz F` then `data.arrays=F`: the same preprocessed arrays as from TFDS,
+  read in a process where TensorFlow and TFDS cannot be imported (an accelerator image without them)."""
+  import subprocess
+  import sys
+
+  from experiments.configs import dgr
+  from gmcl.data.build import load_data
+  path = str(tmp_path / "mnist.npz")
+  assert prepare.main(["mnist", "--export_npz", path]) == 0
+  assert prepare.main(["mnist", "--export_npz", path]) == 2  # exists: refused without --overwrite
+  config = dgr.get_config("smoke")
+  tfds_data = load_data(config)
+  config.data.arrays = path
+  npz_data = load_data(config)
+  for name in ("x_train", "y_train", "x_test", "y_test"):
+    np.testing.assert_array_equal(getattr(npz_data, name), getattr(tfds_data, name))
+  assert npz_data.y_train.dtype == tfds_data.y_train.dtype == np.int32
+  code = ("import sys; sys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None\n"
+          "from experiments.configs import dgr; from gmcl.data.build import load_data\n"
+          f"c = dgr.get_config('smoke'); c.data.arrays = {path!r}; d = load_data(c)\n"
+          "print(d.x_train.shape[0], d.x_test.shape[0])")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert out.stdout.split() == [str(tfds_data.x_train.shape[0]), str(tfds_data.x_test.shape[0])]
+
+
+def test_bad_arrays_files_are_refused_naming_what_is_wrong(tmp_path):
+  from experiments.configs import dgr
+  from gmcl.config import validate_config
+  x = np.zeros((4, 28, 28, 1), np.uint8)
+  y = np.arange(4, dtype=np.int64)
+  good = dict(x_train=x, y_train=y, x_test=x, y_test=y)
+  cases = {
+      "missing": (dict(x_train=x, y_train=y), "'x_test', 'y_test'\\] missing"),
+      "other": (dict(good, dataset=np.array("cifar10")), "holds 'cifar10'"),
+      "shape": (dict(good, x_test=np.zeros((4, 32, 32, 3), np.uint8)), "x_test is uint8 \\(4, 32, 32, 3\\)"),
+      "float": (dict(good, x_train=x.astype(np.float32)), "x_train is float32"),
+      "labels": (dict(good, y_train=y + 7), "y_train must hold 4 integer labels in \\[0, 10\\)"),
+  }
+  for name, (arrays, message) in cases.items():
+    path = str(tmp_path / f"{name}.npz")
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=message):
+      sources.load_arrays(path, "mnist")
+  np.savez(str(tmp_path / "good.npz"), **good)
+  x_tr, y_tr, _, _ = sources.load_arrays(str(tmp_path / "good.npz"), "mnist")
+  assert x_tr.shape == (4, 28, 28, 1) and y_tr.dtype == np.int32
+  with pytest.raises(sources.DatasetUnavailableError, match="--export_npz"):
+    sources.load_arrays(str(tmp_path / "none.npz"), "mnist")
+  config = dgr.get_config("smoke")
+  config.data.arrays = str(tmp_path / "none.npz")
+  with pytest.raises(ValueError, match="data.arrays"):
+    validate_config(config)

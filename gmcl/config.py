@@ -102,6 +102,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 1000
   c.eval.samples_per_class = 10  # columns of the sample grid
   c.eval.save_samples = True
+  # Reverse accuracy (gmcl.evaluation.reverse): fresh classifiers ("mlp", "cnn" or "mlp,cnn")
+  # trained only on the generator's samples of the classes seen, tested on real test images;
+  # scores.A_reverse_ARCH, after the last task (every task with reverse_every_task). "" = off.
+  c.eval.reverse = ""
+  c.eval.reverse_every_task = False
+  c.eval.reverse_steps = 2000
+  c.eval.reverse_samples_per_class = 6000
   return c
 
 
@@ -181,7 +188,14 @@ def method_config(name: str) -> ml_collections.ConfigDict:
 # code from before the key existed (a checkpoint without the key resumes when it has that value);
 # each method adds its own (MethodSpec.added_keys).
 ADDED_KEYS = {"model.conv_plan": "native", "train.xla_cpu_fusions": "xla", "num_seeds": 1,
-              "train.seed_axis": "auto", "data.arrays": ""}
+              "train.seed_axis": "auto", "data.arrays": "", "eval.reverse": "",
+              "eval.reverse_every_task": False, "eval.reverse_steps": 2000,
+              "eval.reverse_samples_per_class": 6000}
+
+
+def reverse_architectures(config) -> list[str]:
+  """``eval.reverse`` as a list: ``"mlp,cnn"`` -> ``["mlp", "cnn"]``."""
+  return [a.strip() for a in str(config.eval.get("reverse", "")).split(",") if a.strip()]
 
 
 def added_keys(name: str) -> dict:
@@ -254,6 +268,11 @@ def validate_config(config) -> None:
   require(d.max_tasks <= full, "data.max_tasks", d.max_tasks,
           f"0 or at most the {full} tasks of the {d.protocol} sequence of {d.dataset}")
   require(d.train_limit >= 0, "data.train_limit", d.train_limit, ">= 0")
+  e = config.eval
+  require(isinstance(e.reverse, str) and all(a in ("mlp", "cnn") for a in reverse_architectures(config)),
+          "eval.reverse", e.reverse, '"" (off), "mlp", "cnn" or "mlp,cnn"')
+  for key in ("reverse_steps", "reverse_samples_per_class"):
+    require(isinstance(e[key], int) and e[key] >= 1, f"eval.{key}", e[key], "an integer >= 1")
   require(d.test_limit >= 0, "data.test_limit", d.test_limit, ">= 0")
   require(m.classifier in CLASSIFIERS, "model.classifier", m.classifier, str(sorted(CLASSIFIERS)))
   require(m.gan in ("dcgan", "mlp"), "model.gan", m.gan, "'dcgan' or 'mlp'")

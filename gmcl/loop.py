@@ -22,9 +22,10 @@ import numpy as np
 from gmcl import evaluation, xla
 from gmcl import seeds as seeds_lib
 from gmcl.checkpoint import IncompatibleCheckpoint, RunCheckpointer
-from gmcl.config import added_keys, validate_config
+from gmcl.config import added_keys, reverse_architectures, validate_config
 from gmcl.data.build import Data, build_sequence, data_settings, load_data, task_sizes, training_examples
 from gmcl.data.sampling import task_arrays
+from gmcl.evaluation import reverse
 from gmcl.methods import build_method
 from gmcl.methods.base import (RunContext, clear_compiled_chunks, resolve_chunk_mode, resolve_seed_axis,
                                run_chunk, step_key)
@@ -354,6 +355,20 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
       return fn(state)
     return seeds_lib.stack([fn(s) for _, s in seed_states(state, group)])
 
+  reverse_archs = reverse_architectures(config) if method.has_generator else []
+
+  def reverse_scores(s_state, t, key) -> dict:
+    """``A_reverse_ARCH`` after task t (None on the tasks it is not measured after)."""
+    if not (t == len(seq) - 1 or config.eval.reverse_every_task):
+      return {f"A_reverse_{a}": None for a in reverse_archs}
+    e = config.eval
+    label_fn = None if method.conditional else (lambda xb: predict(s_state, xb))
+    return {f"A_reverse_{a}": reverse.reverse_accuracy(
+        lambda k, labels: sample(s_state, k, labels), seq.seen_classes(t), data.x_test, data.y_test,
+        jax.random.fold_in(key, j), data.num_classes, architecture=a, steps=int(e.reverse_steps),
+        per_class=int(e.reverse_samples_per_class), label_fn=label_fn, eval_batch=int(e.batch_size))
+        for j, a in enumerate(reverse_archs)}
+
   def record_task(t, group, state, metrics, train_time):
     """Scores each seed's state after task t, records it, writes results.json and timings.json."""
     task = seq[t]
@@ -372,6 +387,7 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
       rec["R"].append(row)
       rec["A"].append(scores["A"])
       extra = method.extra_scores(s_state, data, seq, t, jax.random.fold_in(sample_keys[i], 10_000 + t))
+      extra.update(reverse_scores(s_state, t, jax.random.fold_in(sample_keys[i], 20_000 + t)))
       for name, value in extra.items():
         rec.setdefault("scores", {}).setdefault(name, []).append(value)
       rec["per_task"].append({"task": t + 1, "classes": list(task.classes), "A": scores["A"],

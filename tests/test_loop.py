@@ -123,3 +123,21 @@ def test_resume_config_check_names_differences_and_accepts_neutral_added_keys():
   # Any other new key is a difference.
   other = {"model": {"z_dim": 128, "width": 3}, "train": {"batch_size": 64}}
   assert diff(saved, other) == ["model.width: None in the checkpoint, 3 now"]
+
+
+def test_reverse_accuracy_after_the_last_task_of_each_seed(mnist_data, tmp_path):
+  """eval.reverse: A_reverse_mlp is measured after the last task only (None before), per seed,
+  and averaged at the top like any score; the unconditional DGR labels its samples with its solver."""
+  c = _smoke(dgr, max_tasks=2)
+  c.num_seeds = 2
+  c.eval.reverse = "mlp"
+  c.eval.reverse_steps = 20
+  c.eval.reverse_samples_per_class = 50
+  res = loop.run(c, str(tmp_path), data=mnist_data, progress=False, log=lambda s: None)
+  per_seed = [p["scores"]["A_reverse_mlp"] for p in res["per_seed"]]
+  for series in per_seed:
+    assert series[0] is None and 0.0 <= series[1] <= 1.0
+  assert res["scores"]["A_reverse_mlp"][1] == pytest.approx(np.mean([s[1] for s in per_seed]))
+  c.eval.reverse = "mlp,gan"
+  with pytest.raises(ValueError, match="eval.reverse"):
+    loop.run(c, str(tmp_path / "bad"), data=mnist_data, progress=False, log=lambda s: None)

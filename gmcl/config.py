@@ -109,6 +109,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.reverse_every_task = False
   c.eval.reverse_steps = 2000
   c.eval.reverse_samples_per_class = 6000
+  # Model selection on held-out real images (the DGM code's protocol): > 0 holds out this share of
+  # each class's training images (gmcl.data.build.hold_out); in each task's last phase the
+  # validation and test A_t are measured every validation_every_steps steps (0: at its end only)
+  # and scores.A_best_validation is the test A_t where the validation A_t was highest (weights are
+  # not restored; A stays the task's last). 0.0 = off: every training image trains.
+  c.eval.validation_fraction = 0.0
+  c.eval.validation_every_steps = 0
   return c
 
 
@@ -190,7 +197,8 @@ def method_config(name: str) -> ml_collections.ConfigDict:
 ADDED_KEYS = {"model.conv_plan": "native", "train.xla_cpu_fusions": "xla", "num_seeds": 1,
               "train.seed_axis": "auto", "data.arrays": "", "eval.reverse": "",
               "eval.reverse_every_task": False, "eval.reverse_steps": 2000,
-              "eval.reverse_samples_per_class": 6000}
+              "eval.reverse_samples_per_class": 6000, "eval.validation_fraction": 0.0,
+              "eval.validation_every_steps": 0}
 
 
 def reverse_architectures(config) -> list[str]:
@@ -273,6 +281,12 @@ def validate_config(config) -> None:
           "eval.reverse", e.reverse, '"" (off), "mlp", "cnn" or "mlp,cnn"')
   for key in ("reverse_steps", "reverse_samples_per_class"):
     require(isinstance(e[key], int) and e[key] >= 1, f"eval.{key}", e[key], "an integer >= 1")
+  require(isinstance(e.validation_fraction, (int, float)) and 0.0 <= e.validation_fraction < 1.0,
+          "eval.validation_fraction", e.validation_fraction, "0.0 (off) or a share in (0, 1)")
+  require(isinstance(e.validation_every_steps, int) and e.validation_every_steps >= 0,
+          "eval.validation_every_steps", e.validation_every_steps, "an integer >= 0 (0: each task's end)")
+  require(e.validation_every_steps == 0 or e.validation_fraction > 0, "eval.validation_every_steps",
+          e.validation_every_steps, "0 unless eval.validation_fraction > 0 (nothing is held out to select on)")
   require(d.test_limit >= 0, "data.test_limit", d.test_limit, ">= 0")
   require(m.classifier in CLASSIFIERS, "model.classifier", m.classifier, str(sorted(CLASSIFIERS)))
   require(m.gan in ("dcgan", "mlp"), "model.gan", m.gan, "'dcgan' or 'mlp'")

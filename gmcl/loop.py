@@ -23,7 +23,8 @@ from gmcl import evaluation, xla
 from gmcl import seeds as seeds_lib
 from gmcl.checkpoint import IncompatibleCheckpoint, RunCheckpointer
 from gmcl.config import added_keys, reverse_architectures, validate_config
-from gmcl.data.build import Data, build_sequence, data_settings, load_data, task_sizes, training_examples
+from gmcl.data.build import (Data, build_sequence, data_settings, hold_out, load_data, task_sizes,
+                             training_examples)
 from gmcl.data.sampling import task_arrays
 from gmcl.evaluation import reverse
 from gmcl.methods import build_method
@@ -315,6 +316,10 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
                      f"test_limit) = {data.source}, the config asks for {data_settings(config)}.")
   seq, t_cfg, c_cfg = build_sequence(config, data.image_shape, data.num_classes), config.train, \
       config.checkpoint
+  validation = None  # held-out real training images for model selection (eval.validation_fraction)
+  if config.eval.validation_fraction:
+    data, validation = hold_out(data, float(config.eval.validation_fraction),
+                                by_class=seq.scenario == "class_incremental")
   parallel = make_parallel(config.parallel.mode, config.parallel.num_devices)
   method = build_method(config.method, config, data.image_shape, data.num_classes, parallel)
   seeds = seeds_lib.seed_list(config)
@@ -369,18 +374,38 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
         per_class=int(e.reverse_samples_per_class), label_fn=label_fn, eval_batch=int(e.batch_size))
         for j, a in enumerate(reverse_archs)}
 
+  def accuracy(s_state, t, x, y) -> dict:
+    """One seed's scores after task t on images ``x`` (the test set, or the validation set)."""
+    if task_incremental:  # the task id is given at test time: each task scored with its own head
+      return evaluation.evaluate_task_incremental(
+          lambda xb, k: predict_task(s_state, xb, jnp.asarray(k, jnp.int32)), x, y, seq, t,
+          config.eval.batch_size)
+    return evaluation.evaluate_after_task(lambda xb: predict(s_state, xb), x, y, seq, t, config.eval.batch_size)
+
+  def select(t, group, state, step):
+    """A selection point (eval.validation_fraction): each seed's validation A_t, and its test A_t
+    where the validation A_t is the task's best so far (the first of equals, as the DGM code)."""
+    for i, s_state in seed_states(state, group):
+      val = accuracy(s_state, t, *validation)["A"]
+      best = record["seeds"][i].get("selection")
+      if best is None or best["task"] != t or val > best["validation"]:
+        record["seeds"][i]["selection"] = {"task": t, "step": step, "validation": val,
+                                           "test": accuracy(s_state, t, data.x_test, data.y_test)["A"]}
+
+  def selected_scores(rec, s_state, t, test_A) -> dict:
+    """The task's selection (or, if its last phase had no steps, the task's end) as scores."""
+    best = rec.pop("selection", None)
+    if best is None or best["task"] != t:
+      best = {"step": None, "validation": accuracy(s_state, t, *validation)["A"], "test": test_A}
+    return {"A_best_validation": best["test"], "A_validation": best["validation"],
+            "best_validation_step": best["step"]}
+
   def record_task(t, group, state, metrics, train_time):
     """Scores each seed's state after task t, records it, writes results.json and timings.json."""
     task = seq[t]
     for j, (i, s_state) in enumerate(seed_states(state, group)):
       rec = record["seeds"][i]
-      if task_incremental:  # the task id is given at test time: each task scored with its own head
-        scores = evaluation.evaluate_task_incremental(
-            lambda xb, k, s_state=s_state: predict_task(s_state, xb, jnp.asarray(k, jnp.int32)),
-            data.x_test, data.y_test, seq, t, config.eval.batch_size)
-      else:
-        scores = evaluation.evaluate_after_task(lambda xb, s_state=s_state: predict(s_state, xb),
-                                                data.x_test, data.y_test, seq, t, config.eval.batch_size)
+      scores = accuracy(s_state, t, data.x_test, data.y_test)
       row = [float(v) for v in scores["row"]]
       if seq.scenario == "class_incremental" or task_incremental:
         row[t + 1:] = [None] * (len(seq) - t - 1)  # unseen classes are masked: nothing measured
@@ -388,6 +413,8 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
       rec["A"].append(scores["A"])
       extra = method.extra_scores(s_state, data, seq, t, jax.random.fold_in(sample_keys[i], 10_000 + t))
       extra.update(reverse_scores(s_state, t, jax.random.fold_in(sample_keys[i], 20_000 + t)))
+      if validation is not None:
+        extra.update(selected_scores(rec, s_state, t, scores["A"]))
       for name, value in extra.items():
         rec.setdefault("scores", {}).setdefault(name, []).append(value)
       rec["per_task"].append({"task": t + 1, "classes": list(task.classes), "A": scores["A"],
@@ -607,8 +634,13 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
         done = pos["step"]
         axis = seed_axis if seed_axis != "stacked" or done >= phase.num_steps else \
             resolve_seed_axis(t_cfg.seed_axis, phase.step, state, arrays, phase_key, parallel)
+        # model selection in the task's last phase: every validation_every_steps and at its end
+        selecting = validation is not None and p_index == len(phases) - 1
+        every_val = int(config.eval.validation_every_steps) if selecting else 0
         while done < phase.num_steps:
           k = min(t_cfg.chunk_steps, phase.num_steps - done)
+          if every_val:  # chunks end at the selection points
+            k = min(k, every_val - done % every_val)
           state, metrics = run_chunk(phase.step, state, arrays, phase_key, done, k, chunk_mode,
                                      parallel, fusions, axis)
           done += k
@@ -616,6 +648,8 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
           pos.update(step=done, global_step=pos["global_step"] + k)
           if bar is not None:
             bar.update(k)
+          if selecting and (done == phase.num_steps or (every_val and done % every_val == 0)):
+            select(t, group, state, done)  # before the checkpoint below, which keeps it
           every = c_cfg.every_steps
           if every and pos["global_step"] // every > (pos["global_step"] - k) // every \
               and done < phase.num_steps:

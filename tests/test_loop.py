@@ -141,3 +141,56 @@ def test_reverse_accuracy_after_the_last_task_of_each_seed(mnist_data, tmp_path)
   c.eval.reverse = "mlp,gan"
   with pytest.raises(ValueError, match="eval.reverse"):
     loop.run(c, str(tmp_path / "bad"), data=mnist_data, progress=False, log=lambda s: None)
+
+
+def test_hold_out_takes_the_last_share_of_each_class(mnist_data):
+  from gmcl.data.build import hold_out
+  rest, (x_val, y_val) = hold_out(mnist_data, 0.15)
+  for c in range(10):
+    idx = np.flatnonzero(mnist_data.y_train == c)
+    m = int(round(0.15 * idx.size))
+    assert np.sum(y_val == c) == m and np.sum(rest.y_train == c) == idx.size - m
+    np.testing.assert_array_equal(x_val[y_val == c], mnist_data.x_train[idx[-m:]])
+    np.testing.assert_array_equal(rest.x_train[rest.y_train == c], mnist_data.x_train[idx[:-m]])
+  rest, (x_val, _) = hold_out(mnist_data, 0.1, by_class=False)
+  n = mnist_data.y_train.size
+  np.testing.assert_array_equal(x_val, mnist_data.x_train[n - int(round(0.1 * n)):])
+
+
+def _selection_config(steps, every):
+  c = _smoke(sft, protocol="split", max_tasks=1)
+  c.train.solver_steps = steps
+  c.eval.validation_fraction = 0.15
+  c.eval.validation_every_steps = every
+  return c
+
+
+def test_best_validation_is_the_test_score_where_validation_peaked(mnist_data, tmp_path):
+  """Selection every 5 steps over 20 equals, point by point, runs of 5, 10, 15 and 20 steps (each
+  step's key does not depend on the run's length): the chosen point is the first with the highest
+  validation A_1, and its test A_1 is that run's."""
+  points = {}
+  for steps in (5, 10, 15, 20):
+    r = loop.run(_selection_config(steps, 0), str(tmp_path / f"s{steps}"), data=mnist_data, progress=False,
+                 log=lambda s: None)
+    assert r["scores"]["A_best_validation"] == r["A"]  # one point: the phase's end
+    points[steps] = (r["scores"]["A_validation"][0], r["A"][0])
+  r = loop.run(_selection_config(20, 5), str(tmp_path / "every5"), data=mnist_data, progress=False,
+               log=lambda s: None)
+  best = max(v for v, _ in points.values())
+  first = min(k for k, (v, _) in points.items() if v == best)
+  assert r["scores"]["best_validation_step"] == [first]
+  assert r["scores"]["A_validation"][0] == pytest.approx(best, abs=1e-6)
+  assert r["scores"]["A_best_validation"][0] == pytest.approx(points[first][1], abs=1e-6)
+  assert r["A"][0] == pytest.approx(points[20][1], abs=1e-6)  # A stays the task's last
+
+
+def test_selection_survives_a_stop_and_resume(mnist_data, tmp_path):
+  c = _selection_config(20, 5)
+  c.data.max_tasks = 2
+  c.checkpoint.every_steps = 5
+  whole = loop.run(c, str(tmp_path / "whole"), data=mnist_data, progress=False, log=lambda s: None)
+  with pytest.raises(loop.RunInterrupted):  # after the selection point at 10 and its checkpoint
+    loop.run(c, str(tmp_path / "cut"), data=mnist_data, progress=False, log=lambda s: None, stop_after_steps=32)
+  resumed = loop.run(c, str(tmp_path / "cut"), data=mnist_data, progress=False, log=lambda s: None)
+  assert resumed["scores"] == whole["scores"] and resumed["A"] == whole["A"]

@@ -71,6 +71,22 @@ def load_data(config) -> Data:
   return Data(x_tr, y_tr, x_te, y_te, image_shape, info.num_classes, data_settings(config))
 
 
+def hold_out(data: Data, fraction: float, by_class: bool = True) -> tuple[Data, tuple[np.ndarray, np.ndarray]]:
+  """The data without a validation set, and that set: the last ``round(fraction * n_c)`` training
+  images of each class c in the stored order (TFDS's order, already shuffled), or with
+  ``by_class=False`` (permuted tasks, where every task holds every class) the last
+  ``round(fraction * n)`` of all. The DGM code's protocol: 15 % of MNIST's training images."""
+  y = data.y_train
+  held = np.zeros(y.shape[0], bool)
+  groups = [np.flatnonzero(y == c) for c in np.unique(y)] if by_class else [np.arange(y.shape[0])]
+  for idx in groups:
+    m = int(round(fraction * idx.size))
+    if m:
+      held[idx[-m:]] = True
+  rest = dataclasses.replace(data, x_train=data.x_train[~held], y_train=y[~held])
+  return rest, (data.x_train[held], y[held])
+
+
 def task_sizes(data: Data, sequence: TaskSequence, limit: int) -> list[int]:
   """Training examples per task (each cut to ``limit`` when > 0)."""
   sizes = []

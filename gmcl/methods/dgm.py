@@ -49,9 +49,10 @@ Differences from the official code, each a config value or stated:
   restricted to the classes seen: the same function and gradients as the official
   head rebuilt with t + 1 rows at every task (which is re-initialised anyway).
 * Real batches are drawn uniformly with replacement (the official loop walks each
-  task's data in a fixed order); the reported A_t is the one after the last step (the
-  official code holds out 15 % of each class and reports the test accuracy at its best
-  validation epoch); here all of a class's training images are used.
+  task's data in a fixed order). As in the official code, the configs hold out 15 % of
+  each class (``eval.validation_fraction``) and report, beside the A_t after the last step,
+  the test A_t at the evaluation of best validation A_t (``scores.A_best_validation``,
+  evaluated every 2 or 5 epochs: ``eval.validation_every_steps``; weights not restored).
 * Every task runs ``train.generator_steps`` steps in ``dgm.epochs`` epochs of equal length
   (official: 101 full passes over the 85 % training part, 7,300 to 9,100 steps by class;
   default here 9494 = 101 x 94), so that every task ends an epoch at s close to its

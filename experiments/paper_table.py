@@ -316,15 +316,19 @@ def run_missing(names, datasets, schedule: str, num_seeds: int, workdirs: str, r
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("schedule", "cpu", "The config argument of the runs (cpu, demo, smoke, ...).")
-flags.DEFINE_integer("num_seeds", 3, "Seeds per run (config.num_seeds).", lower_bound=1)
-flags.DEFINE_bool("run", False, "Train the runs missing from results/ first.")
-flags.DEFINE_list("runs", list(RUNS), f"With --run: which runs ({list(RUNS)}).")
-flags.DEFINE_list("datasets", ["mnist"], "With --run: which datasets.")
-flags.DEFINE_string("workdirs", "runs/paper_table", "With --run: where the runs' workdirs go.")
-flags.DEFINE_string("results", RESULTS, "The folder of recorded results.")
-flags.DEFINE_bool("overwrite", False, "Replace recorded results that differ.")
-flags.DEFINE_string("readme", None, "Rewrite this file's section between the paper_table markers.")
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a program: importing defines none)."""
+  flags.DEFINE_string("schedule", "cpu", "The config argument of the runs (cpu, demo, smoke, ...).")
+  flags.DEFINE_integer("num_seeds", 3, "Seeds per run (config.num_seeds).", lower_bound=1)
+  flags.DEFINE_bool("run", False, "Train the runs missing from results/ first.")
+  flags.DEFINE_list("runs", list(RUNS), f"With --run: which runs ({list(RUNS)}).")
+  flags.DEFINE_list("datasets", ["mnist"], "With --run: which datasets.")
+  flags.DEFINE_string("workdirs", "runs/paper_table", "With --run: where the runs' workdirs go.")
+  flags.DEFINE_string("results", RESULTS, "The folder of recorded results.")
+  flags.DEFINE_bool("overwrite", False, "Replace recorded results that differ.")
+  flags.DEFINE_string("readme", None, "Rewrite this file's section between the paper_table markers.")
 
 
 def main(argv):
@@ -355,4 +359,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

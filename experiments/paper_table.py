@@ -54,13 +54,19 @@ PROTOCOLS = {
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """One gmcl run behind a row: ``experiments/configs/MODULE.py:dataset=D,SCHEDULE[,variant=V]``."""
+  """One gmcl run behind a row: ``experiments/configs/MODULE.py:dataset=D,SCHEDULE[,variant=V]``
+  with ``--config.KEY=VALUE`` for each of ``overrides``; ``tag`` names a run with overrides."""
   module: str
   variant: Optional[str] = None
+  tag: str = ""
+  overrides: tuple = ()  # ((key, value), ...)
 
   @property
   def name(self) -> str:
-    return self.module + (f"_{self.variant}" if self.variant else "")
+    return "_".join(filter(None, (self.module, self.variant, self.tag)))
+
+  def flags(self) -> str:
+    return "".join(f" --config.{k}={v}" for k, v in self.overrides)
 
   def config_arg(self, dataset: str, schedule: str) -> str:
     args = [f"dataset={dataset}", "protocol=per_class", schedule] + ([f"variant={self.variant}"]
@@ -89,10 +95,12 @@ class Row:
   note: str = ""  # about the paper's figures
 
 
+ORACLE = (("eval.oracle", "mlp"),)  # MeRGAN's protocol for generators other than MeRGAN's
 JOINT, DGR = Run("joint"), Run("dgr")
+DGR_COND = Run("dgr", tag="conditional", overrides=(("model.conditional", True),) + ORACLE)
 MERGAN_RA, MERGAN_JR = Run("mergan", "ra"), Run("mergan", "jr")
-DGMW, DGMA = Run("dgm", "dgmw"), Run("dgm", "dgma")
-RUNS = {r.name: r for r in (JOINT, DGR, MERGAN_RA, MERGAN_JR, DGMW, DGMA)}
+DGMW, DGMA = Run("dgm", "dgmw", overrides=ORACLE), Run("dgm", "dgma", overrides=ORACLE)
+RUNS = {r.name: r for r in (JOINT, DGR, DGR_COND, MERGAN_RA, MERGAN_JR, DGMW, DGMA)}
 
 
 def _paper(mnist=(None, None), svhn=(None, None), cifar=(None, None), imagenet=(None, None)) -> dict:
@@ -118,7 +126,8 @@ ROWS = (
     Row("iCaRL-S", _paper(), "single_head_2", UNTRANSCRIBED,
         missing="not built yet (the baselines' issue)"),
     Row("DGR", _paper((90.39, 85.40), (61.29, 47.28)), "oracle", MERGAN_T1,
-        (View(DGR, "A", "real", "the solver"),)),
+        (View(DGR, "A", "real", "the solver"), View(DGR_COND, "A_oracle", "oracle", "conditional generator"),
+         View(DGR_COND, "A", "real", "conditional generator, the solver"))),
     Row("MeRGAN", _paper((98.19, 97.00), (80.90, 66.78)), "oracle", MERGAN_T1,
         (View(MERGAN_RA, "A_oracle", "oracle", "RA"), View(MERGAN_JR, "A_oracle", "oracle", "JR"),
          View(MERGAN_RA, "A", "real", "RA, replay classifier"),
@@ -126,10 +135,12 @@ ROWS = (
         note="A_5 RA's, A_10 JR's"),
     Row("DGMw", _paper((98.75, 96.46)), "aux", "Ostapenko et al. 2019, Table 1",
         (View(DGMW, "A_best_validation", "aux", "at the best validation, as the paper"),
-         View(DGMW, "A", "aux", "last step")), note="at the best validation A_t"),
+         View(DGMW, "A", "aux", "last step"), View(DGMW, "A_oracle", "oracle", "last step")),
+        note="at the best validation A_t"),
     Row("DGMa", _paper((99.17, 97.92)), "aux", "Ostapenko et al. 2019, Table 1",
         (View(DGMA, "A_best_validation", "aux", "at the best validation, as the paper"),
-         View(DGMA, "A", "aux", "last step")), note="at the best validation A_t"),
+         View(DGMA, "A", "aux", "last step"), View(DGMA, "A_oracle", "oracle", "last step")),
+        note="at the best validation A_t"),
 )
 
 
@@ -169,6 +180,9 @@ def config_of(run: Run, dataset: str, schedule: str, num_seeds: int):
   module, _, arg = run.config_arg(dataset, schedule).partition(":")
   config = importlib.import_module(module[:-3].replace("/", ".")).get_config(arg)
   config.num_seeds = num_seeds
+  for key, value in run.overrides:
+    section, name = key.rsplit(".", 1)
+    config[section][name] = value
   return config
 
 
@@ -247,7 +261,7 @@ def table(schedule: str, num_seeds: int, root: str = RESULTS,
         out.append(f"| `{name}` | {d} | **stale**: recorded with another config than today's "
                    f"(`{'`, `'.join(x.split(':')[0] for x in differs)}`) | | | |")
         continue
-      out.append(f"| `{name}` | {d} | `{RUNS[name].config_arg(d, schedule)}` | "
+      out.append(f"| `{name}` | {d} | `{RUNS[name].config_arg(d, schedule)}{RUNS[name].flags()}` | "
                  f"{', '.join(map(str, res.get('seeds', [res.get('seed')])))} | {wall} | "
                  f"{t.get('machine', '–')} |")
   return "\n".join(out) + "\n"

@@ -116,6 +116,14 @@ def base_config() -> ml_collections.ConfigDict:
   # not restored; A stays the task's last). 0.0 = off: every training image trains.
   c.eval.validation_fraction = 0.0
   c.eval.validation_every_steps = 0
+  # MeRGAN's oracle protocol for any method with a conditional generator (DGR with
+  # model.conditional, DGM, ...): "mlp" or "cnn" trains (once, cached) a classifier on all real
+  # training images, and scores.A_oracle is its accuracy on the generator's samples of each seen
+  # class (gmcl.evaluation.oracle). "" = off. MeRGAN has its own keys (mergan.oracle*).
+  c.eval.oracle = ""
+  c.eval.oracle_hidden = (512, 256, 128)
+  c.eval.oracle_steps = 2000
+  c.eval.oracle_samples_per_class = 6400
   return c
 
 
@@ -198,7 +206,8 @@ ADDED_KEYS = {"model.conv_plan": "native", "train.xla_cpu_fusions": "xla", "num_
               "train.seed_axis": "auto", "data.arrays": "", "eval.reverse": "",
               "eval.reverse_every_task": False, "eval.reverse_steps": 2000,
               "eval.reverse_samples_per_class": 6000, "eval.validation_fraction": 0.0,
-              "eval.validation_every_steps": 0}
+              "eval.validation_every_steps": 0, "eval.oracle": "", "eval.oracle_hidden": (512, 256, 128),
+              "eval.oracle_steps": 2000, "eval.oracle_samples_per_class": 6400}
 
 
 def reverse_architectures(config) -> list[str]:
@@ -280,6 +289,9 @@ def validate_config(config) -> None:
   require(isinstance(e.reverse, str) and all(a in ("mlp", "cnn") for a in reverse_architectures(config)),
           "eval.reverse", e.reverse, '"" (off), "mlp", "cnn" or "mlp,cnn"')
   for key in ("reverse_steps", "reverse_samples_per_class"):
+    require(isinstance(e[key], int) and e[key] >= 1, f"eval.{key}", e[key], "an integer >= 1")
+  require(e.oracle in ("", "mlp", "cnn"), "eval.oracle", e.oracle, '"" (off), "mlp" or "cnn"')
+  for key in ("oracle_steps", "oracle_samples_per_class"):
     require(isinstance(e[key], int) and e[key] >= 1, f"eval.{key}", e[key], "an integer >= 1")
   require(isinstance(e.validation_fraction, (int, float)) and 0.0 <= e.validation_fraction < 1.0,
           "eval.validation_fraction", e.validation_fraction, "0.0 (off) or a share in (0, 1)")

@@ -26,7 +26,7 @@ from gmcl.config import added_keys, reverse_architectures, validate_config
 from gmcl.data.build import (Data, build_sequence, data_settings, hold_out, load_data, task_sizes,
                              training_examples)
 from gmcl.data.sampling import task_arrays
-from gmcl.evaluation import reverse
+from gmcl.evaluation import oracle, reverse
 from gmcl.methods import build_method
 from gmcl.methods.base import (RunContext, clear_compiled_chunks, resolve_chunk_mode, resolve_seed_axis,
                                run_chunk, step_key)
@@ -216,6 +216,25 @@ def _memory_bytes() -> Optional[int]:
     return None
 
 
+def _eval_oracle(config, method, data, log):
+  """``eval.oracle``'s classifier (trained once on all real training images, cached), or None."""
+  e = config.eval
+  if not e.oracle:
+    return None
+  if not (method.has_generator and method.conditional):
+    raise ValueError(f"config.eval.oracle={e.oracle!r}: MeRGAN's oracle scores the samples of each class, so it "
+                     f"needs a conditional generator; {config.method} has "
+                     + ("an unconditional one (model.conditional=True makes it conditional)" if method.has_generator
+                        else "none") + ". Valid: \"\" for this config.")
+  d = config.data
+  settings = oracle.OracleSettings(
+      dataset=d.dataset, pad_to=int(d.pad_to), value_range=tuple(float(v) for v in d.value_range),
+      architecture=e.oracle, hidden=tuple(e.oracle_hidden), steps=int(e.oracle_steps), seed=int(config.seed),
+      data_fingerprint=oracle.fingerprint(data.x_train, data.y_train))
+  return oracle.load_or_train(settings, data.x_train, data.y_train, data.x_test, data.y_test, data.num_classes,
+                              log=log)
+
+
 def check_sizes_fit(config) -> None:
   """Refuses, before any data is loaded, batch sizes whose images alone (float32) exceed the
   memory of one device: the key named, instead of an out-of-memory error later."""
@@ -335,6 +354,7 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
       method = build_method(config.method, config, data.image_shape, data.num_classes, Parallel())
   groups = [list(range(len(seeds)))] if stacked else [[i] for i in range(len(seeds))]
   method.setup(data, log=log)
+  judge = _eval_oracle(config, method, data, log)
   run_keys = [jax.random.PRNGKey(s) for s in seeds]
   init_keys, train_keys, sample_keys = zip(*(jax.random.split(k, 3) for k in run_keys))
   record = {"seeds": [_seed_record() for _ in seeds], "metrics": [{} for _ in groups[0]],
@@ -415,6 +435,12 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
       extra.update(reverse_scores(s_state, t, jax.random.fold_in(sample_keys[i], 20_000 + t)))
       if validation is not None:
         extra.update(selected_scores(rec, s_state, t, scores["A"]))
+      if judge is not None and "A_oracle" not in extra:  # (MeRGAN scores its own)
+        per_class = oracle.generated_accuracy(
+            lambda k, labels, s_state=s_state: sample(s_state, k, labels), judge.predict, seq.seen_classes(t),
+            jax.random.fold_in(sample_keys[i], 30_000 + t), samples_per_class=int(config.eval.oracle_samples_per_class))
+        extra["A_oracle"] = float(np.mean(list(per_class.values())))
+        extra["oracle_per_class"] = {str(c): v for c, v in per_class.items()}
       for name, value in extra.items():
         rec.setdefault("scores", {}).setdefault(name, []).append(value)
       rec["per_task"].append({"task": t + 1, "classes": list(task.classes), "A": scores["A"],

@@ -194,3 +194,21 @@ def test_selection_survives_a_stop_and_resume(mnist_data, tmp_path):
     loop.run(c, str(tmp_path / "cut"), data=mnist_data, progress=False, log=lambda s: None, stop_after_steps=32)
   resumed = loop.run(c, str(tmp_path / "cut"), data=mnist_data, progress=False, log=lambda s: None)
   assert resumed["scores"] == whole["scores"] and resumed["A"] == whole["A"]
+
+
+def test_eval_oracle_scores_a_conditional_dgr_and_refuses_an_unconditional_one(mnist_data, tmp_path, monkeypatch):
+  monkeypatch.setenv("GMCL_CACHE_DIR", str(tmp_path / "cache"))
+  c = _smoke(dgr, max_tasks=2)
+  c.model.conditional = True
+  c.eval.oracle = "mlp"
+  c.eval.oracle_steps = 30
+  c.eval.oracle_samples_per_class = 16
+  res = loop.run(c, str(tmp_path / "cond"), data=mnist_data, progress=False, log=lambda s: None)
+  per_class = res["scores"]["oracle_per_class"]
+  assert [sorted(p) for p in per_class] == [["0"], ["0", "1"]]
+  for a, p in zip(res["scores"]["A_oracle"], per_class):
+    assert a == pytest.approx(np.mean(list(p.values())))
+    assert all(v * 64 == int(v * 64) for v in p.values())  # 16 samples rounded up to one batch of 64
+  c.model.conditional = False
+  with pytest.raises(ValueError, match="needs a conditional generator.*model.conditional=True"):
+    loop.run(c, str(tmp_path / "uncond"), data=mnist_data, progress=False, log=lambda s: None)

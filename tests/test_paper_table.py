@@ -153,3 +153,13 @@ def test_run_missing_trains_records_and_then_reads(tmp_path, monkeypatch, mnist_
   assert pt.run_missing(["joint"], ["mnist"], "smoke", 2, workdirs, root, available=_available,
                         log=lambda *_: None, load_data=lambda c: mnist_data) == []
   assert len(calls) == 1
+
+
+def test_runs_with_overrides_have_their_own_folder_config_and_command():
+  c = pt.config_of(pt.DGR_COND, "mnist", "cpu", 3)
+  assert c.model.conditional is True and c.eval.oracle == "mlp" and c.num_seeds == 3
+  assert pt.DGR_COND.name == "dgr_conditional" and pt.DGMW.name == "dgm_dgmw"
+  assert pt.DGR_COND.flags() == " --config.model.conditional=True --config.eval.oracle=mlp"
+  from gmcl.config import validate_config
+  for run in pt.RUNS.values():  # every run's config is valid at the cpu schedule
+    validate_config(pt.config_of(run, "mnist", "cpu", 3))

@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -314,3 +315,19 @@ def test_shard_puts_one_block_of_seeds_on_each_device():
   assert metrics["w"].shape == (4,)
   expected, _ = run_chunk(step, S(w=jnp.arange(12.0).reshape(4, 3)), data, keys, 0, 2, seeds="vmap")
   np.testing.assert_allclose(np.asarray(out.w), np.asarray(expected.w), rtol=1e-6)
+
+
+def test_take_reads_a_row_of_a_seed_axis_split_over_devices_from_its_own_device():
+  """No gather over the mesh (XLA:CPU aborts inside one with 8 devices): each row comes from the
+  buffer of the device that holds it, equal to the host's row, on one device."""
+  from gmcl.parallel import make_parallel
+  parallel = make_parallel("jit", 8)
+  host = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+  x = jax.device_put(jnp.asarray(host), parallel.seed_sharding())
+  assert len(x.sharding.device_set) == 8
+  rows = seeds.unstack({"w": x}, 8)
+  for i, row in enumerate(rows):
+    np.testing.assert_array_equal(np.asarray(row["w"]), host[i])
+    assert len(row["w"].sharding.device_set) == 1
+  restacked = seeds.stack(rows)["w"]  # the slices share a device: they stack
+  np.testing.assert_array_equal(np.asarray(restacked), host)

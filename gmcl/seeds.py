@@ -49,8 +49,8 @@ def _take_leaf(x: Any, index: int) -> Any:
   Indexing the global array would run a gather compiled over the whole mesh, and XLA:CPU aborts the
   process inside it (JAX 0.10.2, 8 simulated devices, AMD EPYC and Intel Xeon alike; see
   :func:`gmcl.methods.base.first_replica`)."""
-  if not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1:
-    return x[index]
+  if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer) or len(x.sharding.device_set) == 1:
+    return x[index]  # (under a trace, e.g. the unrolled seeds of one compiled chunk, plain indexing)
   for shard in x.addressable_shards:
     rows = shard.index[0] if shard.index else slice(None)
     start, stop = rows.start or 0, x.shape[0] if rows.stop is None else rows.stop

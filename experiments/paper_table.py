@@ -168,8 +168,9 @@ def cell(res: Optional[dict], score: str, t: int, available: bool) -> str:
     return "–" if available else "needs data"
   if res["completed_tasks"] != len(res["tasks"]):
     return f"incomplete ({res['completed_tasks']}/{len(res['tasks'])})"
-  values = [s[t - 1] for s in series(res, score) if len(s) >= t and s[t - 1] is not None]
-  if len(values) != len(res.get("seeds", [0])):
+  values = [s[t - 1] for s in series(res, score)
+            if len(s) >= t and isinstance(s[t - 1], (int, float)) and not isinstance(s[t - 1], bool)]
+  if not values or len(values) != len(res.get("seeds", [0])):
     return "–"
   mean, sd = seeds_lib.mean_std([100 * v for v in values])
   return f"{mean:.2f} ± {sd:.2f}" if len(values) > 1 else f"{mean:.2f}"

@@ -27,7 +27,6 @@ import sys
 from absl import app, flags
 
 from experiments import paper_table
-from gmcl import seeds as seeds_lib
 
 
 def parse_value(text: str):
@@ -101,14 +100,6 @@ def point_name(point: dict) -> str:
   return "".join(ch for ch in text if ch.isalnum() or ch in "._=,-+") or "point"
 
 
-def series_cell(res: dict, score: str, t: int) -> str:
-  values = [s[t - 1] for s in paper_table.series(res, score) if len(s) >= t and isinstance(s[t - 1], (int, float))]
-  if not values or len(values) != len(res.get("seeds", [0])):
-    return "–"
-  mean, sd = seeds_lib.mean_std([100 * v for v in values])
-  return f"{mean:.2f} ± {sd:.2f}" if len(values) > 1 else f"{mean:.2f}"
-
-
 def table(rows: list[tuple[dict, str, dict | None]], scores, tasks, header: str) -> str:
   """Markdown: one row per point (its values, then each score at each task, wall time, machine)."""
   keys = list(rows[0][0]) if rows else []
@@ -123,7 +114,7 @@ def table(rows: list[tuple[dict, str, dict | None]], scores, tasks, header: str)
       cells = [f"incomplete ({res['completed_tasks']}/{len(res['tasks'])})"] * len(heads) + ["", "", ""]
     else:
       t = paper_table._timings(folder)  # pylint: disable=protected-access
-      cells = [series_cell(res, s, k) for s in scores for k in tasks]
+      cells = [paper_table.cell(res, s, k, True) for s in scores for k in tasks]
       cells += [", ".join(map(str, res.get("seeds", []))),
                 f"{t['wall_seconds'] / 60:.1f} min" if "wall_seconds" in t else "–", t.get("machine", "–")]
     lines.append("| " + " | ".join(vals + cells) + " |")

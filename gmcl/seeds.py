@@ -46,8 +46,9 @@ def stack(trees: Sequence[Any]) -> Any:
 def _take_leaf(x: Any, index: int) -> Any:
   """``x[index]``; for an array spread over several devices (the seed axis split over a mesh), read
   from the buffer of the device that holds row ``index`` and returned on the first local device.
-  Indexing the global array would run a gather compiled over the whole mesh, and XLA:CPU aborts the
-  process inside it (JAX 0.10.2, 8 simulated devices, AMD EPYC and Intel Xeon alike; see
+  Indexing the global array would run a gather compiled over the whole mesh, and XLA:CPU aborted the
+  process inside it (JAX 0.10.2, 8 simulated devices: the 8-seed loop test on an AMD EPYC of family
+  26; the same gather of pmap outputs aborts on Intel Xeons, see
   :func:`gmcl.methods.base.first_replica`)."""
   if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer) or len(x.sharding.device_set) == 1:
     return x[index]  # (under a trace, e.g. the unrolled seeds of one compiled chunk, plain indexing)

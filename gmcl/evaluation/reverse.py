@@ -28,6 +28,13 @@ from gmcl.evaluation import oracle as oracle_lib
 ARCHITECTURES = ("mlp", "cnn")
 
 
+def _seen_mask(classes: Sequence[int], num_classes: int) -> jax.Array:
+  """0 for the logits of ``classes``, -inf for the others: one head over the classes seen."""
+  allowed = np.zeros((num_classes,), bool)
+  allowed[list(classes)] = True
+  return jnp.asarray(np.where(allowed, 0.0, -np.inf), jnp.float32)
+
+
 def generated_dataset(sample_fn: Callable[[jax.Array, jax.Array], jax.Array], classes: Sequence[int],
                       key: jax.Array, per_class: int, batch_size: int,
                       label_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
@@ -49,9 +56,7 @@ def generated_dataset(sample_fn: Callable[[jax.Array, jax.Array], jax.Array], cl
         xs.append(np.asarray(sample_fn(jax.random.fold_in(k, b), labels)))
         ys.append(np.full((batch_size,), int(c), np.int32))
   else:
-    allowed = np.zeros((num_classes,), bool)
-    allowed[list(classes)] = True
-    mask = jnp.asarray(np.where(allowed, 0.0, -np.inf), jnp.float32)
+    mask = _seen_mask(classes, num_classes)
     zeros = jnp.zeros((batch_size,), jnp.int32)
     for b in range(n_batches * len(classes)):
       images = sample_fn(jax.random.fold_in(key, b), zeros)
@@ -76,9 +81,7 @@ def reverse_accuracy(sample_fn: Callable[[jax.Array, jax.Array], jax.Array], cla
       hidden=tuple(hidden), steps=steps, batch_size=batch_size, learning_rate=learning_rate,
       seed=int(jax.random.randint(k_init, (), 0, 2**30)))
   model, params = oracle_lib.train_oracle(settings, x, y, num_classes)
-  allowed = np.zeros((num_classes,), bool)
-  allowed[list(classes)] = True
-  mask = jnp.asarray(np.where(allowed, 0.0, -np.inf), jnp.float32)
+  mask = _seen_mask(classes, num_classes)
   logits = jax.jit(lambda p, xb: model.apply({"params": p}, xb) + mask)
   seen = np.isin(y_test, list(classes))
   pred = evaluation.predict_labels(lambda xb: logits(params, xb), x_test[seen], eval_batch)

@@ -48,7 +48,8 @@ PROTOCOLS = {
     "oracle": "MeRGAN's oracle accuracy: a classifier trained on real data labels generated samples of "
               "every class seen",
     "aux": "DGM's: the critic's auxiliary head on the real test images of every class seen",
-    "single_head_2": "RWalk's: 5 tasks of 2 classes, one head over the classes seen, real test images",
+    "single_head_2": "RWalk's: 5 tasks of 2 classes, one head over the classes seen, real test images "
+                     "(A_10: after the fifth task; A_5 falls inside a task: n/a)",
 }
 
 
@@ -60,6 +61,11 @@ class Run:
   variant: Optional[str] = None
   tag: str = ""
   overrides: tuple = ()  # ((key, value), ...)
+  protocol: str = "per_class"  # per_class, or split (5 tasks of 2 classes: RWalk's single-head protocol)
+
+  @property
+  def classes_per_task(self) -> int:
+    return 2 if self.protocol == "split" else 1
 
   @property
   def name(self) -> str:
@@ -69,7 +75,7 @@ class Run:
     return "".join(f" --config.{k}={v}" for k, v in self.overrides)
 
   def config_arg(self, dataset: str, schedule: str) -> str:
-    args = [f"dataset={dataset}", "protocol=per_class", schedule] + ([f"variant={self.variant}"]
+    args = [f"dataset={dataset}", f"protocol={self.protocol}", schedule] + ([f"variant={self.variant}"]
                                                                      if self.variant else [])
     return f"experiments/configs/{self.module}.py:" + ",".join(args)
 
@@ -100,7 +106,13 @@ JOINT, DGR = Run("joint"), Run("dgr")
 DGR_COND = Run("dgr", tag="conditional", overrides=(("model.conditional", True),) + ORACLE)
 MERGAN_RA, MERGAN_JR = Run("mergan", "ra"), Run("mergan", "jr")
 DGMW, DGMA = Run("dgm", "dgmw", overrides=ORACLE), Run("dgm", "dgma", overrides=ORACLE)
-RUNS = {r.name: r for r in (JOINT, DGR, DGR_COND, MERGAN_RA, MERGAN_JR, DGMW, DGMA)}
+# The "-S" rows: RWalk's single-head protocol (5 tasks of 2 classes) with a small episodic memory,
+# and the same methods one class per task (the table's own protocol).
+EXEMPLARS = (("episodic.per_class", 10),)
+EWC_S, SI_S, RWALK_S = (Run(m, tag="s", overrides=EXEMPLARS, protocol="split") for m in ("ewc", "si", "rwalk"))
+EWC_S1, SI_S1, RWALK_S1 = (Run(m, tag="s_per_class", overrides=EXEMPLARS) for m in ("ewc", "si", "rwalk"))
+RUNS = {r.name: r for r in (JOINT, DGR, DGR_COND, MERGAN_RA, MERGAN_JR, DGMW, DGMA, EWC_S, SI_S, RWALK_S,
+                            EWC_S1, SI_S1, RWALK_S1)}
 
 
 def _paper(mnist=(None, None), svhn=(None, None), cifar=(None, None), imagenet=(None, None)) -> dict:
@@ -111,19 +123,22 @@ def _paper(mnist=(None, None), svhn=(None, None), cifar=(None, None), imagenet=(
 
 
 MERGAN_T1 = "Wu et al. 2018, Table 1, copied by the seed's table"
-UNTRANSCRIBED = "the seed's table (from Chaudhry et al. 2018; its figures not transcribed here yet)"
+RWALK_T = "Chaudhry et al. 2018 (RWalk), as the seed's table quotes them"
+ICARL_T = "Rebuffi et al. 2017 (iCaRL), as the seed's table quotes them"
+
+
+def _single_head(run: Run, label: str) -> tuple:
+  return (View(run[0], "A", "single_head_2", f"{label}, 10 real exemplars per class"),
+          View(run[1], "A", "real", f"{label}, 10 real exemplars per class, one class per task"))
 ROWS = (
     Row("JT", _paper((97.66, 96.92), (85.30, 84.82)), "oracle", MERGAN_T1,
         (View(JOINT, "A", "real", "joint training of the classifier"),)),
     Row("EWC-M", _paper((70.62, 77.03), (39.84, 33.02)), "oracle", MERGAN_T1,
         missing="not built yet (the baselines' issue)", note="EWC on the generator"),
-    Row("EWC-S", _paper(), "single_head_2", UNTRANSCRIBED,
-        missing="not built yet (the baselines' issue)"),
-    Row("PI-S", _paper(), "single_head_2", UNTRANSCRIBED,
-        missing="not built yet (the baselines' issue)"),
-    Row("RWalk-S", _paper(), "single_head_2", UNTRANSCRIBED,
-        missing="not built yet (the baselines' issue)"),
-    Row("iCaRL-S", _paper(), "single_head_2", UNTRANSCRIBED,
+    Row("EWC-S", _paper((None, 79.7)), "single_head_2", RWALK_T, _single_head((EWC_S, EWC_S1), "EWC++")),
+    Row("PI-S", _paper((None, 78.7)), "single_head_2", RWALK_T, _single_head((SI_S, SI_S1), "SI")),
+    Row("RWalk-S", _paper((None, 82.5)), "single_head_2", RWALK_T, _single_head((RWALK_S, RWALK_S1), "RWalk")),
+    Row("iCaRL-S", _paper((None, 55.8), imagenet=(29.38, 28.98)), "single_head_2", ICARL_T,
         missing="not built yet (the baselines' issue)"),
     Row("DGR", _paper((90.39, 85.40), (61.29, 47.28)), "oracle", MERGAN_T1,
         (View(DGR, "A", "real", "the solver"), View(DGR_COND, "A_oracle", "oracle", "conditional generator"),
@@ -233,7 +248,8 @@ def table(schedule: str, num_seeds: int, root: str = RESULTS,
         res = read_results(folder)
         if res is not None:
           found[(d, v.run.name)] = (folder, res)
-        cells += [cell(res, v.score, t, avail[d]) for t in ts]
+        cells += [cell(res, v.score, t // v.run.classes_per_task, avail[d])
+                  if t % v.run.classes_per_task == 0 else "n/a" for t in ts]
       label = f"gmcl `{v.run.name}`" + (f" ({v.label})" if v.label else "")
       lines.append(f"| {label} | {v.protocol} | " + " | ".join(cells) + " |")
     if row.missing:

@@ -1,7 +1,7 @@
 """Optimisers as optax transformations: Adam as the papers' code sets it, and HAT's gradient
 compensation (Serra et al., ICML 2018, Eqs. 2 and 6) with the embeddings' clamp.
 
-Each is a small pure factory; regularisers of the same mould (EWC, SI, RWalk penalties) belong here.
+Each is a small pure factory. (EWC's, SI's and RWalk's penalties and importance rules: gmcl.losses.regularization.)
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ METHODS = {
     "lgm": "gmcl.methods.lgm:SPEC",
     "lsa": "gmcl.methods.lsa:SPEC",
     "ogm": "gmcl.methods.ogm:SPEC",
+    "ewc": "gmcl.methods.regularization:EWC",
+    "si": "gmcl.methods.regularization:SI",
+    "rwalk": "gmcl.methods.regularization:RWALK",
 }
 
 

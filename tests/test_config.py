@@ -25,8 +25,9 @@ def test_method_configs_validate(module, args):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda c: setattr(c, "method", "ewc"),
-     r"config.method='ewc'.*\['dgm', 'dgr', 'hat', 'joint', 'lgm', 'lsa', 'mergan', 'ogm', 'sft'\]"),
+    (lambda c: setattr(c, "method", "agem"),
+     r"config.method='agem'.*\['dgm', 'dgr', 'ewc', 'hat', 'joint', 'lgm', 'lsa', 'mergan', 'ogm', 'rwalk', 'sft', "
+     r"'si'\]"),
     (lambda c: setattr(c.data, "dataset", "imagenet"), r"data.dataset='imagenet'.*mnist"),
     (lambda c: setattr(c.data, "protocol", "blurry"), r"data.protocol='blurry'.*per_class"),
     (lambda c: setattr(c.train, "n_critic", 0), r"train.n_critic=0.*>= 1"),

@@ -65,11 +65,25 @@ def test_table_puts_each_gmcl_line_under_its_paper_row_with_its_protocol(tmp_pat
          "30 min | AMD EPYC, 2 cores |" in text
   for row in pt.ROWS:  # every row of the seed's table, in its order, with a gmcl line or why not
     assert f"| **{row.label}**, paper{f' ({row.note})' if row.note else ''} | {row.protocol} |" in text
-  assert text.count("not built yet") == 5
+  assert text.count("not built yet") == 2  # EWC-M, iCaRL-S
   for key in pt.PROTOCOLS:
     assert f"- `{key}`:" in text
   # the views of one run: MeRGAN's oracle and its replay classifier are separate lines
   assert all(v.protocol in pt.PROTOCOLS for row in pt.ROWS for v in row.views)
+
+
+def test_a_split_run_fills_the_columns_of_classes_seen(tmp_path):
+  """RWalk's protocol has 5 tasks of 2 classes: the A_10 column (10 classes seen) is its fifth task's
+  A_t, and A_5 falls inside a task."""
+  root = str(tmp_path)
+  _write(pt.results_dir("cpu", 3, "mnist", "rwalk_s", root),
+         [([1.0, 0.9, 0.8, 0.7, 0.6 + 0.1 * i], {}) for i in range(3)], tasks=5,
+         config=pt.config_of(pt.RWALK_S, "mnist", "cpu", 3).to_dict())
+  lines = pt.table("cpu", 3, root, available=_available).splitlines()
+  line = next(x for x in lines if x.startswith("| gmcl `rwalk_s` ("))
+  assert "| single_head_2 | n/a | 70.00 ± 10.00 | n/a | needs data |" in line
+  assert "`experiments/configs/rwalk.py:dataset=mnist,protocol=split,cpu --config.episodic.per_class=10`" \
+      in "\n".join(lines)
 
 
 def test_a_run_recorded_with_another_config_is_marked_stale_naming_the_keys(tmp_path):

@@ -207,7 +207,8 @@ ADDED_KEYS = {"model.conv_plan": "native", "train.xla_cpu_fusions": "xla", "num_
               "eval.reverse_every_task": False, "eval.reverse_steps": 2000,
               "eval.reverse_samples_per_class": 6000, "eval.validation_fraction": 0.0,
               "eval.validation_every_steps": 0, "eval.oracle": "", "eval.oracle_hidden": (512, 256, 128),
-              "eval.oracle_steps": 2000, "eval.oracle_samples_per_class": 6400}
+              "eval.oracle_steps": 2000, "eval.oracle_samples_per_class": 6400,
+              "dgr.replay_source": "generator"}  # in the dgr section of dgr, ogm and lsa
 
 
 def reverse_architectures(config) -> list[str]:

@@ -645,8 +645,8 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
         state = each_seed(lambda s, t=t: method.begin_task(s, t, seq.active_mask(t)), state, group)
         pos.update(task=t, phase=0, step=0, begun=True)
         record["metrics"] = [{} for _ in group]
-      x, y = training_examples(data, seq, t, cumulative, config.data.train_limit)
-      arrays = task_arrays(x, y, capacity)
+      x, y, start = training_examples(data, seq, t, cumulative, config.data.train_limit, with_start=True)
+      arrays = task_arrays(x, y, capacity, start=start if cumulative else None)
       phases = list(method.phases())
       bar = None
       if progress:

@@ -212,5 +212,5 @@ def test_sft_predictions_are_masked_to_seen_classes():
   assert set(np.asarray(jnp.argmax(logits, -1)).tolist()) <= {0, 1, 2}
   assert method.data_mode == "current"
   assert build_method("joint", _config(), SHAPE, 10).data_mode == "cumulative"
-  with pytest.raises(ValueError, match=r"config.method='ewc' is invalid; valid: \['dgm', 'dgr'"):
-    build_method("ewc", _config(), SHAPE, 10)
+  with pytest.raises(ValueError, match=r"config.method='agem' is invalid; valid: \['dgm', 'dgr'"):
+    build_method("agem", _config(), SHAPE, 10)

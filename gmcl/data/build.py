@@ -98,10 +98,14 @@ def task_sizes(data: Data, sequence: TaskSequence, limit: int) -> list[int]:
 
 
 def training_examples(data: Data, sequence: TaskSequence, t: int, cumulative: bool,
-                      limit: int = 0):
-  """Task t's training examples (or tasks 0..t's, for joint training), each task cut to ``limit``."""
+                      limit: int = 0, with_start: bool = False):
+  """Task t's training examples (or tasks 0..t's in task order, for joint training), each task cut
+  to ``limit``; with ``with_start`` also the row where task t's begin."""
   parts = [task_examples(data.x_train, data.y_train, sequence, i)
            for i in (range(t + 1) if cumulative else (t,))]
   if limit:
     parts = [(x[:limit], y[:limit]) for x, y in parts]
-  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+  x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+  if with_start:
+    return x, y, x.shape[0] - parts[-1][0].shape[0]
+  return x, y

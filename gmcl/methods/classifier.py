@@ -75,20 +75,26 @@ class ClassifierMethod(Method):
 
   # -- steps ---------------------------------------------------------------------------------
 
-  def replay_objective(self, params, state, real_losses: jax.Array, key) -> tuple[jax.Array, dict]:
-    """The solver objective given per-example losses on real data; DGR adds replay here."""
-    del params, state, key
+  def replay_objective(self, params, state, real_losses: jax.Array, key,
+                       data: TaskArrays) -> tuple[jax.Array, dict]:
+    """The solver objective given per-example losses on real data; DGR adds replay here (``data``:
+    the step's task arrays, for replay of earlier tasks' real rows)."""
+    del params, state, key, data
     return jnp.mean(real_losses), {}
+
+  def real_batch(self, data: TaskArrays, key) -> tuple[jax.Array, jax.Array]:
+    """The batch of real data a solver step trains on: uniform over the step's real rows."""
+    return self.sample_batch(data, key, self.batch_size)
 
   def solver_step(self, state, data: TaskArrays, key):
     """One optimiser step of the classifier on a sampled batch (plus replay, in subclasses)."""
     k_batch, k_replay = jax.random.split(key)
-    x, y = self.sample_batch(data, k_batch, self.batch_size)
+    x, y = self.real_batch(data, k_batch)
 
     def loss_fn(params):
       logits = self.classifier.apply({"params": params}, x)
       real = softmax_cross_entropy(logits=logits, labels=y, where=state.active)
-      loss, extra = self.replay_objective(params, state, real, k_replay)
+      loss, extra = self.replay_objective(params, state, real, k_replay, data)
       acc = jnp.mean(jnp.argmax(mask_logits(logits, state.active), -1) == y)
       return loss, dict(extra, solver_loss=loss, solver_real_loss=jnp.mean(real), train_acc=acc)
 

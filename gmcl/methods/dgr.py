@@ -15,6 +15,13 @@ steps per generator step, Adam(1e-4, 0.5, 0.9) for the GAN (the reference DGR co
 betas; WGAN-GP's Algorithm 1 uses beta1 = 0: set ``train.gan_b1 = 0.0``); the paper uses an
 unconditional generator, and ``config.model.conditional`` makes it an AC-GAN
 whose replay draws classes uniformly from those seen before.
+
+``config.dgr.replay_source`` chooses what the solver replays, through the same loss and the same
+C_{t-1} targets (the DGR paper's baselines, Fig. 3): ``"generator"`` (DGR: G_{t-1}'s samples),
+``"exact"`` (ER: real training images of earlier tasks, the ceiling of replay; the loop hands the
+method every task's data so far, and the real term samples the current task's rows only),
+``"noise"`` (uniform noise over the data's value range: distillation without a generator) or
+``"none"`` (no replay term: fine-tuning). Only ``"generator"`` trains the generator.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from ml_collections import config_dict
 
 from gmcl.checks import require
 from gmcl.config import check_image_generator
-from gmcl.data.sampling import TaskArrays
+from gmcl.data.sampling import TaskArrays, sample_current, sample_past
 from gmcl.losses.replay import dgr_solver_objective, replay_loss
 from gmcl.methods.base import ModelState, Phase
 from gmcl.methods.classifier import ClassifierMethod
@@ -64,7 +71,11 @@ def config_section() -> ml_collections.ConfigDict:
   s.replay_ratio = config_dict.FieldReference("balanced", field_type=object)
   s.targets = "hard"  # hard | soft
   s.temperature = 2.0
+  s.replay_source = "generator"  # generator (DGR) | exact (real past data) | noise | none
   return s
+
+
+REPLAY_SOURCES = ("generator", "exact", "noise", "none")
 
 
 def check_section(config) -> None:
@@ -73,6 +84,7 @@ def check_section(config) -> None:
   parse_replay_ratio(d.replay_ratio)
   require(d.targets in ("hard", "soft"), "dgr.targets", d.targets, "'hard' or 'soft'")
   require(d.temperature > 0, "dgr.temperature", d.temperature, "> 0")
+  require(d.replay_source in REPLAY_SOURCES, "dgr.replay_source", d.replay_source, str(list(REPLAY_SOURCES)))
 
 
 def check_config(config) -> None:
@@ -92,6 +104,10 @@ class DGR(ClassifierMethod):
     self.conditional = self.memory.conditional
     self.targets = config.dgr.targets
     self.temperature = config.dgr.temperature
+    self.source = config.dgr.replay_source
+    if self.source == "exact":  # every task's data so far; the real term samples the current task's
+      self.data_mode = "cumulative"
+    self.has_generator = self.source == "generator"
 
   # -- state ---------------------------------------------------------------------------------
 
@@ -112,18 +128,35 @@ class DGR(ClassifierMethod):
 
   def phases(self):
     tr = self.config.train
-    return (Phase("generator", tr.generator_steps, self.generator_step),
-            Phase("solver", tr.solver_steps, self.solver_step))
+    solver = Phase("solver", tr.solver_steps, self.solver_step)
+    if self.source != "generator":
+      return (solver,)
+    return (Phase("generator", tr.generator_steps, self.generator_step), solver)
 
   def sample(self, state, key, labels):
     return self.memory.sample(state.memory, key, labels)
 
   # -- solver --------------------------------------------------------------------------------
 
-  def replay_objective(self, params, state: DGRState, real_losses, key):
-    if state.frozen is None:  # first task: nothing to replay (static, so compiled separately)
+  def real_batch(self, data: TaskArrays, key):
+    """The current task's rows (with exact replay the data holds earlier tasks' too)."""
+    x, y = sample_current(data, key, self.batch_size)
+    return self.local(x), self.local(y)
+
+  def replay_inputs(self, state: DGRState, key, data: TaskArrays):
+    """The inputs x' the solver replays (``dgr.replay_source``), a global batch sliced per device."""
+    n = self.batch_size
+    if self.source == "generator":
+      return self.memory.replay_batch(state.frozen.memory, key, n)[0]
+    if self.source == "exact":
+      return self.local(sample_past(data, key, n)[0])
+    low, high = self.config.data.value_range  # noise
+    return self.local(jax.random.uniform(key, (n,) + self.image_shape, jnp.float32, low, high))
+
+  def replay_objective(self, params, state: DGRState, real_losses, key, data: TaskArrays):
+    if state.frozen is None or self.source == "none":  # nothing to replay (static)
       return jnp.mean(real_losses), {}
-    x_rep, _ = self.memory.replay_batch(state.frozen.memory, key, self.batch_size)
+    x_rep = self.replay_inputs(state, key, data)
     teacher = self.classifier.apply({"params": jax.lax.stop_gradient(state.frozen.solver_params)},
                                     x_rep)
     student = self.classifier.apply({"params": params}, x_rep)

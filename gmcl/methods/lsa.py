@@ -223,6 +223,8 @@ def check_config(config) -> None:
            ">= 1 with lsa.replay='generator' (0 would replay an untrained generator's noise)")
   check_parallel_mode(s.mode, config.parallel.mode)
   dgr_method.check_section(config)
+  require(config.dgr.replay_source == "generator", "dgr.replay_source", config.dgr.replay_source,
+          f"'generator' ({config.method} replays DGR's generative memory; the other sources are DGR's solver's)")
   if s.replay == "generator":
     check_image_generator(config)
 

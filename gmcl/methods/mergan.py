@@ -326,7 +326,8 @@ class MeRGAN(ClassifierMethod):
 
   # -- the replay classifier -----------------------------------------------------------------
 
-  def replay_objective(self, params, state: MeRGANState, real_losses, key):
+  def replay_objective(self, params, state: MeRGANState, real_losses, key, data=None):
+    del data
     if state.frozen is None:  # first task: no past class to replay (static)
       return jnp.mean(real_losses), {}
     k_z, = jax.random.split(key, 1)

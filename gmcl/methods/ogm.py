@@ -156,6 +156,8 @@ def check_config(config) -> None:
                      "ogm.variant='lookahead' or 'distill' with other classifiers.")
   check_parallel_mode(config.parallel.mode)
   dgr_method.check_section(config)
+  require(config.dgr.replay_source == "generator", "dgr.replay_source", config.dgr.replay_source,
+          f"'generator' ({config.method} replays DGR's generative memory; the other sources are DGR's solver's)")
   if o.memory == "generator":
     check_image_generator(config)
 

@@ -104,15 +104,15 @@ class Row:
 ORACLE = (("eval.oracle", "mlp"),)  # MeRGAN's protocol for generators other than MeRGAN's
 JOINT, DGR = Run("joint"), Run("dgr")
 DGR_COND = Run("dgr", tag="conditional", overrides=(("model.conditional", True),) + ORACLE)
-MERGAN_RA, MERGAN_JR = Run("mergan", "ra"), Run("mergan", "jr")
+MERGAN_RA, MERGAN_JR, MERGAN_EWC = Run("mergan", "ra"), Run("mergan", "jr"), Run("mergan", "ewc")
 DGMW, DGMA = Run("dgm", "dgmw", overrides=ORACLE), Run("dgm", "dgma", overrides=ORACLE)
 # The "-S" rows: RWalk's single-head protocol (5 tasks of 2 classes) with a small episodic memory,
 # and the same methods one class per task (the table's own protocol).
 EXEMPLARS = (("episodic.per_class", 10),)
 EWC_S, SI_S, RWALK_S = (Run(m, tag="s", overrides=EXEMPLARS, protocol="split") for m in ("ewc", "si", "rwalk"))
 EWC_S1, SI_S1, RWALK_S1 = (Run(m, tag="s_per_class", overrides=EXEMPLARS) for m in ("ewc", "si", "rwalk"))
-RUNS = {r.name: r for r in (JOINT, DGR, DGR_COND, MERGAN_RA, MERGAN_JR, DGMW, DGMA, EWC_S, SI_S, RWALK_S,
-                            EWC_S1, SI_S1, RWALK_S1)}
+RUNS = {r.name: r for r in (JOINT, DGR, DGR_COND, MERGAN_RA, MERGAN_JR, MERGAN_EWC, DGMW, DGMA, EWC_S, SI_S,
+                            RWALK_S, EWC_S1, SI_S1, RWALK_S1)}
 
 
 def _paper(mnist=(None, None), svhn=(None, None), cifar=(None, None), imagenet=(None, None)) -> dict:
@@ -134,7 +134,9 @@ ROWS = (
     Row("JT", _paper((97.66, 96.92), (85.30, 84.82)), "oracle", MERGAN_T1,
         (View(JOINT, "A", "real", "joint training of the classifier"),)),
     Row("EWC-M", _paper((70.62, 77.03), (39.84, 33.02)), "oracle", MERGAN_T1,
-        missing="not built yet (the baselines' issue)", note="EWC on the generator"),
+        (View(MERGAN_EWC, "A_oracle", "oracle", "EWC on MeRGAN's generator"),
+         View(MERGAN_EWC, "A", "real", "EWC on MeRGAN's generator, replay classifier")),
+        note="EWC on the generator"),
     Row("EWC-S", _paper((None, 79.7)), "single_head_2", RWALK_T, _single_head((EWC_S, EWC_S1), "EWC++")),
     Row("PI-S", _paper((None, 78.7)), "single_head_2", RWALK_T, _single_head((SI_S, SI_S1), "SI")),
     Row("RWalk-S", _paper((None, 82.5)), "single_head_2", RWALK_T, _single_head((RWALK_S, RWALK_S1), "RWalk")),

@@ -207,7 +207,7 @@ def test_bad_variant_is_named():
   from gmcl.config import validate_config
   c = _config("ra")
   c.mergan.variant = "xx"
-  with pytest.raises(ValueError, match=r"mergan.variant='xx'.*'sft', 'jr' or 'ra'"):
+  with pytest.raises(ValueError, match=r"mergan.variant='xx'.*'sft', 'jr', 'ra' or 'ewc'"):
     validate_config(c)
   with pytest.raises(ValueError, match=r"'variant' is for mergan, dgm, lgm, lsa, ogm only; 'dgr' has none"):
     from experiments.configs import dgr
@@ -269,3 +269,80 @@ def test_smoke_run_scores_both_protocols(mnist_data, tmp_path, variant):
   metrics = results["per_task"][1]["metrics"]
   assert ("gan/replay_alignment_loss" in metrics) == (variant == "ra")
   assert ("gan/generator_jr_loss" in metrics) == (variant == "jr")
+
+
+# -- EWC on the generator (MeRGAN's EWC row) -------------------------------------------------------
+
+def _ewc_method(**overrides):
+  return build_method("mergan", _config("ewc", mergan__ewc_fisher_samples=32, **overrides), SHAPE, 10)
+
+
+def test_ewc_fisher_is_the_mean_of_each_samples_squared_gradient():
+  """Each sample's gradient is taken through the whole batch (its batch norm couples them): the
+  Fisher is the mean of their squares, here against a loop over samples."""
+  method = _ewc_method()
+  assert [p.name for p in method.phases()] == ["gan", "fisher", "solver"]
+  assert method.phases()[1].num_steps == 2  # 32 samples in batches of 16
+  state = method.begin_task(method.init(jax.random.PRNGKey(0)), 0, np.arange(10) < 1)
+  data, key = _data(0), jax.random.PRNGKey(3)
+  new, _ = method.fisher_step(state, data, key)
+  from gmcl.data.sampling import sample_batch  # pylint: disable=import-outside-toplevel
+  from gmcl.losses.gan import auxiliary_classifier_loss, wasserstein_generator_loss  # pylint: disable=import-outside-toplevel
+  k_x, k_z = jax.random.split(key)
+  _, y = sample_batch(data, k_x, method.batch_size)
+  z = jax.random.normal(k_z, (method.batch_size, method.z_dim))
+  g = state.generator
+
+  def loss_of(params, n):
+    images, _ = method._generate(params, g.batch_stats, z, y)  # pylint: disable=protected-access
+    scores, logits = method.critic.apply({"params": state.critic.params}, images)
+    return (wasserstein_generator_loss(fake_scores=scores) + auxiliary_classifier_loss(logits=logits, labels=y))[n]
+
+  want = jax.tree.map(jnp.zeros_like, g.params)
+  for n in range(method.batch_size):
+    grad = jax.grad(loss_of)(g.params, n)
+    want = jax.tree.map(lambda a, b: a + b * b, want, grad)
+  for a, b in zip(jax.tree.leaves(new.ewc["task_fisher"]), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+  assert float(new.ewc["count"]) == method.batch_size
+  end = method.end_task(new)  # F = the mean; theta* = the generator; the estimate restarts
+  for a, b in zip(jax.tree.leaves(end.ewc["fisher"]), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b) / method.batch_size, rtol=1e-4, atol=1e-8)
+  for a, b in zip(jax.tree.leaves(end.ewc["anchor"]), jax.tree.leaves(g.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert float(end.ewc["count"]) == 0.0
+
+
+def test_ewc_penalty_enters_the_generator_loss_after_the_first_task():
+  method = _ewc_method(mergan__ewc_weight=2.0)
+  state = method.begin_task(method.init(jax.random.PRNGKey(0)), 0, np.arange(10) < 1)
+  _, m0 = method.gan_step(state, _data(0), jax.random.PRNGKey(1))
+  assert float(m0["ewc_penalty"]) == 0.0  # F = 0 before the first task ends
+  state, _ = run_chunk(method.fisher_step, state, _data(0), jax.random.PRNGKey(2), 0, 2)
+  state = method.begin_task(method.end_task(state), 1, np.arange(10) < 2)
+  moved = _perturb(state.generator.params, jax.random.PRNGKey(5), 0.01)
+  state = state.replace(generator=state.generator.replace(params=moved))
+  by_hand = sum(float(jnp.sum(f * (p - a) ** 2)) for f, p, a in zip(
+      jax.tree.leaves(state.ewc["fisher"]), jax.tree.leaves(moved), jax.tree.leaves(state.ewc["anchor"])))
+  np.testing.assert_allclose(float(method.ewc_penalty(moved, state.ewc)), 0.5 * 2.0 * by_hand, rtol=1e-5)
+  _, m1 = method.gan_step(state, _data(1), jax.random.PRNGKey(6))
+  np.testing.assert_allclose(float(m1["ewc_penalty"]), 0.5 * 2.0 * by_hand, rtol=1e-5)
+  assert float(m1["generator_loss"]) == pytest.approx(float(m1["generator_adv_loss"] + m1["ewc_penalty"]), rel=1e-5)
+
+
+def test_ewc_per_task_anchor_is_the_sum_of_separate_penalties():
+  method = _ewc_method(mergan__ewc_accumulate="per_task")
+  state = method.init(jax.random.PRNGKey(0))
+  thetas, fishers, ewc = [], [], state.ewc
+  for t in range(2):
+    theta = _perturb(state.generator.params, jax.random.PRNGKey(10 + t), 0.1)
+    f = jax.tree.map(jnp.abs, _perturb(jax.tree.map(jnp.zeros_like, theta), jax.random.PRNGKey(20 + t), 1.0))
+    ewc = method._consolidate(dict(ewc, task_fisher=f, count=jnp.ones(())), theta)  # pylint: disable=protected-access
+    thetas.append(theta)
+    fishers.append(f)
+  probe = _perturb(state.generator.params, jax.random.PRNGKey(30), 0.1)
+  got = jax.grad(lambda p: method.ewc_penalty(p, ewc))(probe)
+  separate = lambda p: sum(method.ewc_penalty(p, {"anchor": a, "fisher": f}) for a, f in zip(thetas, fishers))
+  want = jax.grad(separate)(probe)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))

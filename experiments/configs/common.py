@@ -3,7 +3,7 @@
 Arguments:
   dataset=NAME      mnist | fashion_mnist | svhn_cropped | cifar10
   protocol=NAME     per_class | split | permuted
-  variant=NAME      mergan: sft | jr | ra; dgm: dgmw | dgma; lgm: PROTECTION-ENCODER (ra-train, hat-bridge, ...);
+  variant=NAME      mergan: sft | jr | ra | ewc; dgm: dgmw | dgma; lgm: PROTECTION-ENCODER (ra-train, hat-bridge, ...);
                     lsa: sequential | parallel; ogm: lookahead | distill | project
   smoke             tiny models, a few steps and a data subset (tests, notebooks)
   paper             the paper's schedule and the official code's architecture, batch and optimiser
@@ -75,3 +75,4 @@ def apply_smoke(c) -> None:
     c.mergan.oracle_batch_size = 32
     c.mergan.oracle_samples_per_class = 16
     c.mergan.oracle_sample_batch = 16
+    c.mergan.ewc_fisher_samples = 32

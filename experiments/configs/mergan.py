@@ -4,8 +4,8 @@
   python -m experiments.main --config experiments/configs/mergan.py:dataset=mnist,variant=jr,cpu \
       --workdir runs/mergan_jr_cpu
 
-Arguments: ``variant=`` sft | jr | ra (default ra); ``dataset=`` mnist | svhn_cropped | ...;
-``cpu``, ``demo``, ``smoke`` (see experiments/configs/common.py).
+Arguments: ``variant=`` sft | jr | ra | ewc (default ra; ewc: MeRGAN's EWC baseline row);
+``dataset=`` mnist | svhn_cropped | ...; ``cpu``, ``demo``, ``smoke`` (see experiments/configs/common.py).
 
 Default: the official code's settings (gmcl/methods/mergan.py lists them): the
 DCGAN-style conditional generator with class-conditional batch norm and the

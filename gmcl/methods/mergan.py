@@ -13,7 +13,15 @@ it keeps old classes (``config.mergan.variant``):
   ``lambda * (1 / n_old) * sum_i 0.5 ||G_t(z_i, c_i) - G_{t-1}(z_i, c_i)||^2`` over a
   batch whose classes c_i are split evenly across the n_old past classes (the
   official code's ``RA_FACTOR * sum_c l2_loss / n_old``); only the generator is
-  snapshotted.
+  snapshotted;
+* ``ewc``, MeRGAN's "EWC" baseline (after Seff et al., 2017): no replay; the generator's loss
+  gains ``(lambda / 2) * sum_i F_i (theta_i - theta*_i)^2`` (``mergan.ewc_weight``, MeRGAN's
+  1e9). After each task's GAN iterations a ``fisher`` phase averages the squared per-sample
+  gradients of the generator's objective (its WGAN and AC-GAN terms, on samples of the task's
+  classes, each sample's gradient taken through the whole batch's batch norm) over
+  ``mergan.ewc_fisher_samples`` samples; F adds up over tasks and theta* is the latest
+  generator (``mergan.ewc_accumulate="online"``), or each task keeps its own penalty
+  (``"per_task"``: one quadratic with F = sum_t F_t and theta* = sum_t F_t theta*_t / F).
 
 The official settings (``experiments/configs/mergan.py``): 32x32 images in [-1, 1];
 generator z (128) -> linear -> 4x4x128 -> three 5x5 transposed convolutions
@@ -64,6 +72,7 @@ from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
 from gmcl.losses.gan import (auxiliary_classifier_loss, wasserstein_critic_loss,
                              wasserstein_generator_loss)
+from gmcl.losses import regularization as reg
 from gmcl.losses.mergan import balanced_labels, class_mean_weights, replay_alignment_loss
 from gmcl.losses.replay import dgr_solver_objective
 from gmcl.methods.base import ModelState, Phase, reset_optimizer
@@ -77,7 +86,7 @@ from gmcl.registry import MethodSpec
 from gmcl.models.classifiers import CLASSIFIERS as ORACLE_CLASSIFIERS
 from gmcl.parallel import Parallel
 
-VARIANTS = ("sft", "jr", "ra")
+VARIANTS = ("sft", "jr", "ra", "ewc")
 CLASSIFIERS = ("replay", "auxiliary")
 REPLAY_SOURCES = ("current", "previous")
 
@@ -98,6 +107,7 @@ class MeRGANState:
   active: jax.Array  # (K,) bool
   ratio: jax.Array  # () r, the weight of real data in the replay classifier's loss
   frozen: Optional[MeRGANSnapshot] = None
+  ewc: Optional[dict] = None  # variant ewc: the Fisher being estimated, F, theta* (None otherwise)
 
 
 def config_section() -> ml_collections.ConfigDict:
@@ -105,6 +115,9 @@ def config_section() -> ml_collections.ConfigDict:
   s = ml_collections.ConfigDict()
   s.variant = "ra"  # sft | jr (joint retraining with replay) | ra (replay alignment)
   s.ra_weight = 1e-3  # lambda of replay alignment (official: 1e-3 MNIST, 1e-2 SVHN)
+  s.ewc_weight = 1e9  # variant ewc: lambda (MeRGAN's setting for its EWC row)
+  s.ewc_fisher_samples = 256  # variant ewc: generated samples the Fisher averages over, per task
+  s.ewc_accumulate = "online"  # variant ewc: online (F summed, theta* latest) | per_task
   s.classifier = "replay"  # replay (separate classifier on real + generated) | auxiliary
   s.replay_source = "current"  # current (G_t) | previous (G_{t-1}): the replay classifier's
   s.critic_aux_on_fake = False  # official: the critic's AC-GAN loss on real data only
@@ -121,8 +134,13 @@ def config_section() -> ml_collections.ConfigDict:
 
 def check_config(config) -> None:
   mg = config.mergan
-  require(mg.variant in VARIANTS, "mergan.variant", mg.variant, "'sft', 'jr' or 'ra'")
+  require(mg.variant in VARIANTS, "mergan.variant", mg.variant, "'sft', 'jr', 'ra' or 'ewc'")
   require(mg.ra_weight >= 0, "mergan.ra_weight", mg.ra_weight, ">= 0")
+  require(mg.ewc_weight >= 0, "mergan.ewc_weight", mg.ewc_weight, ">= 0")
+  require(isinstance(mg.ewc_fisher_samples, int) and mg.ewc_fisher_samples >= 1, "mergan.ewc_fisher_samples",
+          mg.ewc_fisher_samples, "an integer >= 1")
+  require(mg.ewc_accumulate in ("online", "per_task"), "mergan.ewc_accumulate", mg.ewc_accumulate,
+          "'online' or 'per_task'")
   require(mg.classifier in CLASSIFIERS, "mergan.classifier", mg.classifier, "'replay' or 'auxiliary'")
   require(mg.replay_source in REPLAY_SOURCES, "mergan.replay_source", mg.replay_source,
           "'current' or 'previous'")
@@ -164,13 +182,18 @@ class MeRGAN(ClassifierMethod):
     g_vars = self.generator.init(k_g, jnp.zeros((2, self.z_dim)), jnp.zeros((2,), jnp.int32),
                                  train=False)
     c_params = self.critic.init(k_c, jnp.zeros((2,) + self.image_shape))["params"]
+    ewc = None
+    if self.variant == "ewc":
+      zeros = lambda: jax.tree.map(jnp.zeros_like, g_vars["params"])
+      ewc = {"task_fisher": zeros(), "count": jnp.zeros((), jnp.float32), "fisher": zeros(),
+             "anchor": jax.tree.map(jnp.copy, g_vars["params"]), "weighted_anchor": zeros()}
     return MeRGANState(
         generator=ModelState(params=g_vars["params"], opt_state=self.gan_tx.init(g_vars["params"]),
                              batch_stats=g_vars.get("batch_stats")),
         critic=ModelState(params=c_params, opt_state=self.gan_tx.init(c_params)),
         solver=self._init_solver(k_s),
         active=jnp.zeros((self.num_classes,), bool),
-        ratio=jnp.ones((), jnp.float32))
+        ratio=jnp.ones((), jnp.float32), ewc=ewc)
 
   def begin_task(self, state, task_index, active_classes):
     state = super().begin_task(state, task_index, active_classes)
@@ -183,13 +206,31 @@ class MeRGAN(ClassifierMethod):
   def end_task(self, state: MeRGANState) -> MeRGANState:
     """Snapshots G_t; it becomes G_{t-1} of the next task."""
     copy = lambda tree: jax.tree.map(jnp.copy, tree)
+    if state.ewc is not None:
+      state = state.replace(ewc=self._consolidate(state.ewc, state.generator.params))
     return state.replace(frozen=MeRGANSnapshot(
         generator_params=copy(state.generator.params),
         generator_batch_stats=copy(state.generator.batch_stats), active=jnp.copy(state.active)))
 
+  def _consolidate(self, ewc: dict, params) -> dict:
+    """EWC's F and theta* after a task (the module docstring)."""
+    task = jax.tree.map(lambda f: f / jnp.maximum(ewc["count"], 1.0), ewc["task_fisher"])
+    fisher = jax.tree.map(jnp.add, ewc["fisher"], task)
+    weighted = ewc["weighted_anchor"]
+    if self.mg.ewc_accumulate == "per_task":
+      weighted = jax.tree.map(lambda w, ft, p: w + ft * p, weighted, task, params)
+      anchor = jax.tree.map(lambda w, f, p: jnp.where(f > 0, w / jnp.where(f > 0, f, 1.0), p),
+                            weighted, fisher, params)
+    else:
+      anchor = jax.tree.map(jnp.copy, params)
+    return {"task_fisher": jax.tree.map(jnp.zeros_like, task), "count": jnp.zeros((), jnp.float32),
+            "fisher": fisher, "anchor": anchor, "weighted_anchor": weighted}
+
   def phases(self):
     tr = self.config.train
     out = [Phase("gan", tr.generator_steps, self.gan_step)]
+    if self.variant == "ewc":
+      out.append(Phase("fisher", -(-int(self.mg.ewc_fisher_samples) // self.batch_size), self.fisher_step))
     if self.mg.classifier == "replay":
       out.append(Phase("solver", tr.solver_steps, self.solver_step))
     return tuple(out)
@@ -300,6 +341,9 @@ class MeRGAN(ClassifierMethod):
       if ra:
         align = self._alignment_term(new, old, inv_n_old)
         loss, m["replay_alignment_loss"] = loss + align, align
+      if state.ewc is not None:
+        penalty = self.ewc_penalty(g_params, state.ewc)
+        loss, m["ewc_penalty"] = loss + penalty, penalty
       return loss, (new_stats, dict(m, generator_loss=loss))
 
     critic, generator, metrics = wgan_gp_iteration(
@@ -309,6 +353,32 @@ class MeRGAN(ClassifierMethod):
                         "update": generator_update_with(self.gan_tx)},
         reduce=self.cross_device_mean)
     return state.replace(generator=generator, critic=critic), metrics
+
+  def ewc_penalty(self, generator_params, ewc: dict) -> jax.Array:
+    """``(lambda / 2) * sum_i F_i (theta_i - theta*_i)^2`` (zero before the first task ends: F = 0)."""
+    return reg.quadratic_penalty(generator_params, ewc["anchor"], ewc["fisher"], 0.5 * self.mg.ewc_weight)
+
+  def fisher_step(self, state: MeRGANState, data: TaskArrays, key):
+    """One batch of the EWC Fisher: the squared gradient of each sample's generator objective
+    (WGAN + AC-GAN terms against the current critic; the batch's batch norm as in training)."""
+    k_x, k_z = jax.random.split(key)
+    _, y = self.sample_batch(data, k_x, self.batch_size)
+    z = self._z(k_z, self.batch_size)
+    g, critic_params = state.generator, state.critic.params
+
+    def per_sample(params):
+      images, _ = self._generate(params, g.batch_stats, z, y)
+      scores, logits = self.critic.apply({"params": critic_params}, images)
+      return wasserstein_generator_loss(fake_scores=scores) + auxiliary_classifier_loss(logits=logits, labels=y)
+
+    jacobian = jax.jacrev(per_sample)(g.params)  # each leaf (B, *shape): every sample's gradient
+    sq = self.cross_device_mean(jax.tree.map(lambda j: jnp.sum(jnp.square(j), axis=0), jacobian))
+    n = float(self.batch_size)
+    if self.parallel.mode == "pmap":  # the mean over devices of local sums: times devices
+      sq = jax.tree.map(lambda v: v * self.parallel.num_devices, sq)
+    ewc = dict(state.ewc, task_fisher=jax.tree.map(jnp.add, state.ewc["task_fisher"], sq),
+               count=state.ewc["count"] + n)
+    return state.replace(ewc=ewc), {"fisher_mean": sum(jnp.mean(v) for v in jax.tree.leaves(sq)) / n}
 
   def alignment_objective(self, generator_params, state: MeRGANState, key) -> jax.Array:
     """RA's term of the generator loss alone (for tests and analysis): lambda/n_old *
@@ -401,4 +471,6 @@ def make_mergan(config, image_shape, num_classes, parallel=Parallel()) -> MeRGAN
   return MeRGAN(config, image_shape, num_classes, parallel)
 
 
-SPEC = MethodSpec(make=make_mergan, sections=lambda: {"mergan": config_section()}, check=check_config)
+SPEC = MethodSpec(make=make_mergan, sections=lambda: {"mergan": config_section()}, check=check_config,
+                  added_keys={"mergan.ewc_weight": 1e9, "mergan.ewc_fisher_samples": 256,
+                              "mergan.ewc_accumulate": "online"})  # read by variant ewc only

@@ -111,8 +111,9 @@ DGMW, DGMA = Run("dgm", "dgmw", overrides=ORACLE), Run("dgm", "dgma", overrides=
 EXEMPLARS = (("episodic.per_class", 10),)
 EWC_S, SI_S, RWALK_S = (Run(m, tag="s", overrides=EXEMPLARS, protocol="split") for m in ("ewc", "si", "rwalk"))
 EWC_S1, SI_S1, RWALK_S1 = (Run(m, tag="s_per_class", overrides=EXEMPLARS) for m in ("ewc", "si", "rwalk"))
+ICARL_S, ICARL_S1 = Run("icarl", tag="s", protocol="split"), Run("icarl", tag="s_per_class")
 RUNS = {r.name: r for r in (JOINT, DGR, DGR_COND, MERGAN_RA, MERGAN_JR, MERGAN_EWC, DGMW, DGMA, EWC_S, SI_S,
-                            RWALK_S, EWC_S1, SI_S1, RWALK_S1)}
+                            RWALK_S, EWC_S1, SI_S1, RWALK_S1, ICARL_S, ICARL_S1)}
 
 
 def _paper(mnist=(None, None), svhn=(None, None), cifar=(None, None), imagenet=(None, None)) -> dict:
@@ -141,7 +142,9 @@ ROWS = (
     Row("PI-S", _paper((None, 78.7)), "single_head_2", RWALK_T, _single_head((SI_S, SI_S1), "SI")),
     Row("RWalk-S", _paper((None, 82.5)), "single_head_2", RWALK_T, _single_head((RWALK_S, RWALK_S1), "RWalk")),
     Row("iCaRL-S", _paper((None, 55.8), imagenet=(29.38, 28.98)), "single_head_2", ICARL_T,
-        missing="not built yet (the baselines' issue)"),
+        (View(ICARL_S, "A", "single_head_2", "100 herded exemplars in all, nearest mean"),
+         View(ICARL_S1, "A", "real", "100 herded exemplars in all, nearest mean, one class per task")),
+        note="ImageNet-50: 5 tasks of 10 classes"),
     Row("DGR", _paper((90.39, 85.40), (61.29, 47.28)), "oracle", MERGAN_T1,
         (View(DGR, "A", "real", "the solver"), View(DGR_COND, "A_oracle", "oracle", "conditional generator"),
          View(DGR_COND, "A", "real", "conditional generator, the solver"))),

@@ -29,6 +29,7 @@ METHODS = {
     "ewc": "gmcl.methods.regularization:EWC",
     "si": "gmcl.methods.regularization:SI",
     "rwalk": "gmcl.methods.regularization:RWALK",
+    "icarl": "gmcl.methods.icarl:SPEC",
 }
 
 

@@ -26,8 +26,8 @@ def test_method_configs_validate(module, args):
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: setattr(c, "method", "agem"),
-     r"config.method='agem'.*\['dgm', 'dgr', 'ewc', 'hat', 'joint', 'lgm', 'lsa', 'mergan', 'ogm', 'rwalk', 'sft', "
-     r"'si'\]"),
+     r"config.method='agem'.*\['dgm', 'dgr', 'ewc', 'hat', 'icarl', 'joint', 'lgm', 'lsa', 'mergan', 'ogm', "
+     r"'rwalk', 'sft', 'si'\]"),
     (lambda c: setattr(c.data, "dataset", "imagenet"), r"data.dataset='imagenet'.*mnist"),
     (lambda c: setattr(c.data, "protocol", "blurry"), r"data.protocol='blurry'.*per_class"),
     (lambda c: setattr(c.train, "n_critic", 0), r"train.n_critic=0.*>= 1"),

@@ -65,7 +65,7 @@ def test_table_puts_each_gmcl_line_under_its_paper_row_with_its_protocol(tmp_pat
          "30 min | AMD EPYC, 2 cores |" in text
   for row in pt.ROWS:  # every row of the seed's table, in its order, with a gmcl line or why not
     assert f"| **{row.label}**, paper{f' ({row.note})' if row.note else ''} | {row.protocol} |" in text
-  assert text.count("not built yet") == 1  # iCaRL-S
+  assert "not built yet" not in text  # every row has its gmcl runs
   for key in pt.PROTOCOLS:
     assert f"- `{key}`:" in text
   # the views of one run: MeRGAN's oracle and its replay classifier are separate lines

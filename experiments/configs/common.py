@@ -76,3 +76,21 @@ def apply_smoke(c) -> None:
     c.mergan.oracle_samples_per_class = 16
     c.mergan.oracle_sample_batch = 16
     c.mergan.ewc_fisher_samples = 32
+
+
+def regularized_config(method: str, arg: str | None):
+  """The config of an importance-regularised classifier (``ewc``, ``si``, ``rwalk``:
+  gmcl/methods/regularization.py). The classifier, optimiser and schedule are the library's
+  solver (MLP 400-400, Adam 1e-3, batch 64, 1000 steps per task), as for sft, joint and DGR's
+  solver, so that the rows of a table differ only by the method (the reference code trained its
+  MNIST models with SGD, batch 10, one epoch per task); each ``strength`` defaults to the
+  reference's MNIST value (EWC 10, PI 0.1, RWalk 1). ``demo``: 500 steps per task; ``smoke``:
+  tiny models (tests)."""
+  c, args = make_config(method, arg)
+  if args.get("demo"):
+    c.train.solver_steps = 500
+  if args.get("smoke"):
+    c.episodic.batch_size = 8
+    if method == "ewc":
+      c.ewc.fisher_samples = 32
+  return c

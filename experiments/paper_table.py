@@ -325,6 +325,7 @@ def run_missing(names, datasets, schedule: str, num_seeds: int, workdirs: str, r
   """Trains each (run, dataset) without results in ``root`` (one data load per data setting);
   returns the folders written."""
   from gmcl import loop  # pylint: disable=import-outside-toplevel
+  from gmcl.config import added_keys  # pylint: disable=import-outside-toplevel
   from gmcl.data import build  # pylint: disable=import-outside-toplevel
   load_data, cache, written = load_data or build.load_data, {}, []
   for d in datasets:
@@ -339,13 +340,21 @@ def run_missing(names, datasets, schedule: str, num_seeds: int, workdirs: str, r
       run = RUNS[name]
       config = config_of(run, d, schedule, num_seeds)
       workdir = os.path.join(workdirs, f"{schedule}_{num_seeds}seeds", d, name)
-      settings = build.data_settings(config)
-      if settings not in cache:
-        cache[settings] = load_data(config)
-      try:
-        loop.run(config, workdir, data=cache[settings], progress=False, log=log)
-      finally:
-        loop.release_compiled()
+      if loop._finished_run(workdir) is None:  # pylint: disable=protected-access
+        settings = build.data_settings(config)
+        if settings not in cache:
+          cache[settings] = load_data(config)
+        try:
+          loop.run(config, workdir, data=cache[settings], progress=False, log=log)
+        finally:
+          loop.release_compiled()
+      else:  # finished earlier (a copy of a sweep's run, or killed before recording): read, not rerun
+        differs = loop._config_differences(  # pylint: disable=protected-access
+            read_results(workdir).get("config", {}), config.to_dict(), added_keys(config.method))
+        if differs:
+          raise SystemExit(f"{workdir} holds a finished run of another config ({'; '.join(differs[:3])}); "
+                           "move it away or choose other --workdirs.")
+        log(f"{workdir}: finished earlier; recorded without training")
       copy_results(workdir, dest, overwrite)
       written.append(dest)
   return written

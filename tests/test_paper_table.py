@@ -150,6 +150,10 @@ def test_copy_results_refuses_to_replace_different_results(tmp_path):
   assert (dest / "results.json").read_text() == '{"A": [0.5]}'
 
 
+def _no_data(config):
+  raise AssertionError("a finished workdir's data were loaded")
+
+
 def test_run_missing_trains_records_and_then_reads(tmp_path, monkeypatch, mnist_data):
   """A smoke joint run with 2 seeds: recorded under results/, then read (not rerun), its cells
   the mean over its per-seed A."""
@@ -169,6 +173,23 @@ def test_run_missing_trains_records_and_then_reads(tmp_path, monkeypatch, mnist_
   assert pt.run_missing(["joint"], ["mnist"], "smoke", 2, workdirs, root, available=_available,
                         log=lambda *_: None, load_data=lambda c: mnist_data) == []
   assert len(calls) == 1
+  # the record lost, the finished workdir is recorded again without training (nor loading data)
+  recorded = open(os.path.join(written[0], "results.json")).read()
+  os.remove(os.path.join(written[0], "results.json"))
+  assert pt.run_missing(["joint"], ["mnist"], "smoke", 2, workdirs, root, available=_available,
+                        log=lambda *_: None, load_data=_no_data) == written
+  assert len(calls) == 1 and open(os.path.join(written[0], "results.json")).read() == recorded
+  # a finished run of another config in the workdir is refused, not recorded under this run's name
+  workdir = os.path.join(workdirs, "smoke_2seeds", "mnist", "joint")
+  res = json.load(open(os.path.join(workdir, "results.json")))
+  res["config"]["train"]["solver_steps"] += 1
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(res, f)
+  os.remove(os.path.join(written[0], "results.json"))
+  with pytest.raises(SystemExit, match="another config"):
+    pt.run_missing(["joint"], ["mnist"], "smoke", 2, workdirs, root, available=_available,
+                   log=lambda *_: None, load_data=_no_data)
+  assert not os.path.exists(os.path.join(written[0], "results.json")) and len(calls) == 1
 
 
 def test_runs_with_overrides_have_their_own_folder_config_and_command():

@@ -15,8 +15,9 @@ this machine (or gmcl cannot load it yet) and no result is recorded.
 
 gmcl's figures are read from ``results/SCHEDULE_Sseeds/DATASET/RUN/results.json`` (the small
 results.json and timings.json of finished runs, committed; no checkpoints). ``--run`` trains the
-missing runs in ``--workdirs`` (resumable: an interrupted run continues from its checkpoints) and
-copies each finished run's two files there; an existing different copy is kept unless
+missing runs in ``--workdirs`` (resumable: an interrupted run continues from its checkpoints; a
+workdir that holds a finished run of the same config, such as a sweep's run moved there, is
+recorded without training) and copies each finished run's two files there; an existing different copy is kept unless
 ``--overwrite``. The schedule is the config argument (``cpu``: the 2-core CPU's; ``smoke``: tests).
 """
 

@@ -212,10 +212,7 @@ def stale(res: dict, run: Run, dataset: str, schedule: str, num_seeds: int) -> l
   """The keys in which a recorded run's config differs from the one its command gives today
   (keys added to gmcl since count as equal at the value that reproduces the older code)."""
   from gmcl import loop  # pylint: disable=import-outside-toplevel
-  from gmcl.config import added_keys  # pylint: disable=import-outside-toplevel
-  current = config_of(run, dataset, schedule, num_seeds)
-  return loop._config_differences(res.get("config", {}), current.to_dict(),  # pylint: disable=protected-access
-                                  added_keys(current.method))
+  return loop.config_differences(res.get("config", {}), config_of(run, dataset, schedule, num_seeds))
 
 
 def _default_available(dataset: str) -> bool:
@@ -326,7 +323,6 @@ def run_missing(names, datasets, schedule: str, num_seeds: int, workdirs: str, r
   """Trains each (run, dataset) without results in ``root`` (one data load per data setting);
   returns the folders written."""
   from gmcl import loop  # pylint: disable=import-outside-toplevel
-  from gmcl.config import added_keys  # pylint: disable=import-outside-toplevel
   from gmcl.data import build  # pylint: disable=import-outside-toplevel
   load_data, cache, written = load_data or build.load_data, {}, []
   for d in datasets:
@@ -341,7 +337,11 @@ def run_missing(names, datasets, schedule: str, num_seeds: int, workdirs: str, r
       run = RUNS[name]
       config = config_of(run, d, schedule, num_seeds)
       workdir = os.path.join(workdirs, f"{schedule}_{num_seeds}seeds", d, name)
-      if loop._finished_run(workdir) is None:  # pylint: disable=protected-access
+      try:
+        finished = loop.finished_run_of(config, workdir)
+      except ValueError as e:
+        raise SystemExit(f"{e} Move it away or choose other --workdirs.") from None
+      if finished is None:
         settings = build.data_settings(config)
         if settings not in cache:
           cache[settings] = load_data(config)
@@ -350,11 +350,6 @@ def run_missing(names, datasets, schedule: str, num_seeds: int, workdirs: str, r
         finally:
           loop.release_compiled()
       else:  # finished earlier (a copy of a sweep's run, or killed before recording): read, not rerun
-        differs = loop._config_differences(  # pylint: disable=protected-access
-            read_results(workdir).get("config", {}), config.to_dict(), added_keys(config.method))
-        if differs:
-          raise SystemExit(f"{workdir} holds a finished run of another config ({'; '.join(differs[:3])}); "
-                           "move it away or choose other --workdirs.")
         log(f"{workdir}: finished earlier; recorded without training")
       copy_results(workdir, dest, overwrite)
       written.append(dest)

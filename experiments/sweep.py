@@ -141,7 +141,7 @@ def define_flags():
 def main(argv):
   del argv
   from gmcl import loop  # pylint: disable=import-outside-toplevel
-  from gmcl.config import added_keys, sequence_length  # pylint: disable=import-outside-toplevel
+  from gmcl.config import sequence_length  # pylint: disable=import-outside-toplevel
   from gmcl.data.build import data_settings, load_data  # pylint: disable=import-outside-toplevel
   grid = [parse_assignment(g, many=True) for g in FLAGS.grid]
   fixed = [parse_assignment(s, many=False) for s in FLAGS.set]
@@ -175,9 +175,8 @@ def main(argv):
       finally:
         loop.release_compiled()
     res = paper_table.read_results(folder)
-    if res is not None:  # a finished run in this folder must be this point's, not another sweep's
-      differs = loop._config_differences(res.get("config", {}), config.to_dict(),  # pylint: disable=protected-access
-                                         added_keys(config.method))
+    if res is not None:  # a run in this folder must be this point's, not another sweep's
+      differs = loop.config_differences(res.get("config", {}), config)
       if differs:
         raise SystemExit(f"{folder} holds a run of another config ({'; '.join(differs[:3])}); "
                          "use another --out for this sweep.")

@@ -284,6 +284,31 @@ def _config_differences(saved: dict, current: dict, added: dict, prefix="") -> l
   return out
 
 
+def config_differences(saved: dict, config) -> list[str]:
+  """What differs between a recorded run's config (``saved``, a results.json's or a checkpoint's
+  ``config``) and ``config``, one line per key; keys added to gmcl since the record count as
+  equal at the value that reproduces the code it was written with. Empty: the same run."""
+  return _config_differences(saved, config.to_dict(), added_keys(config.method))
+
+
+def finished_run_of(config, workdir: str) -> Optional[dict]:
+  """The results of a finished run of ``config`` in ``workdir``, or None when it holds none.
+
+  Raises:
+    ValueError: ``workdir`` holds a finished run of another config (the message names the keys).
+  """
+  if _finished_run(workdir) is None:
+    return None
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  differs = config_differences(results.get("config", {}), config)
+  if differs:
+    raise ValueError(f"{workdir} holds a finished run of another config ("
+                     + "; ".join(differs[:3]) + (f"; and {len(differs) - 3} more" if len(differs) > 3 else "")
+                     + ").")
+  return results
+
+
 def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = True,
         log: Callable[[str], None] = print, resume: bool = True, overwrite: bool = False,
         stop_after_steps: Optional[int] = None) -> dict:

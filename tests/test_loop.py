@@ -125,6 +125,23 @@ def test_resume_config_check_names_differences_and_accepts_neutral_added_keys():
   assert diff(saved, other) == ["model.width: None in the checkpoint, 3 now"]
 
 
+def test_finished_run_of_reads_only_a_finished_run_of_the_same_config(tmp_path):
+  """The check the paper table and the sweep make before recording a workdir without training."""
+  c = sft.get_config("smoke")
+  path = tmp_path / "results.json"
+  assert loop.finished_run_of(c, str(tmp_path)) is None  # no results at all
+  record = {"config": c.to_dict(), "tasks": [[0], [1]], "completed_tasks": 1, "A": [0.9]}
+  path.write_text(json.dumps(record))
+  assert loop.finished_run_of(c, str(tmp_path)) is None  # killed after one task of two
+  record["completed_tasks"] = 2
+  path.write_text(json.dumps(record))
+  assert loop.finished_run_of(c, str(tmp_path))["A"] == [0.9]
+  other = sft.get_config("smoke")
+  other.train.batch_size += 1
+  with pytest.raises(ValueError, match=r"another config \(train\.batch_size: "):
+    loop.finished_run_of(other, str(tmp_path))
+
+
 def test_reverse_accuracy_after_the_last_task_of_each_seed(mnist_data, tmp_path):
   """eval.reverse: A_reverse_mlp is measured after the last task only (None before), per seed,
   and averaged at the top like any score; the unconditional DGR labels its samples with its solver."""

@@ -124,6 +124,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.oracle_hidden = (512, 256, 128)
   c.eval.oracle_steps = 2000
   c.eval.oracle_samples_per_class = 6400
+  # The seed of the oracle classifiers' training (eval.oracle's and MeRGAN's). -1: config.seed, the
+  # first seed. A fixed value lets seeds run as separate single-seed runs (one per machine or
+  # session) be scored by one oracle, so that experiments.merge_seeds joins them into exactly what
+  # one multi-seed run from that seed writes.
+  c.eval.oracle_seed = -1
   return c
 
 
@@ -208,7 +213,13 @@ ADDED_KEYS = {"model.conv_plan": "native", "train.xla_cpu_fusions": "xla", "num_
               "eval.reverse_samples_per_class": 6000, "eval.validation_fraction": 0.0,
               "eval.validation_every_steps": 0, "eval.oracle": "", "eval.oracle_hidden": (512, 256, 128),
               "eval.oracle_steps": 2000, "eval.oracle_samples_per_class": 6400,
-              "dgr.replay_source": "generator"}  # in the dgr section of dgr, ogm and lsa
+              "eval.oracle_seed": -1, "dgr.replay_source": "generator"}  # in the dgr section of dgr, ogm and lsa
+
+
+def oracle_seed(config) -> int:
+  """The seed the oracle classifiers train with: ``eval.oracle_seed``, or ``config.seed`` at -1."""
+  fixed = int(config.eval.get("oracle_seed", -1))
+  return int(config.seed) if fixed == -1 else fixed
 
 
 def reverse_architectures(config) -> list[str]:
@@ -294,6 +305,9 @@ def validate_config(config) -> None:
   require(e.oracle in ("", "mlp", "cnn"), "eval.oracle", e.oracle, '"" (off), "mlp" or "cnn"')
   for key in ("oracle_steps", "oracle_samples_per_class"):
     require(isinstance(e[key], int) and e[key] >= 1, f"eval.{key}", e[key], "an integer >= 1")
+  seed = e.get("oracle_seed", -1)
+  require(isinstance(seed, int) and not isinstance(seed, bool) and seed >= -1, "eval.oracle_seed", seed,
+          "-1 (config.seed) or a seed >= 0")
   require(isinstance(e.validation_fraction, (int, float)) and 0.0 <= e.validation_fraction < 1.0,
           "eval.validation_fraction", e.validation_fraction, "0.0 (off) or a share in (0, 1)")
   require(isinstance(e.validation_every_steps, int) and e.validation_every_steps >= 0,

@@ -13,16 +13,17 @@ import json
 import os
 import shutil
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from gmcl import evaluation, xla
 from gmcl import seeds as seeds_lib
 from gmcl.checkpoint import IncompatibleCheckpoint, RunCheckpointer
-from gmcl.config import added_keys, reverse_architectures, validate_config
+from gmcl.config import added_keys, oracle_seed, reverse_architectures, validate_config
 from gmcl.data.build import (Data, build_sequence, data_settings, hold_out, load_data, task_sizes,
                              training_examples)
 from gmcl.data.sampling import task_arrays
@@ -128,6 +129,11 @@ def _seed_payload(seed: int, rec: dict) -> dict:
 
 
 def _results_payload(config, seq, record, scenario=None) -> dict:
+  """:func:`results_payload` of a run's task sequence ``seq``."""
+  return results_payload(config, [list(task.classes) for task in seq], scenario or seq.scenario, record)
+
+
+def results_payload(config, tasks: list, scenario: str, record: dict) -> dict:
   """results.json: ``per_seed`` (one single-seed payload per seed) and, at the top, the mean over
   seeds of A_t, the accuracy matrix, forgetting, backward transfer and every float score, with
   the sample standard deviation beside each (``A_std``, ...; 0.0 for one seed), over the tasks
@@ -135,15 +141,16 @@ def _results_payload(config, seq, record, scenario=None) -> dict:
   measured) or dicts of numbers (per class) are averaged entry by entry; others (structured
   records) appear at the top for one seed, and per seed only for several. The top-level
   forgetting and backward transfer are the means of each seed's (not recomputed from the mean
-  accuracy matrix, whose maxima differ)."""
+  accuracy matrix, whose maxima differ). ``record["seeds"]`` holds one record per seed of
+  :func:`gmcl.seeds.seed_list` (``A``, ``R``, ``per_task``, ``scores``)."""
   seeds = seeds_lib.seed_list(config)
   per_seed = [_seed_payload(s, rec) for s, rec in zip(seeds, record["seeds"])]
   t = min(p["completed_tasks"] for p in per_seed)
   A, A_std = seeds_lib.mean_std_series([p["A"][:t] for p in per_seed])
   out = {
       "method": config.method, "dataset": config.data.dataset,
-      "protocol": config.data.protocol, "scenario": scenario or seq.scenario, "seed": config.seed,
-      "seeds": seeds, "tasks": [list(task.classes) for task in seq],
+      "protocol": config.data.protocol, "scenario": scenario, "seed": config.seed,
+      "seeds": seeds, "tasks": [list(classes) for classes in tasks],
       "A": A, "A_std": A_std,
       "accuracy_matrix": seeds_lib.mean_matrix([p["accuracy_matrix"][:t] for p in per_seed]),
       "completed_tasks": t, "config": config.to_dict(), "per_seed": per_seed,
@@ -172,6 +179,74 @@ def _results_payload(config, seq, record, scenario=None) -> dict:
                             "metrics": {n: seeds_lib.mean_std([e["metrics"][n] for e in entries])[0]
                                         for n in names}})
   return out
+
+
+def _uses_oracle(config: dict) -> bool:
+  return bool(config.get("eval", {}).get("oracle")) or bool(config.get("mergan", {}).get("oracle"))
+
+
+def merge_seed_results(runs: Sequence[dict]) -> dict:
+  """One results.json of the seeds of several finished runs of one config (each a single-seed or
+  a multi-seed run's results.json): what a run of all those seeds at once writes. Seeds that run
+  one after another (DGM's growth) give it exactly; stacked seeds up to float rounding, as a
+  stacked seed against its single-seed run.
+
+  Raises:
+    ValueError: a run is unfinished; the configs differ in another key than ``seed`` and
+      ``num_seeds`` (``checkpoint`` aside); a seed comes twice; the seeds are not consecutive;
+      or the runs' oracles (when they score with one) trained with different seeds.
+  """
+  if not runs:
+    raise ValueError("merge_seed_results: no runs given.")
+  for i, res in enumerate(runs):
+    if res.get("completed_tasks") != len(res.get("tasks", [])) or not res.get("tasks"):
+      raise ValueError(f"run {i} is unfinished ({res.get('completed_tasks')} of {len(res.get('tasks', []))} "
+                       "tasks): merge finished runs only.")
+  configs = [res["config"] for res in runs]
+  def neutral(c):  # the keys that must agree (the oracle's seed is compared as the seed it means)
+    out = {k: v for k, v in c.items() if k not in ("seed", "num_seeds", "checkpoint")}
+    out["eval"] = {k: v for k, v in c.get("eval", {}).items() if k != "oracle_seed"}
+    return out
+  for i, c in enumerate(configs[1:], 1):
+    differs = _config_differences(neutral(configs[0]), neutral(c), {}, labels=("in run 0", f"in run {i}"))
+    if differs:
+      raise ValueError(f"run {i} has another config than run 0 (" + "; ".join(differs[:3])
+                       + "): only seed and num_seeds may differ.")
+  seeds = [s for res in runs for s in res["seeds"]]
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"the runs' seeds {seeds} repeat a seed.")
+  order = sorted(range(len(seeds)), key=seeds.__getitem__)
+  first = seeds[order[0]]
+  if sorted(seeds) != list(range(first, first + len(seeds))):
+    raise ValueError(f"the runs' seeds {sorted(seeds)} are not consecutive: a merged run is seeds "
+                     "seed, seed+1, ..., seed+num_seeds-1.")
+  config_dict = json.loads(json.dumps(next(r["config"] for r in runs if first in r["seeds"])))
+  if _uses_oracle(config_dict):
+    fixed = lambda c: c["seed"] if c.get("eval", {}).get("oracle_seed", -1) == -1 else c["eval"]["oracle_seed"]
+    judges = sorted({fixed(c) for c in configs})
+    if len(judges) > 1:
+      raise ValueError(f"the runs' oracles trained with seeds {judges}: the merged scores would come from "
+                       f"different oracles. Run each seed with --config.eval.oracle_seed={first}.")
+    if judges[0] == first and "oracle_seed" in config_dict.get("eval", {}):
+      config_dict["eval"]["oracle_seed"] = -1  # what one run from the first seed uses
+  config_dict["seed"], config_dict["num_seeds"] = first, len(seeds)
+  payloads = [p for res in runs for p in res["per_seed"]]
+  record = {"seeds": [{"A": p["A"], "R": p["accuracy_matrix"], "per_task": p["per_task"], "scores": p["scores"]}
+                      for p in (payloads[i] for i in order)]}
+  config = ml_collections.ConfigDict(config_dict)
+  return results_payload(config, runs[0]["tasks"], runs[0]["scenario"], record)
+
+
+def merge_timings(timings: Sequence[dict]) -> dict:
+  """timings.json of merged runs: the wall times summed, the tasks' timings of every run, and the
+  machines (one, or each different one, "; "-joined)."""
+  machines = sorted({t.get("machine", "machine not recorded") for t in timings})
+  return {"backend": "; ".join(sorted({t.get("backend", "?") for t in timings})),
+          "devices": sorted({d for t in timings for d in t.get("devices", [])}),
+          "machine": "; ".join(machines),
+          "wall_seconds": sum(float(t.get("wall_seconds", 0.0)) for t in timings),
+          "per_task": [e for t in timings for e in t.get("per_task", [])],
+          "merged_from": len(timings)}
 
 
 def _seed_record() -> dict:
@@ -229,7 +304,7 @@ def _eval_oracle(config, method, data, log):
   d = config.data
   settings = oracle.OracleSettings(
       dataset=d.dataset, pad_to=int(d.pad_to), value_range=tuple(float(v) for v in d.value_range),
-      architecture=e.oracle, hidden=tuple(e.oracle_hidden), steps=int(e.oracle_steps), seed=int(config.seed),
+      architecture=e.oracle, hidden=tuple(e.oracle_hidden), steps=int(e.oracle_steps), seed=oracle_seed(config),
       data_fingerprint=oracle.fingerprint(data.x_train, data.y_train))
   return oracle.load_or_train(settings, data.x_train, data.y_train, data.x_test, data.y_test, data.num_classes,
                               log=log)
@@ -259,7 +334,8 @@ def check_sizes_fit(config) -> None:
                        "of memory one device has here.")
 
 
-def _config_differences(saved: dict, current: dict, added: dict, prefix="") -> list[str]:
+def _config_differences(saved: dict, current: dict, added: dict, prefix="",
+                        labels=("in the checkpoint", "now")) -> list[str]:
   """What differs between a checkpoint's config and the current one, key by key. ``added`` holds
   keys added to gmcl since (:func:`gmcl.config.added_keys`): absent from a checkpoint, they
   match when they have the value that reproduces the code it was written with."""
@@ -278,9 +354,9 @@ def _config_differences(saved: dict, current: dict, added: dict, prefix="") -> l
                    f"--config.{name}={added[name]} reproduces the code it was written with), "
                    f"{b!r} now")
     elif isinstance(a, dict) and isinstance(b, dict):
-      out += _config_differences(a, b, added, f"{name}.")
+      out += _config_differences(a, b, added, f"{name}.", labels)
     elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
-      out.append(f"{name}: {a!r} in the checkpoint, {b!r} now")
+      out.append(f"{name}: {a!r} {labels[0]}, {b!r} {labels[1]}")
   return out
 
 

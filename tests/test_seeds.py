@@ -157,6 +157,11 @@ def test_seeds_one_after_another_equal_their_single_seed_runs_exactly(mnist_data
   for s, alone in enumerate(single_seed_runs):
     assert whole["per_seed"][s]["seed"] == s
     assert json.dumps(whole["per_seed"][s], sort_keys=True) == json.dumps(alone["per_seed"][0], sort_keys=True)
+  # Seeds run apart and merged (experiments.merge_seeds) are the run of both, to the bit.
+  merged = loop.merge_seed_results(single_seed_runs[::-1])
+  assert merged["config"]["checkpoint"] != whole["config"]["checkpoint"]  # (ignored when merging)
+  merged["config"]["checkpoint"] = whole["config"]["checkpoint"]
+  assert json.dumps(merged, sort_keys=True) == json.dumps(whole, sort_keys=True)
   steps = 2 * 30  # per seed
   for stop in (25, steps, steps + 35):  # inside seed 0, at its end, inside seed 1's second task
     workdir = tmp_path / f"stop{stop}"

@@ -66,7 +66,7 @@ import ml_collections
 
 from gmcl import evaluation, xla
 from gmcl.checks import require
-from gmcl.config import check_image_generator
+from gmcl.config import check_image_generator, oracle_seed
 from gmcl.evaluation import oracle
 from gmcl.data.sampling import TaskArrays
 from gmcl.losses.classification import mask_logits, softmax_cross_entropy
@@ -433,7 +433,7 @@ class MeRGAN(ClassifierMethod):
         dataset=d.dataset, pad_to=int(d.pad_to), value_range=tuple(float(v) for v in d.value_range),
         architecture=self.mg.oracle_classifier, hidden=tuple(self.mg.oracle_hidden),
         steps=int(self.mg.oracle_steps),
-        batch_size=int(self.mg.oracle_batch_size), seed=int(self.config.seed),
+        batch_size=int(self.mg.oracle_batch_size), seed=oracle_seed(self.config),
         data_fingerprint=oracle.fingerprint(data.x_train, data.y_train))
     self.oracle = oracle.load_or_train(settings, data.x_train, data.y_train, data.x_test,
                                        data.y_test, self.num_classes,

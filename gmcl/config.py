@@ -98,6 +98,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.every_steps = 1000  # also at every task boundary; 0: only there
   c.checkpoint.keep = 2  # newest checkpoints kept (orbax LatestN preservation policy)
 
+  # Training curves (gmcl.runlog): every phase's step metrics averaged over each interval of
+  # every_steps steps, A_t and the scores after each task, the sample grids and the config, as
+  # TensorBoard events (tensorboard) and a CSV (csv) in WORKDIR/logs. 0 = off.
+  c.log = ml_collections.ConfigDict()
+  c.log.every_steps = 100
+  c.log.tensorboard = True
+  c.log.csv = True
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 1000
   c.eval.samples_per_class = 10  # columns of the sample grid
@@ -341,6 +348,12 @@ def validate_config(config) -> None:
            "'none', 'jit' or 'pmap'")
   require(config.parallel.num_devices >= 0, "parallel.num_devices", config.parallel.num_devices,
            ">= 0 (0: every local device)")
+  lg = config.get("log")
+  if lg is not None:
+    require(isinstance(lg.every_steps, int) and not isinstance(lg.every_steps, bool) and lg.every_steps >= 0,
+            "log.every_steps", lg.every_steps, "0 (off) or an integer >= 1")
+    for key in ("tensorboard", "csv"):
+      require(isinstance(lg[key], bool), f"log.{key}", lg[key], "True or False")
   require(config.checkpoint.every_steps >= 0, "checkpoint.every_steps",
            config.checkpoint.every_steps, ">= 0 (0: only at task boundaries)")
   require(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, ">= 1")

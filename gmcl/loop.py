@@ -32,6 +32,7 @@ from gmcl.methods import build_method
 from gmcl.methods.base import (RunContext, clear_compiled_chunks, resolve_chunk_mode, resolve_seed_axis,
                                run_chunk, step_key)
 from gmcl.parallel import Parallel, make_parallel
+from gmcl.runlog import RunLog
 from gmcl.workdir import WorkdirLock
 
 
@@ -204,7 +205,7 @@ def merge_seed_results(runs: Sequence[dict]) -> dict:
                        "tasks): merge finished runs only.")
   configs = [res["config"] for res in runs]
   def neutral(c):  # the keys that must agree (the oracle's seed is compared as the seed it means)
-    out = {k: v for k, v in c.items() if k not in ("seed", "num_seeds", "checkpoint")}
+    out = {k: v for k, v in c.items() if k not in ("seed", "num_seeds", "checkpoint", "log")}
     out["eval"] = {k: v for k, v in c.get("eval", {}).items() if k != "oracle_seed"}
     return out
   for i, c in enumerate(configs[1:], 1):
@@ -342,8 +343,8 @@ def _config_differences(saved: dict, current: dict, added: dict, prefix="",
   keys = sorted(set(saved) | set(current))
   out = []
   for k in keys:
-    if prefix == "" and k == "checkpoint":
-      continue  # checkpoint settings may change between a run and its resumption
+    if prefix == "" and k in ("checkpoint", "log"):
+      continue  # checkpoint and log settings may change between a run and its resumption
     if prefix == "" and k not in current and isinstance(saved.get(k), dict):
       continue  # another method's section: checkpoints written before method sections hold all
     a, b = saved.get(k), current.get(k)
@@ -460,6 +461,8 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
   init_keys, train_keys, sample_keys = zip(*(jax.random.split(k, 3) for k in run_keys))
   record = {"seeds": [_seed_record() for _ in seeds], "metrics": [{} for _ in groups[0]],
             "timings": [], "seconds": 0.0}
+  runlog = RunLog(workdir, seeds, groups, int(config.log.every_steps), tensorboard=bool(config.log.tensorboard),
+                  write_csv=bool(config.log.csv), log=log, writer=jax.process_index() == 0)
   fusions = t_cfg.xla_cpu_fusions
   predict = xla.jit(method.predict, fusions=fusions)
   predict_task = xla.jit(method.predict_task, fusions=fusions)
@@ -521,8 +524,9 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
     return {"A_best_validation": best["test"], "A_validation": best["validation"],
             "best_validation_step": best["step"]}
 
-  def record_task(t, group, state, metrics, train_time):
-    """Scores each seed's state after task t, records it, writes results.json and timings.json."""
+  def record_task(t, group, state, metrics, train_time, log_step=None):
+    """Scores each seed's state after task t, records it, writes results.json and timings.json
+    (and the scores to the logs, at ``log_step`` or the global step)."""
     task = seq[t]
     for j, (i, s_state) in enumerate(seed_states(state, group)):
       rec = record["seeds"][i]
@@ -546,6 +550,7 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
         rec.setdefault("scores", {}).setdefault(name, []).append(value)
       rec["per_task"].append({"task": t + 1, "classes": list(task.classes), "A": scores["A"],
                               "metrics": dict(metrics[j])})
+      grid = None
       if config.eval.save_samples and i == 0:  # the grids show the first seed
         grid = sample_grid(method, s_state, jax.random.fold_in(sample_keys[i], t), seq.seen_classes(t),
                            config.eval.samples_per_class, lambda xb, s_state=s_state: predict(s_state, xb),
@@ -553,6 +558,9 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
         if grid is not None and jax.process_index() == 0:
           save_grid(grid, os.path.join(workdir, f"samples_task{t + 1:02d}.png"),
                     tuple(config.data.value_range))
+      runlog.write_task(i, t + 1, pos["global_step"] if log_step is None else log_step,
+                        {"A": scores["A"], **{k: v for k, v in extra.items() if isinstance(v, float)}},
+                        grid, tuple(config.data.value_range))
       log(f"task {t + 1:2d}/{len(seq)} " + (f"seed {seeds[i]} " if several else "")
           + f"classes={list(task.classes)} A_{t + 1}={100 * scores['A']:.2f}% "
           + "".join(f"{k}={100 * v:.2f}% " for k, v in extra.items() if isinstance(v, float))
@@ -593,12 +601,16 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
     log(f"gmcl: method={config.method} dataset={config.data.dataset} protocol={config.data.protocol} "
         f"tasks={len(seq)} backend={jax.default_backend()} (the method's own driver)"
         + (f" seeds={seeds} (one after another)" if several else ""))
-    for i in range(len(seeds)):
-      if i:
-        outcomes = method.train_tasks(RunContext(config=config, data=data, sequence=seq,
-                                                 run_key=run_keys[i], log=log))
-      for t, outcome in enumerate(outcomes):
-        record_task(t, [i], outcome.state, [outcome.metrics], outcome.train_seconds)
+    runlog.open(config.to_dict())  # (scores per task only: the method's steps are its own)
+    try:
+      for i in range(len(seeds)):
+        if i:
+          outcomes = method.train_tasks(RunContext(config=config, data=data, sequence=seq,
+                                                   run_key=run_keys[i], log=log))
+        for t, outcome in enumerate(outcomes):
+          record_task(t, [i], outcome.state, [outcome.metrics], outcome.train_seconds, log_step=t + 1)
+    finally:
+      runlog.close()
     return summary()
 
   chunk_mode = resolve_chunk_mode(t_cfg.chunk_mode)
@@ -617,6 +629,7 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
   # group of seeds training (one group when they are stacked).
   pos = {"group": 0, "task": 0, "phase": 0, "step": 0, "global_step": 0, "begun": False}
   ckpt = RunCheckpointer(ckpt_dir, keep=c_cfg.keep) if c_cfg.enabled else None
+  resumed = False
   if ckpt is not None and ckpt.steps():
     if not resume:
       raise FileExistsError(f"{ckpt_dir} holds checkpoints {ckpt.steps()}; resume, or pass "
@@ -659,6 +672,7 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
           "deletes them, or restore them from a copy.")
     step, state, meta = restored
     pos, record = {"group": 0, **meta["position"]}, _upgrade_record(meta["record"])
+    resumed = True
     if pos["task"] >= len(seq) and pos["group"] == len(groups) - 1:
       # finished, but results.json is missing or unreadable
       if jax.process_index() == 0:
@@ -684,6 +698,7 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
       record["seconds"] += time.time() - clock[0]
       clock[0] = time.time()
       first = seeds_lib.take(state, 0) if stacked else state  # stacked seeds share their shapes
+      record["log"] = runlog.state()
       ckpt.save(pos["global_step"], state, {"position": dict(pos), "record": record,
                                             "config": config.to_dict(),
                                             "method": method.checkpoint_meta(first),
@@ -735,72 +750,81 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
       f"parallel={parallel.mode} x{parallel.num_devices}"
       + (f" seeds={seeds} ({how_seeds})" if several else ""))
 
-  for g in range(pos["group"], len(groups)):
-    group = groups[g]
-    if g != pos["group"]:  # the previous group of seeds has finished: the next one starts
-      pos.update(group=g, task=0, phase=0, step=0, begun=False)
-      state = init_group(g)
-    for t in range(pos["task"], len(seq)):
-      task_start = time.time()
-      if not pos["begun"]:
-        state = each_seed(lambda s, t=t: method.begin_task(s, t, seq.active_mask(t)), state, group)
-        pos.update(task=t, phase=0, step=0, begun=True)
-        record["metrics"] = [{} for _ in group]
-      x, y, start = training_examples(data, seq, t, cumulative, config.data.train_limit, with_start=True)
-      arrays = task_arrays(x, y, capacity, start=start if cumulative else None)
-      phases = list(method.phases())
-      bar = None
-      if progress:
-        from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-        bar = tqdm(total=sum(p.num_steps for p in phases), desc=f"task {t + 1}/{len(seq)}",
-                   leave=False, dynamic_ncols=True)
-        bar.update(sum(p.num_steps for p in phases[:pos["phase"]]) + pos["step"])
-      for p_index in range(pos["phase"], len(phases)):  # the index keys the phase, skipped or not
-        phase = phases[p_index]
-        phase_key = each_seed_list([step_key(train_keys[i], t, p_index) for i in group])
-        done = pos["step"]
-        axis = seed_axis if seed_axis != "stacked" or done >= phase.num_steps else \
-            resolve_seed_axis(t_cfg.seed_axis, phase.step, state, arrays, phase_key, parallel)
-        # model selection in the task's last phase: every validation_every_steps and at its end
-        selecting = validation is not None and p_index == len(phases) - 1
-        every_val = int(config.eval.validation_every_steps) if selecting else 0
-        while done < phase.num_steps:
-          k = min(t_cfg.chunk_steps, phase.num_steps - done)
-          if every_val:  # chunks end at the selection points
-            k = min(k, every_val - done % every_val)
-          state, metrics = run_chunk(phase.step, state, arrays, phase_key, done, k, chunk_mode,
-                                     parallel, fusions, axis)
-          done += k
-          steps_this_call += k
-          pos.update(step=done, global_step=pos["global_step"] + k)
-          if bar is not None:
-            bar.update(k)
-          if selecting and (done == phase.num_steps or (every_val and done % every_val == 0)):
-            select(t, group, state, done)  # before the checkpoint below, which keeps it
-          every = c_cfg.every_steps
-          if every and pos["global_step"] // every > (pos["global_step"] - k) // every \
-              and done < phase.num_steps:
-            check_finite(metrics, phase.name, group)  # never checkpoint a diverged state
-            save(state)
-          if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+  runlog.open(config.to_dict(), resume=record.get("log", {}) if resumed else None,
+              global_step=pos["global_step"], group=pos["group"])
+  try:
+    for g in range(pos["group"], len(groups)):
+      group = groups[g]
+      if g != pos["group"]:  # the previous group of seeds has finished: the next one starts
+        pos.update(group=g, task=0, phase=0, step=0, begun=False)
+        runlog.start_group(g, pos["global_step"])
+        state = init_group(g)
+      for t in range(pos["task"], len(seq)):
+        task_start = time.time()
+        if not pos["begun"]:
+          state = each_seed(lambda s, t=t: method.begin_task(s, t, seq.active_mask(t)), state, group)
+          pos.update(task=t, phase=0, step=0, begun=True)
+          record["metrics"] = [{} for _ in group]
+        x, y, start = training_examples(data, seq, t, cumulative, config.data.train_limit, with_start=True)
+        arrays = task_arrays(x, y, capacity, start=start if cumulative else None)
+        phases = list(method.phases())
+        bar = None
+        if progress:
+          from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+          bar = tqdm(total=sum(p.num_steps for p in phases), desc=f"task {t + 1}/{len(seq)}",
+                     leave=False, dynamic_ncols=True)
+          bar.update(sum(p.num_steps for p in phases[:pos["phase"]]) + pos["step"])
+        for p_index in range(pos["phase"], len(phases)):  # the index keys the phase, skipped or not
+          phase = phases[p_index]
+          phase_key = each_seed_list([step_key(train_keys[i], t, p_index) for i in group])
+          done = pos["step"]
+          axis = seed_axis if seed_axis != "stacked" or done >= phase.num_steps else \
+              resolve_seed_axis(t_cfg.seed_axis, phase.step, state, arrays, phase_key, parallel)
+          # model selection in the task's last phase: every validation_every_steps and at its end
+          selecting = validation is not None and p_index == len(phases) - 1
+          every_val = int(config.eval.validation_every_steps) if selecting else 0
+          while done < phase.num_steps:
+            k = min(t_cfg.chunk_steps, phase.num_steps - done)
+            if every_val:  # chunks end at the selection points
+              k = min(k, every_val - done % every_val)
+            state, metrics = run_chunk(phase.step, state, arrays, phase_key, done, k, chunk_mode,
+                                       parallel, fusions, axis)
+            done += k
+            steps_this_call += k
+            pos.update(step=done, global_step=pos["global_step"] + k)
+            runlog.add(metrics, k)
+            if runlog.due(done == phase.num_steps):  # before a checkpoint, which keeps an open interval
+              runlog.write_interval(group, stacked, t + 1, phase.name, pos["global_step"])
             if bar is not None:
-              bar.close()
-            raise RunInterrupted(f"stopped after {steps_this_call} steps (task {t + 1}, "
-                                 f"phase {phase.name}, step {done}).")
-        if phase.num_steps:
-          check_finite(metrics, phase.name, group)
-          for j, values in enumerate(host_metrics(metrics, group)):
-            record["metrics"][j].update({f"{phase.name}/{k}": v for k, v in values.items()})
-        pos.update(phase=p_index + 1, step=0)
-      if bar is not None:
-        bar.close()
-      state = each_seed(method.end_task, state, group)
-      if ckpt is not None:  # before results.json lists the task: a state that cannot be kept is not scored
-        check_finite_state(state)
-        ckpt.check_space(pos["global_step"], state, snapshot_id(g, t + 1))
-      record_task(t, group, state, record["metrics"], time.time() - task_start)
-      pos.update(task=t + 1, phase=0, step=0, begun=False)
-      save(state, checked=True)  # the task boundary: snapshots taken, scores written
+              bar.update(k)
+            if selecting and (done == phase.num_steps or (every_val and done % every_val == 0)):
+              select(t, group, state, done)  # before the checkpoint below, which keeps it
+            every = c_cfg.every_steps
+            if every and pos["global_step"] // every > (pos["global_step"] - k) // every \
+                and done < phase.num_steps:
+              check_finite(metrics, phase.name, group)  # never checkpoint a diverged state
+              save(state)
+            if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+              if bar is not None:
+                bar.close()
+              raise RunInterrupted(f"stopped after {steps_this_call} steps (task {t + 1}, "
+                                   f"phase {phase.name}, step {done}).")
+          if phase.num_steps:
+            check_finite(metrics, phase.name, group)
+            for j, values in enumerate(host_metrics(metrics, group)):
+              record["metrics"][j].update({f"{phase.name}/{k}": v for k, v in values.items()})
+          pos.update(phase=p_index + 1, step=0)
+        if bar is not None:
+          bar.close()
+        state = each_seed(method.end_task, state, group)
+        if ckpt is not None:  # before results.json lists the task: a state that cannot be kept is not scored
+          check_finite_state(state)
+          ckpt.check_space(pos["global_step"], state, snapshot_id(g, t + 1))
+        record_task(t, group, state, record["metrics"], time.time() - task_start)
+        pos.update(task=t + 1, phase=0, step=0, begun=False)
+        save(state, checked=True)  # the task boundary: snapshots taken, scores written
+  finally:
+    runlog.close()
   if ckpt is not None:
     ckpt.close()
   return summary()

@@ -74,7 +74,7 @@ def test_config_arguments():
 
 def test_configs_hold_the_chosen_methods_sections_only():
   from gmcl.registry import METHODS, method_spec
-  shared = {"method", "seed", "num_seeds", "data", "model", "train", "parallel", "checkpoint", "eval"}
+  shared = {"method", "seed", "num_seeds", "data", "model", "train", "parallel", "checkpoint", "log", "eval"}
   for name in METHODS:
     c = method_config(name)
     assert set(c.keys()) == shared | set(method_spec(name).sections()), name

@@ -11,10 +11,11 @@ rebuilt from finished runs (``--table_only``; unfinished runs are marked with ho
 A pair a method does not support (lsa on one class per task, where the task id gives the label
 away) is marked n/a; a run that fails is marked with its error and the others
 go on. The table (``OUT/table_SCHEDULE_Sseeds.md``; ``table_SCHEDULE.md`` for one seed; also
-printed) gives the final accuracy A_T (A_5/A_10 on the
-one-class-per-task benchmarks) as mean ± sd over ``--num_seeds`` seeds (3 by default, trained
-together where the method allows: ``config.num_seeds``), the scenario, each run's training wall
-time and the machine, with the command that made it. One seed's figures differ between CPU
+printed; beside it ``table_..._BENCHMARK.png``, every method's A_t curve with a ± sd band) gives
+the final accuracy A_T (A_5/A_10 on the one-class-per-task benchmarks) as mean ± sd over
+``--num_seeds`` seeds (3 by default, trained together where the method allows:
+``config.num_seeds``), the scenario, each run's training wall time and the machine, with the
+command that made it. One seed's figures differ between CPU
 types by several points (GAN training amplifies float rounding): compare runs of one machine type.
 """
 
@@ -241,7 +242,24 @@ def write_table(cells: dict) -> str:
   with open(tmp, "w") as f:
     f.write(text)
   os.replace(tmp, path)
+  write_curves(full, FLAGS.benchmarks, FLAGS.methods, path[:-len(".md")])
   return text
+
+
+def write_curves(cells: dict, benchmarks, methods, stem: str) -> list[str]:
+  """``STEM_BENCHMARK.png``: A_t against tasks of every finished method on the benchmark, a ± sd
+  band over seeds; returns the files written."""
+  from gmcl import plots  # pylint: disable=import-outside-toplevel
+  written = []
+  for b in benchmarks:
+    curves = {m: (cells[(m, b)]["A"], cells[(m, b)].get("A_std") if len(cells[(m, b)].get("seeds", [0])) > 1
+                  else None) for m in methods if "A" in cells[(m, b)]}
+    if curves:
+      path = f"{stem}_{b}.png"
+      plots.plot_curves(curves, path, f"{b}: A_t" + (" (TI: task id given)" if any(
+          cells[(m, b)]["scenario"] == "task_incremental" for m in curves) else ""))
+      written.append(path)
+  return written
 
 
 if __name__ == "__main__":

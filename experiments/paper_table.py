@@ -287,6 +287,35 @@ def table(schedule: str, num_seeds: int, root: str = RESULTS,
   return "\n".join(out) + "\n"
 
 
+def plot_curves(out: str, schedule: str, num_seeds: int, root: str = RESULTS) -> list[str]:
+  """``OUT/DATASET_PROTOCOL.png``: every recorded view's A_t curve (mean ± sd band over seeds) of
+  one dataset under one protocol, so that only like is drawn with like; returns the files."""
+  from gmcl import plots  # pylint: disable=import-outside-toplevel
+  groups = {}
+  for row in ROWS:
+    for v in row.views:
+      for d, _, _ in COLUMNS:
+        res = read_results(results_dir(schedule, num_seeds, d, v.run.name, root))
+        if res is None or res["completed_tasks"] != len(res["tasks"]):
+          continue
+        runs = [s for s in series(res, v.score) if s and all(isinstance(x, (int, float)) for x in s)]
+        if not runs:
+          continue
+        t = min(map(len, runs))
+        mean, std = seeds_lib.mean_std_series([s[:t] for s in runs])
+        label = f"{v.run.name}" + (f" ({v.label})" if v.label else "")
+        groups.setdefault((d, v.protocol), {})[label] = (mean, std if len(runs) > 1 else None)
+  os.makedirs(out, exist_ok=True)
+  written = []
+  for (d, protocol), curves in sorted(groups.items()):
+    path = os.path.join(out, f"{d}_{protocol}.png")
+    xlabel = " (A_t after task t of 2 classes)" if protocol == "single_head_2" else ""
+    plots.plot_curves(curves, path, f"{d}, protocol {protocol}{xlabel}: schedule {schedule}, "
+                      f"{num_seeds} seeds")
+    written.append(path)
+  return written
+
+
 def replace_section(text: str, section: str) -> str:
   """``text`` with what lies between the markers replaced by ``section``."""
   if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
@@ -370,6 +399,7 @@ def define_flags():
   flags.DEFINE_string("results", RESULTS, "The folder of recorded results.")
   flags.DEFINE_bool("overwrite", False, "Replace recorded results that differ.")
   flags.DEFINE_string("readme", None, "Rewrite this file's section between the paper_table markers.")
+  flags.DEFINE_string("plots", None, "Draw each dataset's A_t curves per protocol into this folder.")
 
 
 def main(argv):
@@ -396,6 +426,9 @@ def main(argv):
     with open(tmp, "w") as f:
       f.write(new)
     os.replace(tmp, FLAGS.readme)
+  if FLAGS.plots:
+    for path in plot_curves(FLAGS.plots, FLAGS.schedule, FLAGS.num_seeds, FLAGS.results):
+      sys.stdout.write(f"written: {path}\n")
   sys.stdout.write(text)
 
 

@@ -100,11 +100,13 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Training curves (gmcl.runlog): every phase's step metrics averaged over each interval of
   # every_steps steps, A_t and the scores after each task, the sample grids and the config, as
-  # TensorBoard events (tensorboard) and a CSV (csv) in WORKDIR/logs. 0 = off.
+  # TensorBoard events (tensorboard) and a CSV (csv) in WORKDIR/logs. 0 = off. None of it changes
+  # a result, and all of it may change when a run resumes.
   c.log = ml_collections.ConfigDict()
   c.log.every_steps = 100
   c.log.tensorboard = True
   c.log.csv = True
+  c.log.plots = True  # accuracy_matrix.png and accuracy_curve.png in the workdir after every task
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 1000
   c.eval.samples_per_class = 10  # columns of the sample grid
@@ -352,7 +354,7 @@ def validate_config(config) -> None:
   if lg is not None:
     require(isinstance(lg.every_steps, int) and not isinstance(lg.every_steps, bool) and lg.every_steps >= 0,
             "log.every_steps", lg.every_steps, "0 (off) or an integer >= 1")
-    for key in ("tensorboard", "csv"):
+    for key in ("tensorboard", "csv", "plots"):
       require(isinstance(lg[key], bool), f"log.{key}", lg[key], "True or False")
   require(config.checkpoint.every_steps >= 0, "checkpoint.every_steps",
            config.checkpoint.every_steps, ">= 0 (0: only at task boundaries)")

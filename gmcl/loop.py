@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gmcl import evaluation, xla
+from gmcl import evaluation, plots, xla
 from gmcl import seeds as seeds_lib
 from gmcl.checkpoint import IncompatibleCheckpoint, RunCheckpointer
 from gmcl.config import added_keys, oracle_seed, reverse_architectures, validate_config
@@ -572,6 +572,8 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
     # for byte (and equal after a resume).
     if jax.process_index() == 0:  # one writer when several hosts run the same program
       write_json(os.path.join(workdir, "results.json"), results)
+      if config.log.plots:
+        plots.plot_run(results, workdir)
       write_json(os.path.join(workdir, "timings.json"), {
           "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
           "machine": xla.machine_description(),

@@ -78,8 +78,12 @@ def test_interval_means_are_weighted_by_the_chunks_steps_by_hand(tmp_path):
 
 def test_a_run_logs_every_interval_and_task_and_logging_changes_no_result(mnist_data, tmp_path):
   logged = _run(_sft(), tmp_path / "on", mnist_data)
-  silent = _run(_sft(log=dict(every_steps=0, tensorboard=True, csv=True)), tmp_path / "off", mnist_data)
+  quiet = _sft()
+  quiet.log.every_steps, quiet.log.plots = 0, False
+  silent = _run(quiet, tmp_path / "off", mnist_data)
   assert not os.path.exists(tmp_path / "off" / "logs")
+  assert not os.path.exists(tmp_path / "off" / "accuracy_matrix.png")
+  assert (tmp_path / "on" / "accuracy_matrix.png").exists() and (tmp_path / "on" / "accuracy_curve.png").exists()
   for res in (logged, silent):
     res["config"].pop("log")
   assert json.dumps(logged, sort_keys=True) == json.dumps(silent, sort_keys=True)

@@ -138,6 +138,9 @@ def base_config() -> ml_collections.ConfigDict:
   # session) be scored by one oracle, so that experiments.merge_seeds joins them into exactly what
   # one multi-seed run from that seed writes.
   c.eval.oracle_seed = -1
+  # RWalk's intransigence, I_k = a*_k - R[k][k] (scores.intransigence): a finished run of `joint`
+  # on the same task sequence (its workdir or results.json) gives a*_k. "" = not measured.
+  c.eval.joint_results = ""
   return c
 
 
@@ -222,7 +225,8 @@ ADDED_KEYS = {"model.conv_plan": "native", "train.xla_cpu_fusions": "xla", "num_
               "eval.reverse_samples_per_class": 6000, "eval.validation_fraction": 0.0,
               "eval.validation_every_steps": 0, "eval.oracle": "", "eval.oracle_hidden": (512, 256, 128),
               "eval.oracle_steps": 2000, "eval.oracle_samples_per_class": 6400,
-              "eval.oracle_seed": -1, "dgr.replay_source": "generator"}  # in the dgr section of dgr, ogm and lsa
+              "eval.oracle_seed": -1, "eval.joint_results": "",
+              "dgr.replay_source": "generator"}  # in the dgr section of dgr, ogm and lsa
 
 
 def oracle_seed(config) -> int:

@@ -123,10 +123,23 @@ def _seed_payload(seed: int, rec: dict) -> dict:
   """What a single-seed results.json holds of one seed's record."""
   t = len(rec["A"])
   R = np.array([[np.nan if v is None else v for v in row] for row in rec["R"]], dtype=float)
+  reference = rec.get("reference_row")
   return {"seed": seed, "A": rec["A"], "accuracy_matrix": rec["R"],
           "average_forgetting": evaluation.average_forgetting(R[:t, :t]) if t else 0.0,
           "backward_transfer": evaluation.backward_transfer(R[:t, :t]) if t else 0.0,
+          "forward_transfer": evaluation.forward_transfer(R[:t, :t], reference) if reference and t else None,
+          "reference_row": reference, "confusion_matrix": rec.get("confusion_matrix"),
           "completed_tasks": t, "per_task": rec["per_task"], "scores": rec.get("scores", {})}
+
+
+def _seed_record_of(payload: dict) -> dict:
+  """The record a seed's payload was made of (:func:`_seed_payload`'s inverse)."""
+  out = {"A": payload["A"], "R": payload["accuracy_matrix"], "per_task": payload["per_task"],
+         "scores": payload["scores"]}
+  for key in ("reference_row", "confusion_matrix"):
+    if payload.get(key) is not None:
+      out[key] = payload[key]
+  return out
 
 
 def _results_payload(config, seq, record, scenario=None) -> dict:
@@ -161,6 +174,15 @@ def results_payload(config, tasks: list, scenario: str, record: dict) -> dict:
   for name in ("average_forgetting", "backward_transfer"):
     fn = getattr(evaluation, name)
     out[name], out[f"{name}_std"] = seeds_lib.mean_std([fn(R[:t, :t]) if t else 0.0 for R in common])
+  transfer = [evaluation.forward_transfer(R[:t, :t], p["reference_row"]) if p.get("reference_row") and t else None
+              for R, p in zip(common, per_seed)]
+  out["forward_transfer"], out["forward_transfer_std"] = seeds_lib.average_entry(transfer)
+  confusions = [p["confusion_matrix"] for p in per_seed if p["completed_tasks"] == t and p["confusion_matrix"]]
+  out["confusion_matrix"] = (seeds_lib.mean_matrix(confusions) if len(confusions) > 1 else confusions[0]) \
+      if t and len(confusions) == len(per_seed) else None
+  if all("intransigence" in p["scores"] for p in per_seed) and t:
+    out["intransigence"], out["intransigence_std"] = seeds_lib.mean_std(
+        [float(np.mean(p["scores"]["intransigence"][:t])) for p in per_seed])
   scores = {}
   for name in sorted({n for p in per_seed for n in p["scores"]}):
     series = [p["scores"].get(name, []) for p in per_seed]  # (some start after task 1)
@@ -232,8 +254,7 @@ def merge_seed_results(runs: Sequence[dict]) -> dict:
       config_dict["eval"]["oracle_seed"] = -1  # what one run from the first seed uses
   config_dict["seed"], config_dict["num_seeds"] = first, len(seeds)
   payloads = [p for res in runs for p in res["per_seed"]]
-  record = {"seeds": [{"A": p["A"], "R": p["accuracy_matrix"], "per_task": p["per_task"], "scores": p["scores"]}
-                      for p in (payloads[i] for i in order)]}
+  record = {"seeds": [_seed_record_of(payloads[i]) for i in order]}
   config = ml_collections.ConfigDict(config_dict)
   return results_payload(config, runs[0]["tasks"], runs[0]["scenario"], record)
 
@@ -276,6 +297,30 @@ def _finished_run(workdir: str) -> Optional[int]:
     return None
   done, total = results.get("completed_tasks"), len(results.get("tasks", []))
   return done if total and done == total else None
+
+
+def joint_matrix(config, seq) -> Optional[np.ndarray]:
+  """The accuracy matrix of the joint run named by ``config.eval.joint_results`` (a workdir or its
+  results.json; "" = none), checked to be finished and of this run's task sequence."""
+  path = str(config.eval.get("joint_results", ""))
+  if not path:
+    return None
+  file = os.path.join(path, "results.json") if os.path.isdir(path) else path
+  key = f"config.eval.joint_results={path!r}"
+  if not os.path.exists(file):
+    raise ValueError(f"{key}: no such results.json; give a finished joint run's workdir (or its results.json), "
+                     'or "" for no intransigence.')
+  with open(file) as f:
+    joint = json.load(f)
+  tasks = [list(task.classes) for task in seq]
+  if joint.get("completed_tasks") != len(joint.get("tasks", [])):
+    raise ValueError(f"{key}: the run is unfinished ({joint.get('completed_tasks')} of "
+                     f"{len(joint.get('tasks', []))} tasks).")
+  theirs = (joint.get("dataset"), joint.get("protocol"), joint.get("tasks", [])[:len(tasks)])
+  if theirs != (config.data.dataset, config.data.protocol, tasks):
+    raise ValueError(f"{key}: its dataset, protocol and tasks {theirs} are not this run's "
+                     f"{(config.data.dataset, config.data.protocol, tasks)}.")
+  return np.array([[np.nan if v is None else v for v in row] for row in joint["accuracy_matrix"]], float)
 
 
 def _memory_bytes() -> Optional[int]:
@@ -437,6 +482,7 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
                      f"test_limit) = {data.source}, the config asks for {data_settings(config)}.")
   seq, t_cfg, c_cfg = build_sequence(config, data.image_shape, data.num_classes), config.train, \
       config.checkpoint
+  joint = joint_matrix(config, seq)
   validation = None  # held-out real training images for model selection (eval.validation_fraction)
   if config.eval.validation_fraction:
     data, validation = hold_out(data, float(config.eval.validation_fraction),
@@ -532,11 +578,15 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
       rec = record["seeds"][i]
       scores = accuracy(s_state, t, data.x_test, data.y_test)
       row = [float(v) for v in scores["row"]]
+      rec["confusion_matrix"] = scores["confusion"].tolist()
       if seq.scenario == "class_incremental" or task_incremental:
         row[t + 1:] = [None] * (len(seq) - t - 1)  # unseen classes are masked: nothing measured
       rec["R"].append(row)
       rec["A"].append(scores["A"])
-      extra = method.extra_scores(s_state, data, seq, t, jax.random.fold_in(sample_keys[i], 10_000 + t))
+      extra = {"per_class_accuracy": {str(c): v for c, v in scores["per_class"].items()}}
+      if joint is not None:  # RWalk's I_t against the joint model
+        extra["intransigence"] = float(joint[t, t] - row[t])
+      extra.update(method.extra_scores(s_state, data, seq, t, jax.random.fold_in(sample_keys[i], 10_000 + t)))
       extra.update(reverse_scores(s_state, t, jax.random.fold_in(sample_keys[i], 20_000 + t)))
       if validation is not None:
         extra.update(selected_scores(rec, s_state, t, scores["A"]))
@@ -767,6 +817,10 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
           state = each_seed(lambda s, t=t: method.begin_task(s, t, seq.active_mask(t)), state, group)
           pos.update(task=t, phase=0, step=0, begun=True)
           record["metrics"] = [{} for _ in group]
+          if t == 0 and seq.scenario != "class_incremental" and not task_incremental:
+            for i, s_state in seed_states(state, group):  # forward transfer's reference: untrained
+              record["seeds"][i]["reference_row"] = [
+                  float(v) for v in accuracy(s_state, len(seq) - 1, data.x_test, data.y_test)["row"]]
         x, y, start = training_examples(data, seq, t, cumulative, config.data.train_limit, with_start=True)
         arrays = task_arrays(x, y, capacity, start=start if cumulative else None)
         phases = list(method.phases())

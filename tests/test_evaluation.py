@@ -33,6 +33,40 @@ def test_class_incremental_row_and_A_t():
   np.testing.assert_allclose(out0["A"], 2 / 5)
 
 
+def test_per_class_accuracy_and_confusion_by_hand():
+  y = np.array([0, 0, 1, 1, 1, 2, 3, 3], np.int32)
+  x = y.astype(np.float32).reshape(-1, 1, 1, 1)
+  seq = tasks.split_tasks(4, 2)
+
+  def predictor(xb):  # classes 0 and 2 right; 1 -> 0; 3 -> 2
+    v = xb[:, 0, 0, 0]
+    return jnp.stack([v <= 1, jnp.zeros_like(v), v >= 2, jnp.zeros_like(v)], -1).astype(jnp.float32)
+
+  out = evaluation.evaluate_after_task(predictor, x, y, seq, 0, batch_size=100)
+  assert out["per_class"] == {0: 1.0, 1: 0.0}  # the classes seen only
+  np.testing.assert_array_equal(out["confusion"], [[2, 0, 0, 0], [3, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+  out = evaluation.evaluate_after_task(predictor, x, y, seq, 1, batch_size=100)
+  assert out["per_class"] == {0: 1.0, 1: 0.0, 2: 1.0, 3: 0.0}
+  np.testing.assert_array_equal(out["confusion"], [[2, 0, 0, 0], [3, 0, 0, 0], [0, 0, 1, 0], [0, 0, 2, 0]])
+  assert out["confusion"].sum() == len(y)
+
+
+def test_forward_transfer_and_intransigence_by_hand():
+  R = np.array([[0.9, 0.3, 0.2],
+                [0.8, 0.9, 0.4],
+                [0.7, 0.8, 0.9]])
+  b = np.array([0.1, 0.1, 0.1])
+  # FWT: mean(R[0,1] - b1, R[1,2] - b2) = mean(0.2, 0.3)
+  np.testing.assert_allclose(evaluation.forward_transfer(R, b), 0.25)
+  assert evaluation.forward_transfer(R[:1, :1], b) is None  # one task: nothing to transfer to
+  masked = R.copy()
+  masked[0, 1] = np.nan  # class-incremental: task 1's classes are not live before it
+  assert evaluation.forward_transfer(masked, b) is None
+  joint = np.array([[0.95, 0, 0], [0.9, 0.97, 0], [0.9, 0.9, 0.99]])
+  np.testing.assert_allclose(evaluation.intransigence(R, joint), [0.05, 0.07, 0.09])
+  np.testing.assert_allclose(evaluation.intransigence(R[:2, :2], joint), [0.05, 0.07])
+
+
 def test_predict_labels_pads_the_last_batch():
   x = np.arange(7, dtype=np.float32).reshape(7, 1, 1, 1)
   calls = []

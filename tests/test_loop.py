@@ -229,3 +229,40 @@ def test_eval_oracle_scores_a_conditional_dgr_and_refuses_an_unconditional_one(m
   c.model.conditional = False
   with pytest.raises(ValueError, match="needs a conditional generator.*model.conditional=True"):
     loop.run(c, str(tmp_path / "uncond"), data=mnist_data, progress=False, log=lambda s: None)
+
+
+def test_forward_transfer_intransigence_per_class_accuracy_and_confusion_of_a_run(mnist_data, tmp_path):
+  """On permuted tasks: forward transfer from the untrained model's row, intransigence against a
+  joint run of the same sequence; one class per task: per-class accuracy is R's row."""
+  def permuted(module):
+    c = module.get_config("smoke")
+    c.data.protocol, c.data.max_tasks, c.train.solver_steps = "permuted", 3, 20
+    return c
+  jr = loop.run(permuted(joint), str(tmp_path / "joint"), data=mnist_data, progress=False, log=lambda s: None)
+  c = permuted(sft)
+  c.eval.joint_results = str(tmp_path / "joint")
+  res = loop.run(c, str(tmp_path / "sft"), data=mnist_data, progress=False, log=lambda s: None)
+  R, b = np.array(res["accuracy_matrix"]), res["per_seed"][0]["reference_row"]
+  assert len(b) == 3 and all(0.0 <= v <= 0.3 for v in b)  # an untrained model: about chance
+  assert res["forward_transfer"] == pytest.approx(np.mean([R[0, 1] - b[1], R[1, 2] - b[2]]))
+  J = np.array(jr["accuracy_matrix"])
+  assert res["scores"]["intransigence"] == pytest.approx([J[k, k] - R[k, k] for k in range(3)])
+  assert res["intransigence"] == pytest.approx(np.mean([J[k, k] - R[k, k] for k in range(3)]))
+  n_test = len(mnist_data.y_test)
+  assert np.sum(res["confusion_matrix"]) == 3 * n_test  # three permuted copies of the test set
+  assert jr["forward_transfer"] is not None and "intransigence" not in jr["scores"]
+  # class-incremental, one class per task: no forward transfer; per-class accuracy = R's row
+  ci = sft.get_config("smoke")
+  ci.data.max_tasks, ci.train.solver_steps = 2, 10
+  res = loop.run(ci, str(tmp_path / "ci"), data=mnist_data, progress=False, log=lambda s: None)
+  assert res["forward_transfer"] is None and res["per_seed"][0]["reference_row"] is None
+  assert res["scores"]["per_class_accuracy"][1] == pytest.approx({"0": res["accuracy_matrix"][1][0],
+                                                                  "1": res["accuracy_matrix"][1][1]})
+  assert np.sum(res["confusion_matrix"]) == int(np.sum(np.isin(mnist_data.y_test, [0, 1])))
+  # a joint run of another sequence is refused before training, naming the key
+  bad = permuted(sft)
+  bad.data.max_tasks = 2
+  bad.eval.joint_results = str(tmp_path / "ci")
+  with pytest.raises(ValueError, match=r"config.eval.joint_results=.*not this run's"):
+    loop.run(bad, str(tmp_path / "bad"), data=mnist_data, progress=False, log=lambda s: None)
+  assert not os.path.exists(tmp_path / "bad" / "results.json")

@@ -7,11 +7,18 @@ accuracy on the test data of task j after training task i (0-based here).
   task t, with one head over all seen classes. It weights examples, not tasks.
 * average forgetting after the last task T: ``mean_{j<T} max_{j<=i<T} R[i, j] - R[T, j]``.
 * backward transfer: ``mean_{j<T} R[T, j] - R[j, j]``.
+* forward transfer (Lopez-Paz & Ranzato, 2017, Eq. 5): ``mean_{0<j<=T} R[j-1, j] - b_j``, with ``b_j`` a
+  randomly initialised model's accuracy on task j; defined only where ``R[j-1, j]`` is measured
+  (permuted tasks: every task's classes are live before it is trained).
+* intransigence (Chaudhry et al., 2018, RWalk): ``I_k = a*_k - R[k, k]``, with ``a*_k`` the accuracy
+  on task k of a model trained on the data of tasks 0..k together (gmcl's ``joint`` run).
+* per-class accuracy after each task, and the confusion matrix (true class x predicted class,
+  counts over the test images of the classes seen).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -58,13 +65,30 @@ def evaluate_after_task(predict_fn, x_test: np.ndarray, y_test: np.ndarray,
     row = task_accuracies(pred, y_test, index)
     seen = np.flatnonzero(np.isin(y_test, sequence.seen_classes(t)))
     a_t = float(np.mean(pred[seen] == y_test[seen]))
+    labels, preds = y_test[seen], pred[seen]
   else:
     row = np.zeros(num_tasks)
+    labels, preds = [], []
     for j in range(num_tasks):
       xj, yj = task_examples(x_test, y_test, sequence, j)
-      row[j] = float(np.mean(predict_labels(predict_fn, xj, batch_size) == yj))
+      pj = predict_labels(predict_fn, xj, batch_size)
+      row[j] = float(np.mean(pj == yj))
+      if j <= t:  # the tasks seen, pooled
+        labels.append(yj)
+        preds.append(pj)
+    labels, preds = np.concatenate(labels), np.concatenate(preds)
     a_t = float(np.mean(row[:t + 1]))
-  return {"row": row, "A": a_t}
+  return {"row": row, "A": a_t, **class_scores(labels, preds, sequence.num_classes)}
+
+
+def class_scores(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> dict:
+  """``per_class``: {class: accuracy} over the classes present in ``labels``; ``confusion``: the
+  num_classes x num_classes counts, row = true class, column = predicted class."""
+  labels, predictions = np.asarray(labels, np.int64), np.asarray(predictions, np.int64)
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(confusion, (labels, np.clip(predictions, 0, num_classes - 1)), 1)
+  per_class = {int(c): float(confusion[c, c] / confusion[c].sum()) for c in np.unique(labels)}
+  return {"per_class": per_class, "confusion": confusion}
 
 
 def evaluate_task_incremental(predict_task_fn, x_test: np.ndarray, y_test: np.ndarray,
@@ -76,10 +100,15 @@ def evaluate_task_incremental(predict_task_fn, x_test: np.ndarray, y_test: np.nd
   no head exists yet). ``A_t`` is the mean over tasks 0..t.
   """
   row = np.full(len(sequence), np.nan)
+  labels, preds = [], []
   for j in range(t + 1):
     xj, yj = task_examples(x_test, y_test, sequence, j)
-    row[j] = float(np.mean(predict_labels(lambda xb: predict_task_fn(xb, j), xj, batch_size) == yj))
-  return {"row": row, "A": float(np.mean(row[:t + 1]))}
+    pj = predict_labels(lambda xb: predict_task_fn(xb, j), xj, batch_size)
+    row[j] = float(np.mean(pj == yj))
+    labels.append(yj)
+    preds.append(pj)
+  return {"row": row, "A": float(np.mean(row[:t + 1])),
+          **class_scores(np.concatenate(labels), np.concatenate(preds), sequence.num_classes)}
 
 
 def average_forgetting(R: np.ndarray) -> float:
@@ -98,6 +127,27 @@ def backward_transfer(R: np.ndarray) -> float:
   if T < 1:
     return 0.0
   return float(np.mean([R[T, j] - R[j, j] for j in range(T)]))
+
+
+def forward_transfer(R: np.ndarray, reference: np.ndarray) -> Optional[float]:
+  """``mean_{0<j<=T} (R[j-1, j] - reference[j])`` over the last row T of a square R (``reference``:
+  a randomly initialised model's accuracy per task); None where an ``R[j-1, j]`` is unmeasured
+  (NaN: classes or heads not yet live) or T = 0."""
+  R, b = np.asarray(R, dtype=float), np.asarray(reference, dtype=float)
+  T = R.shape[0] - 1
+  if T < 1:
+    return None
+  gaps = [R[j - 1, j] - b[j] for j in range(1, T + 1)]
+  return None if not np.all(np.isfinite(gaps)) else float(np.mean(gaps))
+
+
+def intransigence(R: np.ndarray, R_joint: np.ndarray) -> list[float]:
+  """``I_k = R_joint[k, k] - R[k, k]`` for each task k of R (RWalk's intransigence against the
+  joint model's accuracy matrix)."""
+  R, J = np.asarray(R, dtype=float), np.asarray(R_joint, dtype=float)
+  if J.shape[0] < R.shape[0]:
+    raise ValueError(f"the joint run has {J.shape[0]} tasks, fewer than this run's {R.shape[0]}.")
+  return [float(J[k, k] - R[k, k]) for k in range(R.shape[0])]
 
 
 def format_table(accuracies, title: str = "A_t", stds=None) -> str:

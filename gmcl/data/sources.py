@@ -20,6 +20,8 @@ from typing import Optional
 
 import numpy as np
 
+from gmcl.data import user_files
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -104,6 +106,10 @@ def _how_to_prepare(name: str, data_dir: Optional[str]) -> str:
         f"  python -m gmcl.data.prepare fashion_mnist --data_dir {dd} --idx_dir DIR"
         "   # any IDX copy (e.g. Debian's dataset-fashion-mnist); checksums are not required",
     ]
+  elif user_files.supported(name):
+    lines += [user_files.what_to_put_where(name, "DIR", data_dir),
+              f"(or prepare it with TFDS where it can download: `tfds build {name} --data_dir {dd}`, and copy "
+              "the data dir here)"]
   else:
     lines += [f"Prepare it with TFDS on a machine with internet "
               f"(`tfds build {name} --data_dir {dd}`) and copy the data dir here."]
@@ -137,6 +143,12 @@ def prepare_dataset(name: str, *, data_dir: Optional[str] = None,
     if not os.path.isdir(manual_dir):
       raise DatasetUnavailableError(f"manual_dir={manual_dir!r} is not a directory.\n"
                                     + _how_to_prepare(name, data_dir))
+    if user_files.supported(name):  # TFDS's builder only downloads these: gmcl reads the files
+      try:
+        user_files.import_user_files(name, manual_dir, data_dir=data_dir)
+        return
+      except FileNotFoundError as e:
+        raise DatasetUnavailableError(str(e)) from None
     try:
       builder.download_and_prepare(
           download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))

@@ -38,6 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
   # an .npz of the splits (python -m gmcl.data.prepare NAME --export_npz FILE), read instead of
   # TFDS: for machines without TensorFlow; "" = TFDS
   c.data.arrays = ""
+  # ImageNet-50 (data.dataset=imagenet50): its fifty imagenet_resized labels in task order,
+  # comma-separated; "" = gmcl.data.sources.IMAGENET50_CLASSES.
+  c.data.imagenet50_classes = ""
   c.data.protocol = "per_class"  # per_class | split | permuted
   c.data.class_order = ""  # e.g. "3,1,4,..."; "" = 0..K-1
   c.data.classes_per_task = 2  # split protocol
@@ -225,7 +228,7 @@ ADDED_KEYS = {"model.conv_plan": "native", "train.xla_cpu_fusions": "xla", "num_
               "eval.reverse_samples_per_class": 6000, "eval.validation_fraction": 0.0,
               "eval.validation_every_steps": 0, "eval.oracle": "", "eval.oracle_hidden": (512, 256, 128),
               "eval.oracle_steps": 2000, "eval.oracle_samples_per_class": 6400,
-              "eval.oracle_seed": -1, "eval.joint_results": "",
+              "eval.oracle_seed": -1, "eval.joint_results": "", "data.imagenet50_classes": "",
               "dgr.replay_source": "generator"}  # in the dgr section of dgr, ogm and lsa
 
 
@@ -288,6 +291,9 @@ def validate_config(config) -> None:
   require(isinstance(config.num_seeds, int) and config.num_seeds >= 1, "num_seeds", config.num_seeds,
           "an integer >= 1")
   require(d.dataset in DATASETS, "data.dataset", d.dataset, str(sorted(DATASETS)))
+  if d.get("imagenet50_classes", ""):
+    from gmcl.data.sources import imagenet50_classes  # pylint: disable=import-outside-toplevel
+    imagenet50_classes(d.imagenet50_classes)  # raises, naming the key, unless 50 distinct labels
   require(d.protocol in PROTOCOLS, "data.protocol", d.protocol, str(list(PROTOCOLS)))
   num_classes = DATASETS[d.dataset].num_classes
   parse_class_order(d.class_order, num_classes)

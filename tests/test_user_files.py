@@ -109,3 +109,74 @@ def test_malformed_files_are_refused_naming_what_is_wrong(tmp_path):
     tar.addfile(info, io.BytesIO(b"\0" * 100))
   with pytest.raises(ValueError, match="not a whole number of 3073-byte"):
     user_files.read_cifar10(str(tmp_path / "cifar-10-binary.tar.gz"))
+
+
+def _imagenet32(folder, per_class=2, seed=0):
+  """Imagenet32_{train,val}_npz.zip holding images of ImageNet-50's classes and of three others;
+  returns, per split, the images and 0-based source labels in the files' order."""
+  import zipfile  # pylint: disable=import-outside-toplevel
+  rng, out = np.random.default_rng(seed), {}
+  labels_all = np.array(list(sources.IMAGENET50_CLASSES) * per_class + [0, 500, 999])  # 0-based
+  for split, members in (("train", ("train_data_batch_1.npz", "train_data_batch_2.npz")),
+                         ("validation", ("val_data.npz",))):
+    xs, ys = [], []
+    path = os.path.join(folder, f"Imagenet32_{'train' if split == 'train' else 'val'}_npz.zip")
+    with zipfile.ZipFile(path, "w") as z:
+      for member in members:
+        labels = rng.permutation(labels_all)
+        data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
+        buf = io.BytesIO()
+        np.savez(buf, data=data, labels=labels + 1)  # Imagenet32's labels are 1-based
+        z.writestr(member, buf.getvalue())
+        xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(labels)
+    out[split] = (np.concatenate(xs), np.concatenate(ys))
+  return out
+
+
+def test_imagenet50_constants_are_the_dgm_codes_classes_in_tfds_label_order():
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  path = tfds.core.tfds_path("image_classification/imagenet_resized_labels.txt")
+  wnids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+  chosen = [sorted(wnids)[i] for i in sources.DGM_IMAGENET_POSITIONS]
+  assert tuple(chosen) == sources.IMAGENET50_WNIDS
+  assert tuple(wnids.index(w) for w in chosen) == sources.IMAGENET50_CLASSES
+  assert sources.imagenet50_classes("") == sources.IMAGENET50_CLASSES
+  with pytest.raises(ValueError, match="imagenet50_classes='1,2'.*50 distinct"):
+    sources.imagenet50_classes("1,2")
+
+
+def test_imagenet50_from_the_imagenet32_files(tmp_path):
+  from experiments.configs import dgr  # pylint: disable=import-outside-toplevel
+  from gmcl.data.build import load_data  # pylint: disable=import-outside-toplevel
+  manual, data_dir = tmp_path / "files", str(tmp_path / "tfds")
+  manual.mkdir()
+  files = _imagenet32(str(manual))
+  assert prepare.main(["imagenet50", "--manual_dir", str(manual), "--data_dir", data_dir]) == 0
+  assert sources.is_prepared("imagenet50", data_dir)  # stored as imagenet_resized/32x32
+  c = dgr.get_config("dataset=imagenet50,protocol=split,smoke")
+  c.data.data_dir, c.data.classes_per_task, c.data.pad_to, c.data.value_range = data_dir, 10, 32, (0.0, 255.0)
+  data = load_data(c)
+  position = {label: k for k, label in enumerate(sources.IMAGENET50_CLASSES)}
+  for x, y, (src_x, src_y) in ((data.x_train, data.y_train, files["train"]),
+                               (data.x_test, data.y_test, files["validation"])):
+    keep = np.isin(src_y, sources.IMAGENET50_CLASSES)  # the three other classes are left out
+    np.testing.assert_array_equal(y, [position[v] for v in src_y[keep]])
+    np.testing.assert_array_equal(x, src_x[keep].astype(np.float32))
+  assert data.num_classes == 50 and sorted(set(data.y_train.tolist())) == list(range(50))
+  # another list of fifty, in its own order
+  c.data.imagenet50_classes = ",".join(map(str, sources.IMAGENET50_CLASSES[::-1]))
+  assert load_data(c).y_test.tolist() == [49 - position[v] for v in files["validation"][1] if v in position]
+  # and a smoke training on five tasks of ten classes
+  c = dgr.get_config("dataset=imagenet50,protocol=split,smoke")
+  c.data.data_dir, c.data.classes_per_task, c.data.max_tasks, c.model.gan = data_dir, 10, 2, "mlp"
+  res = loop.run(c, str(tmp_path / "run"), progress=False, log=lambda s: None)
+  assert res["tasks"][1] == list(range(10, 20)) and res["completed_tasks"] == 2
+
+
+def test_imagenet50_without_files_names_them(tmp_path, capsys):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  assert prepare.main(["imagenet50", "--manual_dir", str(empty), "--data_dir", str(tmp_path / "tfds")]) == 2
+  err = capsys.readouterr().err
+  assert "Imagenet32_train_npz.zip" in err and "Imagenet32_val_npz.zip" in err

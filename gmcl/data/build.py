@@ -33,7 +33,10 @@ class Data:
 def data_settings(config) -> tuple:
   """The config values that decide the arrays of :func:`load_data`."""
   d = config.data
-  return (d.dataset, int(d.pad_to), tuple(float(v) for v in d.value_range), int(d.test_limit))
+  settings = (d.dataset, int(d.pad_to), tuple(float(v) for v in d.value_range), int(d.test_limit))
+  if d.dataset == "imagenet50":
+    settings += (sources.imagenet50_classes(d.get("imagenet50_classes", "")),)
+  return settings
 
 
 def build_sequence(config, image_shape, num_classes: int) -> TaskSequence:
@@ -61,6 +64,8 @@ def load_data(config) -> Data:
   else:
     manual_dir = d.manual_dir or (os.environ.get("GMCL_MNIST_DIR") if d.dataset == "mnist" else None)
     kwargs = dict(data_dir=d.data_dir or None, manual_dir=manual_dir or None)
+    if d.dataset == "imagenet50":
+      kwargs["classes"] = sources.imagenet50_classes(d.get("imagenet50_classes", ""))
     x_tr, y_tr = sources.load_split(d.dataset, "train", **kwargs)
     x_te, y_te = sources.load_split(d.dataset, info.test_split, **kwargs)
   if d.test_limit:

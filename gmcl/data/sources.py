@@ -37,6 +37,9 @@ DATASETS: dict[str, DatasetInfo] = {
     "fashion_mnist": DatasetInfo("fashion_mnist", (28, 28, 1), 10),
     "svhn_cropped": DatasetInfo("svhn_cropped", (32, 32, 3), 10),
     "cifar10": DatasetInfo("cifar10", (32, 32, 3), 10),
+    # DGM's ImageNet-50: fifty classes of TFDS's imagenet_resized/32x32 (the Imagenet32 files),
+    # relabelled 0..49 in the order of config.data.imagenet50_classes (IMAGENET50_CLASSES by default).
+    "imagenet50": DatasetInfo("imagenet_resized/32x32", (32, 32, 3), 50, test_split="validation"),
 }
 
 # Where TFDS downloads each dataset from (its builders' URLs); probed with a short timeout so that
@@ -46,8 +49,47 @@ _TFDS_DOWNLOAD_HOSTS = {
     "fashion_mnist": "fashion-mnist.s3-website.eu-central-1.amazonaws.com",
     "svhn_cropped": "ufldl.stanford.edu",
     "cifar10": "www.cs.toronto.edu",
+    "imagenet50": "www.image-net.org",
 }
 assert set(_TFDS_DOWNLOAD_HOSTS) == set(DATASETS)  # every dataset is probed first
+
+
+# ImageNet-50's classes, as the DGM code picks them (SAP-archive/machine-learning-dgm,
+# cfg/cfg_imnet_dgmw.yml and run_DGMw_imagenet.py): task t holds the classes at positions
+# [1, 15, 29, 45, 59, 65, 81, 89, 90, 99] + 100 t of the sorted WordNet ids, t = 0..4 (its ImageNet
+# script runs ten such tasks; ImageNet-50 is the first five). IMAGENET50_WNIDS are those ids in
+# task order (goldfish, robin, ..., cleaver), IMAGENET50_CLASSES their imagenet_resized labels (the
+# line of each in TFDS's imagenet_resized_labels.txt, the Imagenet32 label order); tests check
+# the two against TFDS's file.
+DGM_IMAGENET_POSITIONS = tuple(i + 100 * t for t in range(5) for i in (1, 15, 29, 45, 59, 65, 81, 89, 90, 99))
+IMAGENET50_WNIDS = (
+    "n01443537", "n01558993", "n01632777", "n01692333", "n01739381", "n01751748", "n01796340", "n01819313",
+    "n01820546", "n01855672", "n01871265", "n01950731", "n02006656", "n02056570", "n02087394", "n02089078",
+    "n02093647", "n02095570", "n02095889", "n02097298", "n02097658", "n02101388", "n02105641", "n02108915",
+    "n02112018", "n02113624", "n02123045", "n02128757", "n02128925", "n02138441", "n02165456", "n02236044",
+    "n02321529", "n02403003", "n02443484", "n02480495", "n02493793", "n02514041", "n02526121", "n02667093",
+    "n02672831", "n02776631", "n02799071", "n02837789", "n02892767", "n02916936", "n02978881", "n03000134",
+    "n03000247", "n03041632")
+IMAGENET50_CLASSES = (449, 390, 497, 469, 483, 489, 401, 409, 410, 419, 213, 654, 423, 439, 199, 41, 118, 151,
+                      71, 108, 130, 149, 28, 81, 117, 105, 173, 152, 29, 34, 621, 634, 657, 107, 39, 82, 110,
+                      446, 450, 852, 222, 703, 806, 984, 871, 832, 889, 720, 901, 369)
+IMAGENET50_SOURCE = "the DGM code's classes, positions [1, 15, 29, ...] + 100 t of the sorted WordNet ids"
+
+
+def imagenet50_classes(text: str = "") -> tuple[int, ...]:
+  """``config.data.imagenet50_classes`` ("" = :data:`IMAGENET50_CLASSES`; else 50 distinct comma-
+  separated imagenet_resized labels in 0..999) as a tuple, checked."""
+  if not text:
+    return IMAGENET50_CLASSES
+  try:
+    classes = tuple(int(v) for v in str(text).split(","))
+  except ValueError:
+    classes = ()
+  if len(classes) != 50 or len(set(classes)) != 50 or min(classes) < 0 or max(classes) > 999:
+    raise ValueError(f"config.data.imagenet50_classes={text!r}: give 50 distinct comma-separated "
+                     'imagenet_resized labels in 0..999 (in task order), or "" for gmcl\'s default list '
+                     f"({IMAGENET50_SOURCE}).")
+  return classes
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -180,13 +222,19 @@ def prepare_dataset(name: str, *, data_dir: Optional[str] = None,
 
 def load_split(name: str, split: str, *, data_dir: Optional[str] = None,
                manual_dir: Optional[str] = None, prepare: bool = True,
-               source: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+               source: str = "auto", classes: Optional[tuple] = None) -> tuple[np.ndarray, np.ndarray]:
   """Reads a whole split into memory.
+
+  ``classes`` (ImageNet-50: default :data:`IMAGENET50_CLASSES`): keep only the images of these
+  source labels, relabelled by their position in it.
 
   Returns:
     ``(images, labels)``: uint8 ``(N, H, W, C)`` and int32 ``(N,)``, in TFDS's
     stored order (files are not shuffled, so the order is the same every call).
   """
+  if name == "imagenet50":
+    return _load_subset(name, split, classes or IMAGENET50_CLASSES, data_dir=data_dir, manual_dir=manual_dir,
+                        prepare=prepare, source=source)
   info = dataset_info(name)
   if prepare:
     prepare_dataset(name, data_dir=data_dir, manual_dir=manual_dir, source=source)
@@ -201,6 +249,31 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None,
     raise ValueError(f"{name}/{split}: images of shape {images.shape[1:]}, expected {info.image_shape}.")
   logging.info("Loaded %s/%s: %s images.", name, split, images.shape[0])
   return images, labels
+
+
+def _load_subset(name, split, classes, *, data_dir, manual_dir, prepare, source):
+  """A split's images of the source labels ``classes``, relabelled 0..len-1 in that order, streamed
+  through a filter (ImageNet32's training split is 1.28 M images; fifty classes hold 64 k)."""
+  info = dataset_info(name)
+  if prepare:
+    prepare_dataset(name, data_dir=data_dir, manual_dir=manual_dir, source=source)
+  elif not is_prepared(name, data_dir):
+    raise DatasetUnavailableError(_how_to_prepare(name, data_dir))
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  keep = tf.constant(np.asarray(classes, np.int64))
+  ds = _builder(name, data_dir).as_dataset(split=split, shuffle_files=False)
+  ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["label"], keep))).batch(8192)
+  images, labels = [], []
+  for batch in tfds.as_numpy(ds):
+    images.append(np.asarray(batch["image"], np.uint8))
+    labels.append(np.asarray(batch["label"]))
+  position = np.full(1000, -1, np.int32)
+  position[np.asarray(classes)] = np.arange(len(classes), dtype=np.int32)
+  x = np.concatenate(images) if images else np.zeros((0,) + info.image_shape, np.uint8)
+  y = position[np.concatenate(labels)] if labels else np.zeros((0,), np.int32)
+  logging.info("Loaded %s/%s: %s images of %d classes.", name, split, x.shape[0], len(classes))
+  return x, y
 
 
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")

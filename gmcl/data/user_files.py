@@ -1,4 +1,5 @@
-"""SVHN and CIFAR-10 from a user's own files, stored under TFDS's built-in names.
+"""SVHN, CIFAR-10 and ImageNet32 (for ImageNet-50) from a user's own files, stored under TFDS's
+built-in names.
 
 No package index ships these datasets (each is over an index's size limit), and TFDS's builders
 only download them. A user who has the original files (a TPU VM's bucket, a lab's share) puts
@@ -13,6 +14,9 @@ the files' order, TFDS's ``id`` strings), so ``tfds.builder(NAME)`` loads them a
   data_batch_{1..5}.bin`` and ``test_batch.bin``, records of 1 label byte and 3072 image bytes,
   channel-major) or ``cifar-10-python.tar.gz`` (``cifar-10-batches-py/``: pickled batches with
   ``data`` (N, 3072) and ``labels``).
+* ``imagenet50``: ``Imagenet32_train_npz.zip`` and ``Imagenet32_val_npz.zip`` (the downsampled
+  ImageNet of Chrabaszcz et al. 2017, TFDS's own download for ``imagenet_resized/32x32``), stored
+  as that dataset with all 1000 classes; ImageNet-50 keeps its fifty when it loads.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ FILES = {
                      ("extra_32x32.mat", None, "optional: the extra split, about 1.3 GB")),
     "cifar10": (("cifar-10-binary.tar.gz", 170_052_171, "TFDS's own download (binary batches)"),
                 ("cifar-10-python.tar.gz", 170_498_071, "or: the python version (pickled batches)")),
+    # stored as TFDS's imagenet_resized/32x32, all 1000 classes (ImageNet-50 filters its fifty)
+    "imagenet50": (("Imagenet32_train_npz.zip", None, "Imagenet32's training batches, train_data_batch_*.npz"),
+                   ("Imagenet32_val_npz.zip", None, "Imagenet32's validation batch, val_data.npz")),
 }
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 
@@ -108,6 +115,46 @@ def read_cifar10(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   return out
 
 
+def iter_imagenet32(path: str):
+  """``(key, image (32, 32, 3) uint8, label 0..999)`` of an Imagenet32 ``*_npz.zip``, in TFDS's
+  order and keys (each member's ``data`` (N, 3072) channel-major rows and 1-based ``labels``)."""
+  import zipfile  # pylint: disable=import-outside-toplevel
+  with zipfile.ZipFile(path) as z:
+    members = [m for m in z.namelist() if m.endswith(".npz")]
+    if not members:
+      raise ValueError(f"{path} holds no .npz batch; an Imagenet32 archive holds train_data_batch_*.npz "
+                       "or val_data.npz.")
+    for member in members:  # the archive's order, as TFDS's builder reads it
+      with np.load(io.BytesIO(z.read(member)), allow_pickle=False) as batch:
+        if "data" not in batch.files or "labels" not in batch.files:
+          raise ValueError(f"{path}:{member} holds {batch.files}; an Imagenet32 batch holds data and labels.")
+        data, labels = batch["data"], batch["labels"]
+      if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != data.shape[0]:
+        raise ValueError(f"{path}:{member}: data {data.shape} with {len(labels)} labels; expected (N, 3072).")
+      if len(labels) and (min(labels) < 1 or max(labels) > 1000):
+        raise ValueError(f"{path}:{member}: labels in [{min(labels)}, {max(labels)}]; Imagenet32's are 1..1000.")
+      images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+      for i in range(images.shape[0]):
+        yield os.path.basename(member) + str(i), np.ascontiguousarray(images[i], np.uint8), int(labels[i]) - 1
+
+
+def _import_imagenet32(manual_dir: str, data_dir: str) -> str:
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  paths = {split: os.path.join(manual_dir, f) for split, (f, _, _) in zip(("train", "validation"),
+                                                                          FILES["imagenet50"])}
+  missing = [os.path.basename(p) for p in paths.values() if not os.path.exists(p)]
+  if missing:
+    raise FileNotFoundError(f"{manual_dir} lacks {missing}.\n" + what_to_put_where("imagenet50", manual_dir))
+  reference = tfds.builder("imagenet_resized/32x32", data_dir=data_dir)
+  examples = {split: ((key, {"image": image, "label": label}) for key, image, label in iter_imagenet32(path))
+              for split, path in paths.items()}
+  builder = tfds.dataset_builders.store_as_tfds_dataset(
+      name="imagenet_resized", config="32x32", version=str(reference.version), features=reference.info.features,
+      split_datasets=examples, data_dir=data_dir, disable_shuffling=True,
+      description="imagenet_resized/32x32 imported from the user's Imagenet32 files by gmcl.data.user_files.")
+  return str(builder.data_path)
+
+
 def read_user_files(name: str, manual_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """The splits in ``manual_dir``'s files of dataset ``name``.
 
@@ -134,8 +181,10 @@ def import_user_files(name: str, manual_dir: str, *, data_dir: Optional[str] = N
   the prepared dataset's path."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   from gmcl.data.sources import default_data_dir  # pylint: disable=import-outside-toplevel
-  splits = read_user_files(name, manual_dir)
   data_dir = data_dir or default_data_dir()
+  if name == "imagenet50":
+    return _import_imagenet32(manual_dir, data_dir)
+  splits = read_user_files(name, manual_dir)
   reference = tfds.builder(name, data_dir=data_dir)
   width = 6 if name == "svhn_cropped" else 5  # TFDS's id strings: train_000001 / train_00001
   examples = {split: [(i, {"id": f"{split}_{i:0{width}d}", "image": x[i], "label": int(y[i])})

@@ -130,6 +130,14 @@ class RunLog:
       return
     self.opened = True
     os.makedirs(self.dir, exist_ok=True)
+    if self._tb_wanted:
+      try:
+        import clu.metric_writers  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+      except ImportError as e:
+        self._tb_wanted = False
+        self._log(f"gmcl: log.tensorboard: no TensorBoard events ({e}); "
+                  + ("the CSV is written alone" if self._csv_wanted else "nothing is logged")
+                  + " (pip install clu tensorboard tensorflow, or --config.log.tensorboard=False).")
     if resume is None:
       self.offsets = {0: 0}
       for path in glob.glob(os.path.join(self.dir, "seed_*", "events.out.tfevents.*")):
@@ -142,14 +150,6 @@ class RunLog:
       if resume.get("total") is not None:
         self.total = {k: jnp.asarray(np.asarray(v, np.float32)) for k, v in resume["total"].items()}
         self.count, self.since = int(resume["count"]), int(resume["since"])
-    if self._tb_wanted:
-      try:
-        import clu.metric_writers  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-      except ImportError as e:
-        self._tb_wanted = False
-        self._log(f"gmcl: log.tensorboard: no TensorBoard events ({e}); "
-                  + ("the CSV is written alone" if self._csv_wanted else "nothing is logged")
-                  + " (pip install clu tensorboard tensorflow, or --config.log.tensorboard=False).")
     if self._csv_wanted and not os.path.exists(self._csv_path):
       with open(self._csv_path, "w", newline="") as f:
         csv.writer(f).writerow(CSV_FIELDS)
@@ -188,8 +188,8 @@ class RunLog:
     for index, seed in enumerate(self.seeds):
       logdir = os.path.join(self.dir, f"seed_{seed}")
       g = self._group_of(index)
-      if g < current or not os.path.isdir(logdir):
-        continue  # a finished seed's logs stay as they are
+      if g < current or not os.path.isdir(logdir) or not self._tb_wanted:
+        continue  # a finished seed's logs stay as they are (and without TensorFlow, all of them)
       limit = global_step - self.offsets.get(g, 0) if g == current else -1
       cut_events(logdir, lambda step, limit=limit: step <= limit)
 

@@ -160,3 +160,19 @@ def test_log_settings_are_validated():
   c.log.every_steps = -1
   with pytest.raises(ValueError, match=r"log\.every_steps"):
     validate_config(c)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(__import__("gmcl.registry", fromlist=["METHODS"]).METHODS))
+def test_a_smoke_run_of_every_method_writes_its_logs_and_plots(mnist_data, tmp_path, name):
+  import importlib  # pylint: disable=import-outside-toplevel
+  c = importlib.import_module(f"experiments.configs.{name}").get_config("smoke")
+  c.data.max_tasks = 2
+  from gmcl.data.build import data_settings, load_data  # pylint: disable=import-outside-toplevel
+  data = mnist_data if data_settings(c) == mnist_data.source else load_data(c)
+  loop.run(c, str(tmp_path), data=data, progress=False, log=lambda s: None)
+  rows = _rows(tmp_path)
+  assert any(r["name"].startswith("train/") for r in rows), name  # per-interval step metrics
+  assert [r["task"] for r in rows if r["name"] == "eval/A"] == ["1", "2"]
+  assert glob.glob(str(tmp_path / "logs" / "seed_0" / "events.out.tfevents.*"))
+  assert (tmp_path / "accuracy_matrix.png").exists() and (tmp_path / "accuracy_curve.png").exists()

@@ -116,7 +116,7 @@ class RunLog:
     self.dir = os.path.join(workdir, "logs")
     self.seeds, self.groups = list(seeds), [list(g) for g in groups]
     self._tb_wanted, self._csv_wanted, self._log = tensorboard, write_csv, log
-    self._writers, self.opened = {}, False
+    self._writers, self.opened, self._hparams = {}, False, {}
     self.total, self.count, self.since = None, 0, 0  # the open interval (device sums)
     self.offsets = {}  # group -> the global step at which it started
 
@@ -153,14 +153,18 @@ class RunLog:
     if self._csv_wanted and not os.path.exists(self._csv_path):
       with open(self._csv_path, "w", newline="") as f:
         csv.writer(f).writerow(CSV_FIELDS)
+    self._hparams = flatten_config(config_dict)
     if resume is None:
       with open(os.path.join(self.dir, "config.json"), "w") as f:
         json.dump(config_dict, f, indent=2, sort_keys=True)
-      if self._tb_wanted:
-        hparams = flatten_config(config_dict)
-        for i in self.groups[0]:
-          self._writer(i).write_hparams(hparams)
-          self._writer(i).flush()
+      self._write_hparams(0)
+
+  def _write_hparams(self, group: int) -> None:
+    """The config as TensorBoard hparams of each seed of ``group``, when it starts."""
+    if self._tb_wanted:
+      for i in self.groups[group]:
+        self._writer(i).write_hparams(self._hparams)
+        self._writer(i).flush()
 
   @property
   def _csv_path(self) -> str:
@@ -204,6 +208,8 @@ class RunLog:
 
   def start_group(self, group: int, global_step: int) -> None:
     self.offsets[group] = global_step
+    if self.opened:
+      self._write_hparams(group)
 
   # ----- writing ------------------------------------------------------------------------------
   def add(self, metrics, steps: int) -> None:

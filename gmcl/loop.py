@@ -507,6 +507,7 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
   init_keys, train_keys, sample_keys = zip(*(jax.random.split(k, 3) for k in run_keys))
   record = {"seeds": [_seed_record() for _ in seeds], "metrics": [{} for _ in groups[0]],
             "timings": [], "seconds": 0.0}
+  no_plots = []  # set when matplotlib is missing (said once)
   runlog = RunLog(workdir, seeds, groups, int(config.log.every_steps), tensorboard=bool(config.log.tensorboard),
                   write_csv=bool(config.log.csv), log=log, writer=jax.process_index() == 0)
   fusions = t_cfg.xla_cpu_fusions
@@ -622,8 +623,12 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
     # for byte (and equal after a resume).
     if jax.process_index() == 0:  # one writer when several hosts run the same program
       write_json(os.path.join(workdir, "results.json"), results)
-      if config.log.plots:
-        plots.plot_run(results, workdir)
+      if config.log.plots and not no_plots:
+        try:
+          plots.plot_run(results, workdir)
+        except ImportError as e:  # an accelerator image without matplotlib: results first
+          no_plots.append(str(e))
+          log(f"gmcl: log.plots: no plots ({e}); --config.log.plots=False silences this.")
       write_json(os.path.join(workdir, "timings.json"), {
           "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
           "machine": xla.machine_description(),

@@ -176,3 +176,12 @@ def test_a_smoke_run_of_every_method_writes_its_logs_and_plots(mnist_data, tmp_p
   assert [r["task"] for r in rows if r["name"] == "eval/A"] == ["1", "2"]
   assert glob.glob(str(tmp_path / "logs" / "seed_0" / "events.out.tfevents.*"))
   assert (tmp_path / "accuracy_matrix.png").exists() and (tmp_path / "accuracy_curve.png").exists()
+
+
+def test_without_matplotlib_the_run_keeps_its_results_and_says_so_once(mnist_data, tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+  lines = []
+  res = loop.run(_sft(), str(tmp_path), data=mnist_data, progress=False, log=lines.append)
+  assert res["completed_tasks"] == 2 and (tmp_path / "results.json").exists()
+  assert sum("log.plots: no plots" in line for line in lines) == 1
+  assert not (tmp_path / "accuracy_matrix.png").exists()

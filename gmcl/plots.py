@@ -22,7 +22,7 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> None:
-  tmp = path + ".tmp.png"
+  tmp = f"{path}.{os.getpid()}.tmp.png"  # one per process: comparisons sharing a folder may draw at once
   fig.savefig(tmp, dpi=110, bbox_inches="tight")
   os.replace(tmp, path)
 

@@ -87,5 +87,7 @@ def test_table_only_reads_finished_runs_and_leaves_another_process_table_write_a
   assert "| lsa/sequential | not run | not run |" in text
   with open(other) as f:
     assert f.read() == "other"
-  assert sorted(os.listdir(out)) == sorted(["demo_3seeds", "table_demo_3seeds.md", os.path.basename(other)])
+  # beside the table, the A_t curves of the benchmark with a finished run
+  assert sorted(os.listdir(out)) == sorted(["demo_3seeds", "table_demo_3seeds.md", "table_demo_3seeds_split_mnist.png",
+                                            os.path.basename(other)])
   assert compare.table_name("demo", 1) == "table_demo.md"

@@ -96,6 +96,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.parallel.mode = "none"  # none | jit (device mesh, NamedSharding) | pmap
   c.parallel.num_devices = 0  # 0: every local device
 
+  # The persistent XLA compilation cache (gmcl.compile_cache): programs compiled once are read back
+  # by later processes on the same kind of machine. cache_dir: "auto" ($GMCL_CACHE_DIR/xla/MACHINE
+  # or ~/.cache/gmcl/xla/MACHINE), a folder (MACHINE appended), or "" (off). Programs that compiled
+  # in less than min_compile_secs are not written (0: every program; they are small). Changes no
+  # result.
+  c.compile = ml_collections.ConfigDict()
+  c.compile.cache_dir = "auto"
+  c.compile.min_compile_secs = 0.0
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.enabled = True
   c.checkpoint.every_steps = 1000  # also at every task boundary; 0: only there
@@ -334,6 +343,10 @@ def validate_config(config) -> None:
   require(e.validation_every_steps == 0 or e.validation_fraction > 0, "eval.validation_every_steps",
           e.validation_every_steps, "0 unless eval.validation_fraction > 0 (nothing is held out to select on)")
   require(d.test_limit >= 0, "data.test_limit", d.test_limit, ">= 0")
+  cc = config.compile
+  require(isinstance(cc.cache_dir, str), "compile.cache_dir", cc.cache_dir, '"auto", "" (off) or a folder')
+  require(isinstance(cc.min_compile_secs, (int, float)) and not isinstance(cc.min_compile_secs, bool)
+          and cc.min_compile_secs >= 0, "compile.min_compile_secs", cc.min_compile_secs, "a number >= 0")
   require(m.classifier in CLASSIFIERS, "model.classifier", m.classifier, str(sorted(CLASSIFIERS)))
   require(m.gan in ("dcgan", "mlp"), "model.gan", m.gan, "'dcgan' or 'mlp'")
   require(m.z_dim >= 1, "model.z_dim", m.z_dim, ">= 1")

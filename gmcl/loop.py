@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gmcl import evaluation, plots, xla
+from gmcl import compile_cache, evaluation, plots, xla
 from gmcl import seeds as seeds_lib
 from gmcl.checkpoint import IncompatibleCheckpoint, RunCheckpointer
 from gmcl.config import added_keys, oracle_seed, reverse_architectures, validate_config
@@ -388,8 +388,8 @@ def _config_differences(saved: dict, current: dict, added: dict, prefix="",
   keys = sorted(set(saved) | set(current))
   out = []
   for k in keys:
-    if prefix == "" and k in ("checkpoint", "log"):
-      continue  # checkpoint and log settings may change between a run and its resumption
+    if prefix == "" and k in ("checkpoint", "log", "compile"):
+      continue  # checkpoint, log and compilation-cache settings may change between a run and its resumption
     if prefix == "" and k not in current and isinstance(saved.get(k), dict):
       continue  # another method's section: checkpoints written before method sections hold all
     a, b = saved.get(k), current.get(k)
@@ -462,6 +462,7 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
   validate_config(config)
   check_sizes_fit(config)
   os.makedirs(workdir, exist_ok=True)
+  compile_cache.enable_from_config(config, log=log)
   with WorkdirLock(workdir, log=log, enabled=jax.process_index() == 0):
     return _run(config, workdir, data=data, progress=progress, log=log, resume=resume,
                 overwrite=overwrite, stop_after_steps=stop_after_steps)
@@ -633,6 +634,7 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
           "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
           "machine": xla.machine_description(),
           "wall_seconds": record["seconds"] + time.time() - clock[0],
+          "compilation_cache": compile_cache.stats(),
           "per_task": record["timings"]})
 
   def summary():

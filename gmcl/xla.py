@@ -151,16 +151,26 @@ def jit(fun: Callable, *, fusions: str = "auto", **jit_kwargs: Any) -> Callable:
   return _Jitted(fun, fusions, jit_kwargs)
 
 
+def cpu_info() -> dict:
+  """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      text = f.read()
+  except OSError:
+    return {}
+  out = {}
+  for line in text.split("\n\n", 1)[0].splitlines():
+    if ":" in line:
+      k, v = line.split(":", 1)
+      out[k.strip()] = v.strip()
+  return out
+
+
 def machine_description() -> str:
   """The machine programs run on, in words: CPU model and cores, JAX version, device kind (for
   timings.json and benchmark tables: one seed's figures, and speeds, differ between CPU types)."""
   import os  # pylint: disable=import-outside-toplevel
   import platform  # pylint: disable=import-outside-toplevel
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
+  cpu = cpu_info().get("model name") or platform.processor() or platform.machine()
   dev = jax.devices()[0]
   return f"{cpu}, {os.cpu_count()} cores; JAX {jax.__version__} on {dev.platform} ({dev.device_kind})"

@@ -9,8 +9,20 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_disable_most_optimizations", True)
-# No persistent compilation cache: reading back its multi-device CPU executables has crashed
-# the process (a segmentation fault inside jax's compilation_cache, JAX 0.10.2).
+# The persistent compilation cache (gmcl.compile_cache) stays off in the suite unless
+# GMCL_TEST_COMPILATION_CACHE names a folder: the tests must not depend on what earlier processes
+# left there, and reading back multi-device CPU executables once crashed a test process (a
+# segmentation fault inside jax's compilation_cache, JAX 0.10.2). The cache's own tests run
+# their own processes (tests/test_compile_cache.py).
+# The environment carries the choice to the processes tests start (experiments.main, sweeps).
+if os.environ.get("GMCL_TEST_COMPILATION_CACHE"):
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["GMCL_TEST_COMPILATION_CACHE"]
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  jax.config.update("jax_compilation_cache_dir", os.environ["GMCL_TEST_COMPILATION_CACHE"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+else:
+  os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+  jax.config.update("jax_enable_compilation_cache", False)
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from gmcl import compile_cache
 from gmcl.evaluation import metrics as evaluation
 from gmcl.data.sampling import sample_batch, task_arrays
 from gmcl.losses.classification import softmax_cross_entropy
@@ -83,8 +84,7 @@ def fingerprint(x_train: np.ndarray, y_train: np.ndarray) -> str:
 
 def default_cache_dir() -> str:
   """``$GMCL_CACHE_DIR/oracles``, or ``~/.cache/gmcl/oracles``."""
-  root = os.environ.get("GMCL_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "gmcl")
-  return os.path.join(root, "oracles")
+  return os.path.join(compile_cache.cache_root(), "oracles")
 
 
 def _model(settings: OracleSettings, num_classes: int):

@@ -1,0 +1,179 @@
+"""The persistent compilation cache (gmcl.compile_cache): one folder per kind of machine, the
+user's JAX settings win, a second process reads back what the first compiled, and nothing it reads
+back changes a result.
+
+The suite itself runs with the cache off (conftest.py), so the tests that use it start their own
+processes, with the environment cleared of the suite's setting.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from gmcl import compile_cache
+from experiments.configs import dgr
+from gmcl.config import validate_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A classifier's training steps (gmcl's MLP, Adam): compiled once per process, then run; prints
+# the cache's counters and the trained parameters' bytes as hex.
+_PROGRAM = r"""
+import hashlib, json, sys
+import jax, jax.numpy as jnp, numpy as np, optax
+from gmcl import compile_cache
+from gmcl.models.classifiers import make_classifier
+folder = compile_cache.enable(sys.argv[1], min_compile_secs=0.0)
+model = make_classifier("mlp", 10, hidden=(64, 64))
+x = jax.random.normal(jax.random.PRNGKey(1), (32, 28, 28, 1))
+y = jnp.arange(32) % 10
+params = model.init(jax.random.PRNGKey(0), x[:1])["params"]
+opt = optax.adam(1e-3)
+@jax.jit
+def train(params):
+  def step(carry, _):
+    p, s = carry
+    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
+    g = jax.grad(loss)(p)
+    u, s = opt.update(g, s, p)
+    return (optax.apply_updates(p, u), s), None
+  (p, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=5)
+  return p
+out = jax.device_get(train(params))
+digest = hashlib.sha256(b"".join(np.asarray(v).tobytes() for v in jax.tree.leaves(out))).hexdigest()
+print(json.dumps({"folder": folder, "stats": compile_cache.stats(), "digest": digest}))
+"""
+
+
+def _env(tmp_path, **extra):
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith("JAX_") and k not in ("GMCL_CACHE_DIR", "GMCL_TEST_COMPILATION_CACHE")}
+  env.update(GMCL_CACHE_DIR=str(tmp_path / "home_cache"), PYTHONPATH=ROOT, **extra)
+  return env
+
+
+def _program(tmp_path, setting, **extra):
+  proc = subprocess.run([sys.executable, "-c", _PROGRAM, setting], cwd=ROOT, env=_env(tmp_path, **extra),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _description(**changes):
+  desc = {"backend": "cpu", "jax": "0.10.2", "jaxlib": "0.10.2", "vendor": "GenuineIntel", "family": "6",
+          "model": "143", "name": "Intel(R) Xeon(R) Platinum 8480+", "flags_sha256": "ab" * 32}
+  desc.update(changes)
+  return desc
+
+
+def test_machine_key_names_the_machine_and_changes_with_it():
+  key = compile_cache.machine_key(_description())
+  assert key == compile_cache.machine_key(_description())  # a pure function of the description
+  assert key.startswith("cpu-GenuineIntel-6-143-") and key.endswith("-jax0.10.2")
+  others = [_description(model="167"), _description(vendor="AuthenticAMD", family="25", model="1"),
+            _description(flags_sha256="cd" * 32), _description(jax="0.11.0"), _description(jaxlib="0.11.0")]
+  keys = {compile_cache.machine_key(d) for d in others}
+  assert key not in keys and len(keys) == len(others)
+  gpu = compile_cache.machine_key({"backend": "gpu", "jax": "0.11.0", "jaxlib": "0.11.0",
+                                   "device_kind": "NVIDIA H200"})
+  assert gpu.startswith("gpu-NVIDIA_H200-")  # a folder name: no spaces or slashes
+  assert all(c.isalnum() or c in ".+_-" for c in gpu)
+  # This machine's key: stable within a process, and its fingerprint names the CPU it runs on.
+  assert compile_cache.machine_key() == compile_cache.machine_key()
+  assert compile_cache.machine_fingerprint()["backend"] == "cpu"
+
+
+def test_cache_dir_settings(tmp_path, monkeypatch):
+  monkeypatch.setenv("GMCL_CACHE_DIR", str(tmp_path))
+  key = compile_cache.machine_key()
+  assert compile_cache.cache_dir("") is None
+  assert compile_cache.cache_dir("auto") == os.path.join(str(tmp_path), "xla", key)
+  assert compile_cache.cache_dir(str(tmp_path / "mine")) == os.path.join(str(tmp_path / "mine"), key)
+  with pytest.raises(ValueError, match="compile.cache_dir"):
+    compile_cache.cache_dir(None)
+
+
+@pytest.mark.parametrize("key,value", [("cache_dir", 3), ("cache_dir", None), ("min_compile_secs", -1.0),
+                                       ("min_compile_secs", "1"), ("min_compile_secs", True)])
+def test_validate_config_rejects_bad_settings(key, value):
+  config = dgr.get_config("smoke")
+  validate_config(config)
+  # A ConfigDict refuses a value of another type; a config built in code may still hold one.
+  config.compile = ml_collections.ConfigDict({**config.compile.to_dict(), key: value})
+  with pytest.raises(ValueError, match=f"compile.{key}"):
+    validate_config(config)
+
+
+def test_second_process_reads_back_what_the_first_compiled(tmp_path):
+  first = _program(tmp_path, "auto")
+  folder = first["folder"]
+  assert folder == os.path.join(str(tmp_path / "home_cache"), "xla", compile_cache.machine_key())
+  assert first["stats"]["on"] and first["stats"]["folder"] == compile_cache.machine_key()
+  assert first["stats"]["written"] >= 1 and first["stats"]["hits"] == 0
+  assert first["stats"]["compiled"] == first["stats"]["requests"] >= first["stats"]["written"]
+  written = sorted(f for f in os.listdir(folder) if f != "machine.json")
+  assert written, "the first process wrote no compiled program"
+  with open(os.path.join(folder, "machine.json")) as f:
+    assert json.load(f) == compile_cache.machine_fingerprint()
+
+  second = _program(tmp_path, "auto")
+  assert second["stats"]["hits"] == first["stats"]["written"] and second["stats"]["written"] == 0, second["stats"]
+  assert sorted(f for f in os.listdir(folder) if f != "machine.json") == written  # nothing new
+  # An executable read back computes what the compiled one did, and what a process without the
+  # cache computes: the same program, so the same bytes.
+  off = _program(tmp_path, "")
+  assert off["folder"] is None and not off["stats"]["on"] and off["stats"]["requests"] == 0
+  assert first["digest"] == second["digest"] == off["digest"]
+
+
+def test_the_users_settings_win(tmp_path):
+  theirs = str(tmp_path / "theirs")
+  used = _program(tmp_path, "auto", JAX_COMPILATION_CACHE_DIR=theirs)
+  assert used["folder"] == theirs and used["stats"]["on"] and os.listdir(theirs)
+  assert not os.path.exists(tmp_path / "home_cache" / "xla")  # gmcl's folder untouched
+  off = _program(tmp_path, "auto", JAX_ENABLE_COMPILATION_CACHE="false")
+  assert off["folder"] is None and off["stats"]["requests"] == 0
+  assert not os.path.exists(tmp_path / "home_cache" / "xla")
+
+
+def test_a_folder_that_cannot_be_written_is_said_and_skipped(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a folder")
+  code = ("import sys; from gmcl import compile_cache; said = [];"
+          "print(compile_cache.enable(sys.argv[1], log=said.append)); print(said)")
+  proc = subprocess.run([sys.executable, "-c", code, str(blocker)], cwd=ROOT, env=_env(tmp_path),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.strip().splitlines()
+  assert lines[0] == "None" and "no compilation cache" in lines[1] and str(blocker) in lines[1]
+
+
+@pytest.mark.slow
+def test_a_run_with_the_cache_gives_the_results_of_a_run_without(tmp_path):
+  """experiments.main, DGR smoke, three processes: cache empty, cache filled, cache off. The three
+  results.json are equal but for the compile setting itself (every score equal to the last bit);
+  the second run reads its programs back."""
+  base = [sys.executable, "-m", "experiments.main", "--config", "experiments/configs/dgr.py:dataset=mnist,smoke",
+          "--config.compile.min_compile_secs=0"]
+  runs = {}
+  for name, setting in (("first", str(tmp_path / "cache")), ("second", str(tmp_path / "cache")), ("off", "")):
+    work = tmp_path / name
+    proc = subprocess.run(base + [f"--config.compile.cache_dir={setting}", "--workdir", str(work)], cwd=ROOT,
+                          env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(work / "timings.json") as f:
+      cache = json.load(f)["compilation_cache"]
+    with open(work / "results.json") as f:
+      results = json.load(f)
+    assert results["config"]["compile"]["cache_dir"] == setting
+    del results["config"]["compile"]  # the one setting that differs between the runs
+    runs[name] = (json.dumps(results, sort_keys=True), cache)
+  assert runs["first"][0] == runs["second"][0] == runs["off"][0]
+  assert runs["first"][1]["written"] >= 1
+  assert runs["second"][1]["hits"] >= 1 and runs["second"][1]["hits"] > runs["second"][1]["written"], runs
+  assert not runs["off"][1]["on"] and runs["off"][1]["requests"] == 0

@@ -74,7 +74,8 @@ def test_config_arguments():
 
 def test_configs_hold_the_chosen_methods_sections_only():
   from gmcl.registry import METHODS, method_spec
-  shared = {"method", "seed", "num_seeds", "data", "model", "train", "parallel", "checkpoint", "log", "eval"}
+  shared = {"method", "seed", "num_seeds", "data", "model", "train", "parallel", "checkpoint", "log", "eval",
+            "compile"}
   for name in METHODS:
     c = method_config(name)
     assert set(c.keys()) == shared | set(method_spec(name).sections()), name
@@ -124,7 +125,7 @@ def test_an_override_of_a_missing_key_names_it_and_the_valid_keys():
   c = method_config("sft")
   assert unknown_key(c, "train.solver_lr") == ""
   assert unknown_key(c, "foo.bar").startswith(
-      "foo: the config has no key 'foo'; valid keys there: ['checkpoint', 'data'")
+      "foo: the config has no key 'foo'; valid keys there: ['checkpoint', 'compile', 'data'")
   message = unknown_key(c, "train.lrate")
   assert message.startswith("train.lrate: train has no key 'lrate'") and "'solver_lr'" in message
   assert "it is a value" in unknown_key(c, "train.solver_lr.x")

@@ -101,8 +101,17 @@ def test_every_recorded_result_matches_todays_config():
   """A schedule changed since its results were recorded: rerun them (paper_table --run --overwrite)
   or record the new schedule under its own name."""
   for folder, _, files in os.walk(pt.RESULTS):
-    if os.path.relpath(folder, pt.RESULTS).split(os.sep)[0] == "evidence":
+    parts = os.path.relpath(folder, pt.RESULTS).split(os.sep)
+    if parts[0] == "evidence":
       continue  # the sweeps' records (experiments.sweep --record results/evidence/...): not the table's
+    if parts[0] == "seeds" and "results.json" in files:
+      # one seed run alone before experiments.merge_seeds (results/seeds/<schedule>/<dataset>/<run>/seed<S>):
+      # the table's command with --config.seed=S --config.eval.oracle_seed=0, nothing else changed
+      _, schedule, dataset, name, seed = parts
+      differences = pt.stale(pt.read_results(folder), pt.RUNS[name], dataset, schedule, 1)
+      assert {d.split(":")[0] for d in differences} <= {"seed", "eval.oracle_seed"}, (folder, differences)
+      assert int(seed[len("seed"):]) == pt.read_results(folder)["seeds"][0], folder
+      continue
     if "results.json" in files:
       schedule_seeds, dataset, name = os.path.relpath(folder, pt.RESULTS).split(os.sep)
       schedule, seeds = schedule_seeds.rsplit("_", 1)

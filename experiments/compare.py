@@ -8,6 +8,10 @@ Every (method, benchmark) pair is one ordinary run of ``gmcl.loop.run`` in
 ``OUT/SCHEDULE/BENCHMARK/METHOD``; a finished run is read, not rerun, and an interrupted one
 continues from its checkpoints, so the command resumes where it stopped and a table can be
 rebuilt from finished runs (``--table_only``; unfinished runs are marked with how far they got).
+``--record results/compare`` copies each finished run's results.json and timings.json into the same
+layout there (small files, to be committed; ``--table_only --out results/compare`` rebuilds the
+table from them), checking that the run is of the pair's config today and never replacing a
+record that differs unless ``--overwrite``.
 A pair a method does not support (lsa on one class per task, where the task id gives the label
 away) is marked n/a; a run that fails is marked with its error and the others
 go on. The table (``OUT/table_SCHEDULE_Sseeds.md``; ``table_SCHEDULE.md`` for one seed; also
@@ -65,6 +69,9 @@ flags.DEFINE_list("methods", list(METHODS), "Subset of the method names (see MET
 flags.DEFINE_integer("max_tasks", 0, "> 0: keep only the first N tasks of every sequence.")
 flags.DEFINE_integer("num_seeds", 3, "Seeds per run (config.num_seeds), from config.seed on.", lower_bound=1)
 flags.DEFINE_bool("table_only", False, "Only rebuild the table from finished runs.")
+flags.DEFINE_string("record", None, "Also copy each finished run's results.json and timings.json to "
+                    "RECORD/SCHEDULE.../BENCHMARK/METHOD (e.g. results/compare).")
+flags.DEFINE_bool("overwrite", False, "With --record: replace a record that differs from the run.")
 
 
 def unsupported(method: str, benchmark: str) -> str | None:
@@ -155,6 +162,41 @@ def read_cell(workdir: str, num_seeds: int = 1) -> dict:
   return cell
 
 
+def record_run(workdir: str, record: str, config, overwrite: bool = False) -> list[str]:
+  """Copies a finished run's results.json and timings.json from ``workdir`` to ``record``;
+  returns the files written (none when the record already holds these bytes).
+
+  Raises:
+    ValueError: the run is unfinished, of another config than ``config`` (names the keys), or
+      ``record`` holds a different record and ``overwrite`` is False.
+  """
+  from gmcl import loop  # pylint: disable=import-outside-toplevel
+  if loop.finished_run_of(config, workdir) is None:
+    raise ValueError(f"{workdir} holds no finished run to record.")
+  pending = []
+  for name in ("results.json", "timings.json"):
+    source, target = os.path.join(workdir, name), os.path.join(record, name)
+    if not os.path.exists(source):
+      continue
+    with open(source, "rb") as f:
+      data = f.read()
+    if os.path.exists(target):
+      with open(target, "rb") as f:
+        if f.read() == data:
+          continue
+      if not overwrite:
+        raise ValueError(f"{target} holds another record of this pair; pass --overwrite to replace it "
+                         f"with {source}.")
+    pending.append((target, data))
+  os.makedirs(record, exist_ok=True)
+  for target, data in pending:
+    tmp = f"{target}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+      f.write(data)
+    os.replace(tmp, target)
+  return [t for t, _ in pending]
+
+
 def format_cell(cell: dict, benchmark: str) -> str:
   if "error" in cell or "na" in cell:
     return cell.get("error") or "n/a"
@@ -221,6 +263,14 @@ def main(argv):
         except Exception as e:  # pylint: disable=broad-except
           traceback.print_exc()
           cells[(m, b)] = {"error": f"failed: {type(e).__name__}"}
+      if FLAGS.record and "A" in cells[(m, b)]:
+        config = build_config(m, b, FLAGS.schedule, FLAGS.max_tasks, FLAGS.num_seeds)
+        try:
+          for path in record_run(workdir, run_dir(FLAGS.record, FLAGS.schedule, FLAGS.max_tasks, b, m,
+                                                  FLAGS.num_seeds), config, FLAGS.overwrite):
+            print(f"recorded {path}", flush=True)
+        except ValueError as e:  # the run stays in OUT; the other pairs go on
+          print(f"{m} on {b} not recorded: {e}", flush=True)
       write_table(cells)
   print(write_table(cells))
 

@@ -91,3 +91,55 @@ def test_table_only_reads_finished_runs_and_leaves_another_process_table_write_a
   assert sorted(os.listdir(out)) == sorted(["demo_3seeds", "table_demo_3seeds.md", "table_demo_3seeds_split_mnist.png",
                                             os.path.basename(other)])
   assert compare.table_name("demo", 1) == "table_demo.md"
+
+
+def _finished(workdir, config, A):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump({"A": A, "tasks": [[i] for i in range(len(A))], "completed_tasks": len(A),
+               "scenario": "class_incremental", "average_forgetting": 0.1, "seeds": [0, 1, 2],
+               "A_std": [0.0] * len(A), "config": config.to_dict()}, f)
+  with open(os.path.join(workdir, "timings.json"), "w") as f:
+    json.dump({"wall_seconds": 60.0, "machine": "CPU X, 2 cores"}, f)
+
+
+def test_record_copies_a_finished_run_once_and_keeps_a_different_record_without_overwrite(tmp_path):
+  config = compare.build_config("dgr", "split_mnist", "demo", num_seeds=3)
+  run, record = str(tmp_path / "run"), str(tmp_path / "record")
+  with pytest.raises(ValueError, match="no finished run"):
+    compare.record_run(run, record, config)
+  _finished(run, config, [1.0, 0.5])
+  assert sorted(os.path.basename(p) for p in compare.record_run(run, record, config)) == [
+      "results.json", "timings.json"]
+  assert compare.read_cell(record, 3) == compare.read_cell(run, 3)
+  assert compare.record_run(run, record, config) == []  # the same bytes: nothing written
+  _finished(run, config, [1.0, 0.6])  # a rerun with other figures
+  with pytest.raises(ValueError, match="another record of this pair; pass --overwrite"):
+    compare.record_run(run, record, config)
+  assert compare.read_cell(record, 3)["A"] == [1.0, 0.5]  # kept
+  compare.record_run(run, record, config, overwrite=True)
+  assert compare.read_cell(record, 3)["A"] == [1.0, 0.6]
+  other = compare.build_config("dgr", "split_mnist", "cpu", num_seeds=3)
+  with pytest.raises(ValueError, match="another config"):
+    compare.record_run(run, str(tmp_path / "other"), other)
+  assert not os.path.exists(tmp_path / "other")
+
+
+def test_every_recorded_comparison_run_is_of_its_pairs_config_today():
+  """results/compare/SCHEDULE_Sseeds/BENCHMARK/METHOD holds what `compare --record results/compare`
+  copied: a changed config means rerunning the pair (or --overwrite after the rerun)."""
+  from gmcl import loop  # pylint: disable=import-outside-toplevel
+  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "compare")
+  names = {m.replace("/", "_"): m for m in compare.METHODS}
+  for folder, _, files in os.walk(root):
+    if "results.json" not in files:
+      continue
+    tag, benchmark, method = os.path.relpath(folder, root).split(os.sep)
+    schedule, _, rest = tag.partition("_")
+    seeds = int(rest[:-len("seeds")]) if rest.endswith("seeds") else 1
+    assert "first" not in rest, folder  # truncated sequences are not the table's
+    with open(os.path.join(folder, "results.json")) as f:
+      res = json.load(f)
+    config = compare.build_config(names[method], benchmark, schedule, num_seeds=seeds)
+    assert loop.config_differences(res["config"], config) == [], folder
+    assert len(res["seeds"]) == seeds and res["completed_tasks"] == len(res["tasks"]), folder

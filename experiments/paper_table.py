@@ -5,13 +5,13 @@
   python -m experiments.paper_table --readme README.md             # rewrite the README's section
 
 The rows are the seed's ten (JT, EWC-M, EWC-S, PI-S, RWalk-S, iCaRL-S, DGR, MeRGAN, DGMw, DGMa) and
-MeRGAN's lower bound SFT, its columns MNIST, SVHN and CIFAR-10 A_5 / A_10 and ImageNet-50 A_30 / A_50, class-incremental with
-one class per task. Under each row's paper figures come gmcl's, one line per run and protocol,
-each the mean ± sd over the run's seeds, and every line says its protocol: the papers' figures do
-not share one (the seed's table copies MeRGAN's oracle accuracies on generated samples beside
-continual-learning accuracies on real test images), so a gmcl figure is compared only with a
-paper figure of the same protocol. "–": not run; "needs data": the dataset is not prepared on
-this machine (or gmcl cannot load it yet) and no result is recorded.
+MeRGAN's lower bound SFT, its columns MNIST, SVHN and CIFAR-10 A_5 / A_10 and ImageNet-50 A_30 /
+A_50, class-incremental with one class per task. Under each row's paper figures come gmcl's, one
+line per run and protocol, each the mean ± sd over the run's seeds, and every line says its
+protocol: the papers' figures do not share one (the seed's table copies MeRGAN's oracle accuracies
+on generated samples beside continual-learning accuracies on real test images), so a gmcl figure is
+compared only with a paper figure of the same protocol. "–": not run; "needs data": the dataset is
+not prepared on this machine (or gmcl cannot load it yet) and no result is recorded.
 
 gmcl's figures are read from ``results/SCHEDULE_Sseeds/DATASET/RUN/results.json`` (the small
 results.json and timings.json of finished runs, committed; no checkpoints). ``--run`` trains the

@@ -132,9 +132,18 @@ def test_second_process_reads_back_what_the_first_compiled(tmp_path):
 
 def test_the_users_settings_win(tmp_path):
   theirs = str(tmp_path / "theirs")
-  used = _program(tmp_path, "auto", JAX_COMPILATION_CACHE_DIR=theirs)
+  # Their folder and their threshold: with JAX's default (programs compiled in under 1 s are not
+  # written) whether this small program is written would depend on the machine's speed.
+  used = _program(tmp_path, "auto", JAX_COMPILATION_CACHE_DIR=theirs,
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   assert used["folder"] == theirs and used["stats"]["on"] and os.listdir(theirs)
   assert not os.path.exists(tmp_path / "home_cache" / "xla")  # gmcl's folder untouched
+  # Their threshold too: gmcl's min_compile_secs (0 here) does not replace it.
+  slow_only = str(tmp_path / "slow_only")
+  used = _program(tmp_path, "auto", JAX_COMPILATION_CACHE_DIR=slow_only,
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1e9")
+  assert used["folder"] == slow_only and used["stats"]["written"] == 0
+  assert not os.path.exists(slow_only) or not os.listdir(slow_only)
   off = _program(tmp_path, "auto", JAX_ENABLE_COMPILATION_CACHE="false")
   assert off["folder"] is None and off["stats"]["requests"] == 0
   assert not os.path.exists(tmp_path / "home_cache" / "xla")

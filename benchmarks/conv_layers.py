@@ -3,6 +3,8 @@
   python -m benchmarks.conv_layers                 # MeRGAN's layers, batch 64
   python -m benchmarks.conv_layers --net dgm       # DGM's official generator (ngf 6 and 20)
   python -m benchmarks.conv_layers --fusions xla   # compiled with XLA's default library fusions
+  python -m benchmarks.conv_layers --show_plan     # this machine's measured plans (model.conv_plan=auto)
+  python -m benchmarks.conv_layers --tune --net dgm  # measure the net's layers into that cache, then show it
 
 One JSON line per (layer, direction, implementation): milliseconds per call (median of
 --repeats rounds, each --calls calls, implementations alternating within a round), GFLOP/s
@@ -22,6 +24,7 @@ import numpy as np
 
 from gmcl import xla
 from gmcl.ops import conv as C
+from gmcl.ops import conv_tune
 
 MERGAN = [  # (name, geometry, c_in, c_out)
     ("G convT 4->8", C.conv_transpose_geometry((4, 4), (5, 5), 2), 128, 64),
@@ -59,8 +62,21 @@ def main():
   p.add_argument("--layers", nargs="*", default=[], help="substrings of layer names (default all)")
   p.add_argument("--fusions", choices=xla.XLA_CPU_FUSIONS, default="auto",
                  help="XLA:CPU library fusions (gmcl.xla; auto = dot, as for any program that convolves)")
+  p.add_argument("--show_plan", nargs="?", const="", default=None, metavar="FILE",
+                 help="print the measured plans of this machine (or of a pinned FILE) and stop")
+  p.add_argument("--tune", action="store_true",
+                 help="measure the net's layers at --batch under the dot and xla fusions into this "
+                      "machine's cache (gmcl.ops.conv_tune; what model.conv_plan=auto reads), then show it")
   a = p.parse_args()
   layers = MERGAN if a.net == "mergan" else dgm_layers(6) + dgm_layers(20)
+  if a.tune:
+    for name, g, cin, cout in layers:
+      if not a.layers or any(s in name for s in a.layers):
+        for fusions in ("dot", "xla"):
+          conv_tune.timings(g, (a.batch, *g.in_hw, cin), (*g.kernel_hw, cin, cout), "float32", fusions)
+  if a.tune or a.show_plan is not None:
+    print(conv_tune.show(a.show_plan or None))
+    return
   rng = np.random.default_rng(0)
   for name, g, cin, cout in layers:
     if a.layers and not any(s in name for s in a.layers):

@@ -64,8 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.kernel_size = 5
   c.model.output_activation = "tanh"
   c.model.conditioning = "concat"  # concat | batchnorm (class-conditional batch norm, MeRGAN)
-  # Convolutions' implementation (gmcl.ops.conv): auto (GEMM-based forms where XLA:CPU's native
-  # ones are slow; native on GPU/TPU) | native | cpu. The same function and parameters.
+  # Convolutions' implementation (gmcl.ops.conv): auto (on a CPU each direction's fastest form,
+  # measured once per machine and shape, gmcl.ops.conv_tune; native on GPU/TPU) | table (the fixed
+  # rule cpu_plan; "cpu" is its older name) | native | file:PATH (a pinned plan file, for runs that
+  # must be bit-reproducible across machines of one kind). The same function and parameters.
   c.model.conv_plan = "auto"
 
   c.train = ml_collections.ConfigDict()
@@ -279,7 +281,7 @@ def validate_config(config) -> None:
   shared sections, then the method's own checks (its ``MethodSpec.check``)."""
   from gmcl.data.sources import DATASETS  # pylint: disable=import-outside-toplevel
   from gmcl.models.classifiers import CLASSIFIERS  # pylint: disable=import-outside-toplevel
-  from gmcl.ops.conv import PLANS  # pylint: disable=import-outside-toplevel
+  from gmcl.ops.conv import check_plan_name  # pylint: disable=import-outside-toplevel
   from gmcl.xla import XLA_CPU_FUSIONS  # pylint: disable=import-outside-toplevel
   spec = method_spec(config.method)
   reference = method_config(config.method)
@@ -352,7 +354,10 @@ def validate_config(config) -> None:
   require(m.z_dim >= 1, "model.z_dim", m.z_dim, ">= 1")
   require(m.output_activation in ("tanh", "sigmoid", "none"), "model.output_activation",
            m.output_activation, "'tanh', 'sigmoid' or 'none'")
-  require(m.conv_plan in PLANS, "model.conv_plan", m.conv_plan, str(list(PLANS)))
+  try:
+    check_plan_name(m.conv_plan)
+  except ValueError as e:
+    raise ValueError(f"model.conv_plan: {e}") from None
   require(m.conditioning in ("concat", "batchnorm"), "model.conditioning", m.conditioning,
            "'concat' or 'batchnorm'")
   require(t.batch_size >= 1, "train.batch_size", t.batch_size, ">= 1")

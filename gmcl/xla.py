@@ -9,7 +9,10 @@ replay and MeRGAN's JR iteration ran faster without them, while programs without
 So gmcl picks per compiled program:
 
 * ``"auto"`` (the default): on the CPU backend, ``"dot"`` for a program that contains a
-  convolution, ``"xla"`` for one that does not; nothing on GPU and TPU;
+  convolution, ``"xla"`` for one that does not; nothing on GPU and TPU. A program whose
+  convolutions have measured plans (``model.conv_plan="auto"``, gmcl.ops.conv_tune) gets ``"dot"``
+  or ``"xla"``, whichever gives its convolutions the smaller sum of their best measured times,
+  and its plans are those measured under that choice;
 * ``"xla"``: XLA's own defaults (no compiler option passed);
 * ``"dot"``: YNNPACK for matrix multiplies only (convolutions, elementwise ops and
   reductions compiled by XLA itself);
@@ -28,6 +31,8 @@ from typing import Any, Callable, Iterator
 
 import jax
 from jax.extend import core as jax_core
+
+from gmcl.ops import conv_tune
 
 XLA_CPU_FUSIONS = ("auto", "xla", "dot", "none")
 _OPTION = "xla_cpu_experimental_ynn_fusion_type"
@@ -115,30 +120,43 @@ class _Jitted:
     functools.update_wrapper(self, fun)
 
   def _get(self, args, kwargs):
+    """(the jitted function, the library fusions its traces run under: gmcl.ops.conv_tune)."""
     if self._fusions == "auto" and jax.default_backend() == "cpu":
       signature = _signature(args, kwargs)
       chosen = self._by_signature.get(signature)
       if chosen is None:
-        # Traced as jit traces it (static arguments included); the trace is not compiled.
-        has_conv = has_convolution(jax.jit(self._fun, **self._kwargs).trace(*args, **kwargs).jaxpr)
-        options = compiler_options(self._fusions, has_conv)
-        chosen = self._by_signature[signature] = (options, self._jit(options))
-      self._options, jitted = chosen
-      return jitted
+        # Traced as jit traces it (static arguments included); the trace is not compiled. Its
+        # convolutions with measured plans are listed: for them the fusions are measured too.
+        with conv_tune.collecting() as seen:
+          has_conv = has_convolution(jax.jit(self._fun, **self._kwargs).trace(*args, **kwargs).jaxpr)
+        fusions = conv_tune.choose_fusions(seen) if seen else ("dot" if has_conv else "xla")
+        options = compiler_options(fusions)
+        chosen = self._by_signature[signature] = (options, fusions, self._jit(options))
+      self._options, fusions, jitted = chosen
+      return jitted, fusions
     self._options = compiler_options(self._fusions)
-    return self._jit(self._options)
+    return self._jit(self._options), (self._fusions if jax.default_backend() == "cpu" else None)
 
   def _jit(self, options: dict):
     key = tuple(sorted(options.items()))
     if key not in self._by_options:
-      self._by_options[key] = jax.jit(self._fun, compiler_options=options, **self._kwargs)
+      fun = self._fun
+      if conv_tune.mode() == "measure":
+        # A function object of its own: jax.jit shares traces of one function between jits of other
+        # compiler options, and this program's convolution plans depend on its fusions.
+        fun = functools.wraps(self._fun)(lambda *a, **k: self._fun(*a, **k))
+      self._by_options[key] = jax.jit(fun, compiler_options=options, **self._kwargs)
     return self._by_options[key]
 
   def __call__(self, *args, **kwargs):
-    return self._get(args, kwargs)(*args, **kwargs)
+    jitted, fusions = self._get(args, kwargs)
+    with conv_tune.program_fusions(fusions):
+      return jitted(*args, **kwargs)
 
   def lower(self, *args, **kwargs):
-    return self._get(args, kwargs).lower(*args, **kwargs)
+    jitted, fusions = self._get(args, kwargs)
+    with conv_tune.program_fusions(fusions):
+      return jitted.lower(*args, **kwargs)
 
   @property
   def options(self) -> dict:

@@ -30,7 +30,7 @@ class CNNEncoder(nn.Module):
   """[Conv3x3 -> ReLU -> MaxPool2] per entry of ``features`` -> Dense -> ReLU."""
   features: Sequence[int] = (32, 64)
   dense: int = 256
-  conv_plan: str = "auto"  # gmcl.ops.conv: "auto" | "native" | "cpu"
+  conv_plan: str = "auto"  # gmcl.ops.conv: "auto" | "table" | "native" | "file:PATH"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:

@@ -23,9 +23,9 @@ class DCGANCritic(nn.Module):
   convolution but the first, no convolution biases (then ``train`` selects batch or
   running statistics, and the caller makes ``batch_stats`` mutable in training).
 
-  ``conv_plan`` picks the convolutions' implementation (gmcl.ops.conv; "auto": GEMM-based
-  forms on XLA:CPU where its native ones are slow, including the gradient penalty's second
-  derivative; native on GPU/TPU), with the same parameters.
+  ``conv_plan`` picks the convolutions' implementation (gmcl.ops.conv; "auto": on XLA:CPU each
+  direction's fastest form, measured on the machine (gmcl.ops.conv_tune), the gradient penalty's
+  second derivative included; native on GPU/TPU), with the same parameters.
 
   Because no layer mixes examples, the critic's input gradient can be taken of
   the summed scores, which the gradient penalty relies on.

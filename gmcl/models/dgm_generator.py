@@ -76,7 +76,7 @@ class GeneratorSpec:
     kernel_init: "xavier" (DGMw's xavier_uniform, gain sqrt 2) or "normal" (DGMa's
       N(0, 0.02)); grown weights use the other one, as the official code does.
     conv_plan: the transposed convolutions' implementation (gmcl.ops.conv): "auto"
-      (sub-pixel and GEMM forms on XLA:CPU where its native ones are slow), "native", "cpu".
+      (on XLA:CPU the fastest forms measured on the machine), "table", "native", "file:PATH".
   """
   kind: str = "conv"
   z_dim: int = 128
@@ -96,10 +96,10 @@ class GeneratorSpec:
     for name, value, valid in (("kind", self.kind, KINDS), ("mask", self.mask, MASKS),
                                ("placement", self.placement, PLACEMENTS),
                                ("kernel_init", self.kernel_init, ("xavier", "normal")),
-                               ("conv_plan", self.conv_plan, conv_ops.PLANS),
                                ("output", self.output, tuple(OUTPUTS))):
       if value not in valid:
         raise ValueError(f"GeneratorSpec.{name}={value!r}; valid: {list(valid)}.")
+    conv_ops.check_plan_name(self.conv_plan)
     if not self.widths or min(self.widths) < 1:
       raise ValueError(f"GeneratorSpec.widths={self.widths}: one or more positive widths.")
     if self.kind == "conv" and len(self.image_shape) != 3:
@@ -212,7 +212,7 @@ def task_params(spec: GeneratorSpec, params: dict, batch_stats: dict, task: int)
 def _conv_transpose(x, w, stride: int, padding: int, plan: str = "native"):
   """torch.nn.ConvTranspose2d(k, stride, padding) as a convolution of the dilated input (NHWC, HWIO)."""
   g = conv_ops.torch_conv_transpose_geometry(tuple(x.shape[1:3]), w.shape[0], stride, padding)
-  return conv_ops.conv(x, w, g, conv_ops.resolve_plan(plan, g))
+  return conv_ops.conv(x, w, g, conv_ops.resolve_plan(plan, g, x, w))
 
 
 def _batch_norm(spec: GeneratorSpec, x, bn, stats, train: bool):

@@ -78,8 +78,9 @@ class DCGANGenerator(nn.Module):
     kernel_size: side of the transposed-convolution kernels.
     output_activation: "tanh" (images in [-1, 1]), "sigmoid" ([0, 1]) or "none".
     conv_plan: the transposed convolutions' implementation (gmcl.ops.conv): "auto"
-      (GEMM-based forms on XLA:CPU where its native ones are slow; native elsewhere),
-      "native" (exactly flax.linen.ConvTranspose) or "cpu". Same parameters either way.
+      (on XLA:CPU the fastest forms measured on the machine; native elsewhere), "table"
+      (the fixed rule), "native" (exactly flax.linen.ConvTranspose) or "file:PATH". Same
+      parameters either way.
   """
   image_shape: tuple[int, int, int] = (32, 32, 1)
   num_classes: int = 0

@@ -4,9 +4,10 @@ Drop-in for ``flax.linen.Conv`` / ``flax.linen.ConvTranspose`` with square strid
 kernel dilation, groups 1 and NHWC inputs: the same parameter names, shapes and
 initialisers (so checkpoints and initial values are the same whatever the plan), and the
 same function to float32 rounding. ``plan`` picks the implementation of the forward pass,
-the input gradient and the weight gradient: ``"auto"`` (the default: GEMM-based forms on
-XLA:CPU where its native convolution is slow, native on GPU and TPU), ``"native"``, ``"cpu"``
-or a :class:`gmcl.ops.conv.Plan`.
+the input gradient and the weight gradient: ``"auto"`` (the default: on XLA:CPU each direction's
+fastest implementation, measured on the machine for the layer's shapes, gmcl.ops.conv_tune;
+native on GPU and TPU), ``"table"`` (the fixed rule gmcl.ops.conv.cpu_plan; ``"cpu"`` its older
+name), ``"native"``, ``"file:PATH"`` (a pinned plan file) or a :class:`gmcl.ops.conv.Plan`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class _ConvBase(nn.Module):
         else None
     x, kernel, bias = promote_dtype(x, kernel, bias)
     g = geometry_fn(tuple(x.shape[1:3]), k, self._stride(), self.padding)
-    y = conv_ops.conv(x, kernel, g, conv_ops.resolve_plan(self.plan, g))
+    y = conv_ops.conv(x, kernel, g, conv_ops.resolve_plan(self.plan, g, x, kernel))
     return y + bias if bias is not None else y
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from functools import partial
 from typing import Optional, Union
 
@@ -355,19 +356,42 @@ def cpu_plan(g: ConvGeometry) -> Plan:
               weight_grad="patches" if mid_out else "native")
 
 
-PLANS = ("auto", "native", "cpu")
+PLANS = ("auto", "table", "native", "cpu")  # and "file:PATH" (gmcl.ops.conv_tune)
 
 
-def resolve_plan(name: Union[str, Plan], g: ConvGeometry) -> Plan:
-  """A Plan from a name: ``native``, ``cpu`` (:func:`cpu_plan`) or ``auto`` (``cpu`` on the CPU
-  backend, ``native`` on GPU and TPU, where XLA's own convolutions are the fast ones)."""
-  if isinstance(name, Plan):
+def check_plan_name(name) -> str:
+  """``name`` if it names a plan (:data:`PLANS` or ``file:PATH`` of an existing file), else a
+  ValueError naming the valid ones."""
+  if isinstance(name, str) and name.startswith("file:"):
+    if not os.path.isfile(name[len("file:"):]):
+      raise ValueError(f"conv plan {name!r}: no such file; 'file:PATH' pins a conv plan file written "
+                       "by model.conv_plan='auto' (python -m benchmarks.conv_layers --show_plan).")
     return name
   if name not in PLANS:
-    raise ValueError(f"conv plan {name!r}; valid: {list(PLANS)} or a gmcl.ops.conv.Plan.")
-  if name == "auto":
-    name = "cpu" if jax.default_backend() == "cpu" else "native"
-  return NATIVE if name == "native" else cpu_plan(g)
+    raise ValueError(f"conv plan {name!r}; valid: {list(PLANS)}, 'file:PATH' or a gmcl.ops.conv.Plan.")
+  return name
+
+
+def resolve_plan(name: Union[str, Plan], g: ConvGeometry, x=None, w=None) -> Plan:
+  """A Plan from a name: ``native``; ``table`` (or ``cpu``, its older name: :func:`cpu_plan`'s
+  fixed rule); ``auto``: on the CPU backend measured on this machine for the shapes of ``x`` and
+  ``w`` (:mod:`gmcl.ops.conv_tune`; the fixed rule without them), ``native`` on GPU and TPU,
+  where XLA's own convolutions are the fast ones; ``file:PATH``: the plans of a pinned file."""
+  if isinstance(name, Plan):
+    return name
+  check_plan_name(name)
+  if name == "native":
+    return NATIVE
+  if name in ("table", "cpu"):
+    return cpu_plan(g)
+  if name == "auto" and jax.default_backend() != "cpu":
+    return NATIVE
+  if x is None or w is None:
+    if name != "auto":
+      raise ValueError(f"conv plan {name!r} needs the convolution's arrays (resolve_plan(name, g, x, w)).")
+    return cpu_plan(g)
+  from gmcl.ops import conv_tune  # pylint: disable=import-outside-toplevel
+  return conv_tune.plan_for(name, g, x, w)
 
 
 def real_taps(n: int, k: int, out: int, stride: int, pad_lo: int, lhs_dilation: int = 1,

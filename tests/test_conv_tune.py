@@ -149,3 +149,18 @@ def test_transposed_convolutions_are_measured_too(cache):
     (entry,) = json.load(f)["entries"].values()
   assert set(entry) == {"dot", "xla"}  # both fusions measured for the choice
   assert set(entry["dot"]["forward"]) == {"native", "patches", "subpixel", "subpixel_patches"}
+
+
+def test_a_cache_that_cannot_be_written_is_said_and_the_measurement_kept(tmp_path, monkeypatch, capsys):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a folder")
+  monkeypatch.setenv("GMCL_CACHE_DIR", str(blocker))
+  monkeypatch.setenv(T.ENV, "measure")
+  T._memory.clear()
+  calls = []
+  real = T.measure
+  monkeypatch.setattr(T, "measure", lambda *a, **k: calls.append(1) or real(*a, calls=1, rounds=1))
+  first = T.timings(G, X_SHAPE, W_SHAPE, "float32", "xla")
+  assert "cannot be kept" in capsys.readouterr().out
+  assert T.timings(G, X_SHAPE, W_SHAPE, "float32", "xla") == first and len(calls) == 1  # kept in memory
+  T._memory.clear()

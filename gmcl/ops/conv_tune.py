@@ -164,7 +164,7 @@ def _read(path: str) -> dict:
   try:
     with open(path) as f:
       data = json.load(f)
-  except FileNotFoundError:
+  except (FileNotFoundError, NotADirectoryError):
     return {}
   except (OSError, ValueError) as e:
     raise ValueError(f"conv plans: {path} cannot be read as a gmcl conv plan file ({e}); delete it "
@@ -220,7 +220,13 @@ def timings(g, x_shape, w_shape, dtype, fusions: str, pinned: Optional[str] = No
     _log.append(True)
     print(f"gmcl: timing convolution implementations for shapes this machine has not seen (once; kept "
           f"in {path}; model.conv_plan='table' skips it)", flush=True)
-  return _write_new(path, key, fusions, measure(g, x_shape, w_shape, dtype, fusions))
+  measured = measure(g, x_shape, w_shape, dtype, fusions)
+  try:
+    return _write_new(path, key, fusions, measured)
+  except OSError as e:  # a read-only home: this process keeps its measurement, later ones measure again
+    print(f"gmcl: conv plans cannot be kept in {path} ({e}); measured again in every process", flush=True)
+    _memory.setdefault(path, {}).setdefault(key, {})[fusions] = measured
+    return measured
 
 
 def plan_for(name: str, g, x, w):

@@ -11,7 +11,7 @@ So gmcl picks per compiled program:
 * ``"auto"`` (the default): on the CPU backend, ``"dot"`` for a program that contains a
   convolution, ``"xla"`` for one that does not; nothing on GPU and TPU. A program whose
   convolutions have measured plans (``model.conv_plan="auto"``, gmcl.ops.conv_tune) gets ``"dot"``
-  or ``"xla"``, whichever gives its convolutions the smaller sum of their best measured times,
+  or ``"xla"``, whichever gives its convolutions the smaller sum of their best plans' times,
   and its plans are those measured under that choice;
 * ``"xla"``: XLA's own defaults (no compiler option passed);
 * ``"dot"``: YNNPACK for matrix multiplies only (convolutions, elementwise ops and

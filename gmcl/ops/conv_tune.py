@@ -7,14 +7,14 @@ first program that uses a convolution of a given shape times every implementatio
 three directions (forward, input gradient, weight gradient; gmcl.ops.conv) on this machine, under
 the XLA:CPU library fusions of the program being compiled (gmcl.xla), and keeps the timings in
 
-    $GMCL_CACHE_DIR/conv_plans/MACHINE-Ncores.json   or   ~/.cache/gmcl/conv_plans/...
+    $GMCL_CACHE_DIR/conv_plans/MACHINE-Ncores-critic1.json   or   ~/.cache/gmcl/conv_plans/...
 
 (MACHINE: :func:`gmcl.compile_cache.machine_key`, which names the CPU and the jax and jaxlib
 versions; N the core count). The plan of a direction is its fastest implementation. The library
 fusions are the second dimension: for a program with ``train.xla_cpu_fusions="auto"`` that
 convolves, :class:`gmcl.xla` compiles with YNNPACK matrix multiplies (``dot``) or with XLA's
 defaults (``xla``), whichever gives the program's convolutions the smaller sum of their best
-times; both are measured for those shapes.
+plans' times; both are measured for those shapes.
 
 Once an entry is in the file, the plan is a pure function of the program and the machine: every
 later process, and a resumed run, compiles the same programs. Entries are only ever added, never
@@ -52,6 +52,7 @@ SUBDIR = "conv_plans"
 ENV = "GMCL_CONV_PLAN_AUTO"  # "measure" (default) or "table"
 FILE_PREFIX = "file:"
 FUSIONS = ("dot", "xla", "none")  # resolved library fusions (gmcl.xla; "auto" is resolved before)
+PROTOCOL = "critic1"  # what the timings time (measure); part of the file name: another protocol, another file
 CALLS = 5  # calls per timing round
 ROUNDS = 3  # rounds per implementation (median), implementations alternating within a round
 
@@ -103,7 +104,8 @@ def shape_key(g, x_shape, w_shape, dtype) -> str:
 
 def cache_path() -> str:
   from gmcl import compile_cache  # pylint: disable=import-outside-toplevel
-  return os.path.join(compile_cache.cache_root(), SUBDIR, f"{compile_cache.machine_key()}-{os.cpu_count()}cores.json")
+  return os.path.join(compile_cache.cache_root(), SUBDIR,
+                      f"{compile_cache.machine_key()}-{os.cpu_count()}cores-{PROTOCOL}.json")
 
 
 def candidates(g) -> list:
@@ -113,38 +115,61 @@ def candidates(g) -> list:
           and (i != "space_to_depth" or g.space_to_depth_ok())]
 
 
+def _critic_like(g, plan):
+  """The program a direction is timed in: value and gradients, in ``w`` and ``x``, of
+  ``s + |ds/dx|^2`` with ``s = sum(tanh(conv(x, w)) * r)``: every direction at first order and, as in
+  a gradient penalty, at second order (``Gx``'s derivatives ``F(c, w)`` and ``Gw(c, dy)``). XLA
+  emits some directions differently there than alone: the critic's 16x16 -> 8x8 weight gradient ran
+  at ~5 GFLOP/s only inside the penalty's second derivative (BENCHMARKS.md), which timing the
+  direction alone never shows."""
+  from gmcl.ops import conv as C  # pylint: disable=import-outside-toplevel
+
+  def objective(w, x, r):
+    s = lambda x: jnp.sum(jnp.tanh(C.conv(x, w, g, plan)) * r)
+    gx = jax.grad(s)(x)
+    return s(x) + jnp.sum(gx * gx)
+
+  return jax.grad(objective, argnums=(0, 1))
+
+
 def measure(g, x_shape, w_shape, dtype, fusions: str, calls: int = CALLS, rounds: int = ROUNDS) -> dict:
-  """Milliseconds per call of every implementation of each direction, compiled under ``fusions``:
-  ``{"forward": {"native": ms, ...}, "input_grad": {...}, "weight_grad": {...}}``."""
+  """Milliseconds per call of :func:`_critic_like`'s program, compiled under ``fusions``, for each
+  implementation of each direction: ``{"forward": {"native": ms, ...}, "input_grad": {...},
+  "weight_grad": {...}}``. One pass of coordinate descent from the fixed rule's plan: the
+  directions in turn, each timed over its implementations with the directions before it at their
+  fastest and those after it at the rule's, so the fastest per direction is the pass's plan and the
+  last direction's fastest time is that plan's."""
   from gmcl import xla  # pylint: disable=import-outside-toplevel
   from gmcl.ops import conv as C  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   dtype = jnp.dtype(dtype)
   x = rng.standard_normal(x_shape).astype(dtype)
-  w = rng.standard_normal(w_shape).astype(dtype)
-  dy = rng.standard_normal((x_shape[0], *g.out_hw, w_shape[3])).astype(dtype)
-  structs = [jax.ShapeDtypeStruct(a.shape, dtype) for a in (x, w, dy)]
+  w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[:3]))).astype(dtype)
+  r = rng.standard_normal((x_shape[0], *g.out_hw, w_shape[3])).astype(dtype)
+  structs = [jax.ShapeDtypeStruct(a.shape, dtype) for a in (w, x, r)]
   options = xla.compiler_options(fusions, has_conv=True)
+  plan = dict(zip(C.DIRECTIONS, (getattr(C.cpu_plan(g), d) for d in C.DIRECTIONS)))
+  compiled: dict = {}
   out = {}
   for direction in C.DIRECTIONS:
     fns = {}
     for impl in candidates(g):
-      plan = C.Plan(impl, impl, impl)
-      f = {"forward": lambda x, w, dy, plan=plan: C._impl(plan.forward, g)(x, w),  # pylint: disable=protected-access
-           "input_grad": lambda x, w, dy, plan=plan: C._gx_raw(g, plan, dy, w),  # pylint: disable=protected-access
-           "weight_grad": lambda x, w, dy, plan=plan: C._gw_raw(g, plan, x, dy, w_shape)}[direction]  # pylint: disable=protected-access
-      # Compiled ahead of time and called with host arrays: this also works inside another trace.
-      fns[impl] = jax.jit(f, compiler_options=options).lower(*structs).compile()
-      jax.block_until_ready(fns[impl](x, w, dy))  # warm-up
+      p = C.Plan(**dict(plan, **{direction: impl}))
+      if p not in compiled:
+        # Compiled ahead of time and called with host arrays: this also works inside another trace.
+        compiled[p] = jax.jit(_critic_like(g, p), compiler_options=options).lower(*structs).compile()
+        jax.block_until_ready(compiled[p](w, x, r))  # warm-up
+      fns[impl] = compiled[p]
     times = {impl: [] for impl in fns}
     for _ in range(rounds):
       for impl, fn in fns.items():
         t0 = time.perf_counter()
         for _ in range(calls):
-          r = fn(x, w, dy)
-        jax.block_until_ready(r)
+          res = fn(w, x, r)
+        jax.block_until_ready(res)
         times[impl].append((time.perf_counter() - t0) / calls)
     out[direction] = {impl: round(1e3 * statistics.median(t), 4) for impl, t in times.items()}
+    plan[direction] = min(out[direction], key=lambda i: (out[direction][i], C.IMPLEMENTATIONS.index(i)))
   return out
 
 
@@ -156,8 +181,8 @@ def best(timings: dict):
 
 
 def best_total(timings: dict) -> float:
-  """The sum over directions of the fastest implementation's milliseconds."""
-  return sum(min(t.values()) for t in timings.values())
+  """The milliseconds of the best plan's program: the last direction's fastest (:func:`measure`)."""
+  return min(timings["weight_grad"].values())
 
 
 def _read(path: str) -> dict:
@@ -248,7 +273,7 @@ def plan_for(name: str, g, x, w):
 
 def choose_fusions(seen: list) -> str:
   """``dot`` or ``xla`` for a program whose ``auto`` convolutions are ``seen`` (from
-  :func:`collecting`): the one with the smaller sum of the convolutions' best times."""
+  :func:`collecting`): the one with the smaller sum of the convolutions' best plans' times."""
   totals = {}
   for fusions in ("dot", "xla"):
     totals[fusions] = sum(best_total(timings(g, xs, ws, dt, fusions, pinned)) for g, xs, ws, dt, pinned in seen)
@@ -260,7 +285,7 @@ def show(path: Optional[str] = None) -> str:
   path = path or cache_path()
   entries = _read(path)
   lines = [f"{path}: {len(entries)} convolution shapes", "",
-           "| convolution | fusions | best total (ms) | forward | input_grad | weight_grad |",
+           "| convolution | fusions | best plan (ms) | forward | input_grad | weight_grad |",
            "|---|---|---|---|---|---|"]
   from gmcl.ops import conv as C  # pylint: disable=import-outside-toplevel
   for key in sorted(entries):

@@ -10,7 +10,7 @@ Each round, for each case, starts three fresh processes in turn on an empty cach
 * ``off``: ``compile.cache_dir=""`` (what every process paid before the cache).
 
 Before the rounds, one discarded process per case fills this machine's convolution plan cache
-(gmcl.ops.conv_tune), so that no timed process includes that measurement.
+(gmcl.ops.conv_tune) where a case measures its plans, so that no timed process includes that measurement.
 
 A process builds the case's state, then times its first call: tracing, lowering, compiling or
 reading back, and running the program once (``first_call_s``); ``process_s`` is the whole process
@@ -87,7 +87,7 @@ def main():
   times = {c: {f"{m}_{k}": [] for m in ("first_call_s", "process_s") for k in ("cold", "warm", "off")}
            for c in a.cases}
   machine = None
-  # model.conv_plan="auto" times the convolutions of shapes this machine has not seen (once, kept in
+  # model.conv_plan="measured" times the convolutions of shapes this machine has not seen (once, kept in
   # its conv plan cache, gmcl.ops.conv_tune): one discarded process per case first, so that no
   # timed process includes that measurement.
   for case in a.cases:

@@ -3,7 +3,7 @@
   python -m benchmarks.conv_layers                 # MeRGAN's layers, batch 64
   python -m benchmarks.conv_layers --net dgm       # DGM's official generator (ngf 6 and 20)
   python -m benchmarks.conv_layers --fusions xla   # compiled with XLA's default library fusions
-  python -m benchmarks.conv_layers --show_plan     # this machine's measured plans (model.conv_plan=auto)
+  python -m benchmarks.conv_layers --show_plan     # this machine's measured plans (model.conv_plan=measured)
   python -m benchmarks.conv_layers --tune --net dgm  # measure the net's layers into that cache, then show it
 
 One JSON line per (layer, direction, implementation): milliseconds per call (median of
@@ -66,7 +66,7 @@ def main():
                  help="print the measured plans of this machine (or of a pinned FILE) and stop")
   p.add_argument("--tune", action="store_true",
                  help="measure the net's layers at --batch under the dot and xla fusions into this "
-                      "machine's cache (gmcl.ops.conv_tune; what model.conv_plan=auto reads), then show it")
+                      "machine's cache (gmcl.ops.conv_tune; what model.conv_plan=measured reads), then show it")
   a = p.parse_args()
   layers = MERGAN if a.net == "mergan" else dgm_layers(6) + dgm_layers(20)
   if a.tune:

@@ -9,9 +9,9 @@ are live):
 
 * ``mergan/ra``, ``mergan/jr``: one MeRGAN iteration (5 WGAN-GP + AC-GAN critic steps,
   one generator step with replay alignment / joint retraining), under ``model.conv_plan``
-  ``auto`` (gmcl's default: plans and library fusions measured on this machine, gmcl.ops.conv_tune;
-  the first call includes the measurement when this machine's cache lacks the shapes), ``table``
-  (the fixed rule, with the fixed fusion rule) and ``native`` (plain ``lax.conv``), ``auto`` compiled with XLA's
+  ``auto`` (gmcl's default, the fixed rule ``cpu_plan``), ``measured`` (plans and library fusions
+  measured on this machine, gmcl.ops.conv_tune; the first call includes the measurement when this
+  machine's cache lacks the shapes) and ``native`` (plain ``lax.conv``), ``auto`` compiled with XLA's
   default library fusions (``xla-fusions``: gmcl's default ``train.xla_cpu_fusions`` hands only
   matrix multiplies to YNNPACK in programs with convolutions, see gmcl/xla.py) and with none
   (``none-fusions``), and the
@@ -260,7 +260,7 @@ def groups(torch_ok: bool):
   g = {}
   for variant in ("ra", "jr"):
     cases = {f"mergan/{variant} gmcl auto": (lambda v=variant: mergan_runner(v, "auto"), {}),
-             f"mergan/{variant} gmcl table": (lambda v=variant: mergan_runner(v, "table"), {}),
+             f"mergan/{variant} gmcl measured": (lambda v=variant: mergan_runner(v, "measured"), {}),
              f"mergan/{variant} gmcl auto xla-fusions":
              (lambda v=variant: mergan_runner(v, "auto", "xla"), {}),
              f"mergan/{variant} gmcl auto none-fusions":
@@ -270,14 +270,14 @@ def groups(torch_ok: bool):
       cases[f"mergan/{variant} torch eager"] = (lambda v=variant: TorchRunner(v), {})
     g[f"mergan/{variant}"] = cases
   g["dgm/dgmw"] = {"dgm/dgmw gmcl auto": (lambda: dgm_runner("dgmw", "auto"), {}),
-                   "dgm/dgmw gmcl table": (lambda: dgm_runner("dgmw", "table"), {}),
+                   "dgm/dgmw gmcl measured": (lambda: dgm_runner("dgmw", "measured"), {}),
                    "dgm/dgmw gmcl native": (lambda: dgm_runner("dgmw", "native"), {})}
   # One group per phase: a 1.4 s generator iteration between solver calls slowed the 25 ms solver step
   # by a third (caches), so like is timed with like.
   for phase in ("generator", "solver"):
     g[f"dgr/{phase}"] = {f"dgr/{phase} gmcl {plan}":
                          (lambda plan=plan, phase=phase: dgr_runner(plan, phase), {})
-                         for plan in ("auto", "table", "native")}
+                         for plan in ("auto", "measured", "native")}
   for f in ("xla", "none"):
     g["dgr/solver"][f"dgr/solver gmcl auto {f}-fusions"] = (lambda f=f: dgr_runner("auto", "solver", f), {})
   g["eval"] = {"eval gmcl": (EvalRunner, {})}
@@ -369,9 +369,9 @@ def write_markdown(rows, args, peak, torch_version):
       "",
       "Each group's rows were timed side by side, alternating (medians over rounds). GFLOP per",
       "iteration: conv and matmul work of the native program that meets real input. `auto` is",
-      "gmcl's default `model.conv_plan` (each direction's implementation and the library fusions",
-      "measured on this machine, gmcl/ops/conv_tune.py), `table` the fixed rule (GEMM-based forms",
-      "where XLA:CPU was measured slow, YNNPACK for matrix multiplies only), `native` plain `lax.conv`;",
+      "gmcl's default `model.conv_plan` (the fixed rule: GEMM-based forms where XLA:CPU was measured",
+      "slow), `measured` each direction's implementation and the library fusions measured on this",
+      "machine (gmcl/ops/conv_tune.py), `native` plain `lax.conv`;",
       "`xla-fusions` / `none-fusions`: compiled with XLA's default YNNPACK fusions / none instead of",
       "gmcl's `train.xla_cpu_fusions=auto` (gmcl/xla.py). See benchmarks/suite.py.",
       "",

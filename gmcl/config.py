@@ -64,10 +64,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.kernel_size = 5
   c.model.output_activation = "tanh"
   c.model.conditioning = "concat"  # concat | batchnorm (class-conditional batch norm, MeRGAN)
-  # Convolutions' implementation (gmcl.ops.conv): auto (on a CPU each direction's fastest form,
-  # measured once per machine and shape, gmcl.ops.conv_tune; native on GPU/TPU) | table (the fixed
-  # rule cpu_plan; "cpu" is its older name) | native | file:PATH (a pinned plan file, for runs that
-  # must be bit-reproducible across machines of one kind). The same function and parameters.
+  # Convolutions' implementation (gmcl.ops.conv): auto (table on a CPU, native on GPU/TPU) | table
+  # (the fixed rule cpu_plan; "cpu" is its older name) | measured (on a CPU each direction's fastest
+  # form, measured once per machine and shape, gmcl.ops.conv_tune) | native | file:PATH (a pinned
+  # measured plan file, for runs that must be bit-reproducible across machines of one kind). The
+  # same function and parameters.
   c.model.conv_plan = "auto"
 
   c.train = ml_collections.ConfigDict()

@@ -10,7 +10,7 @@ So gmcl picks per compiled program:
 
 * ``"auto"`` (the default): on the CPU backend, ``"dot"`` for a program that contains a
   convolution, ``"xla"`` for one that does not; nothing on GPU and TPU. A program whose
-  convolutions have measured plans (``model.conv_plan="auto"``, gmcl.ops.conv_tune) gets ``"dot"``
+  convolutions have measured plans (``model.conv_plan="measured"``, gmcl.ops.conv_tune) gets ``"dot"``
   or ``"xla"``, whichever gives its convolutions the smaller sum of their best plans' times,
   and its plans are those measured under that choice;
 * ``"xla"``: XLA's own defaults (no compiler option passed);
@@ -131,19 +131,19 @@ class _Jitted:
           has_conv = has_convolution(jax.jit(self._fun, **self._kwargs).trace(*args, **kwargs).jaxpr)
         fusions = conv_tune.choose_fusions(seen) if seen else ("dot" if has_conv else "xla")
         options = compiler_options(fusions)
-        chosen = self._by_signature[signature] = (options, fusions, self._jit(options))
+        chosen = self._by_signature[signature] = (options, fusions, self._jit(options, fresh=bool(seen)))
       self._options, fusions, jitted = chosen
       return jitted, fusions
     self._options = compiler_options(self._fusions)
     return self._jit(self._options), (self._fusions if jax.default_backend() == "cpu" else None)
 
-  def _jit(self, options: dict):
-    key = tuple(sorted(options.items()))
+  def _jit(self, options: dict, fresh: bool = False):
+    key = (tuple(sorted(options.items())), fresh)
     if key not in self._by_options:
       fun = self._fun
-      if conv_tune.mode() == "measure":
+      if fresh:
         # A function object of its own: jax.jit shares traces of one function between jits of other
-        # compiler options, and this program's convolution plans depend on its fusions.
+        # compiler options (the deciding trace's included), and measured plans depend on the fusions.
         fun = functools.wraps(self._fun)(lambda *a, **k: self._fun(*a, **k))
       self._by_options[key] = jax.jit(fun, compiler_options=options, **self._kwargs)
     return self._by_options[key]

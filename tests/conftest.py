@@ -9,10 +9,6 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_disable_most_optimizations", True)
-# model.conv_plan="auto" is the fixed rule (gmcl.ops.conv.cpu_plan) in the suite, and in the
-# processes it starts: measured plans would make results depend on timings, and measuring costs
-# minutes. tests/test_conv_tune.py measures in temporary folders.
-os.environ["GMCL_CONV_PLAN_AUTO"] = "table"
 # The persistent compilation cache (gmcl.compile_cache) stays off in the suite unless
 # GMCL_TEST_COMPILATION_CACHE names a folder: the tests must not depend on what earlier processes
 # left there, and reading back multi-device CPU executables once crashed a test process (a

@@ -20,9 +20,8 @@ X_SHAPE, W_SHAPE = (4, 8, 8, 3), (5, 5, 3, 6)
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-  """A cache of its own, measuring on."""
+  """A cache of its own."""
   monkeypatch.setenv("GMCL_CACHE_DIR", str(tmp_path))
-  monkeypatch.setenv(T.ENV, "measure")
   T._memory.clear()
   yield tmp_path
   T._memory.clear()
@@ -58,7 +57,7 @@ def test_measure_times_every_implementation_of_every_direction():
 def test_a_traced_convolution_is_measured_once_and_the_file_keeps_it(cache, monkeypatch):
   x, w = jnp.ones(X_SHAPE), jnp.ones(W_SHAPE)
   plans = []
-  jax.jit(lambda x, w: plans.append(C.resolve_plan("auto", G, x, w)) or x)(x, w)
+  jax.jit(lambda x, w: plans.append(C.resolve_plan("measured", G, x, w)) or x)(x, w)
   path = T.cache_path()
   assert path.startswith(str(cache)) and path.endswith(f"-{__import__('os').cpu_count()}cores-{T.PROTOCOL}.json")
   with open(path) as f:
@@ -70,15 +69,13 @@ def test_a_traced_convolution_is_measured_once_and_the_file_keeps_it(cache, monk
   # Known now: neither this process nor a new one (memory cleared) measures again.
   monkeypatch.setattr(T, "measure", lambda *a, **k: pytest.fail("measured twice"))
   T._memory.clear()
-  jax.jit(lambda x, w: plans.append(C.resolve_plan("auto", G, x, w)) or x)(x, w)
+  jax.jit(lambda x, w: plans.append(C.resolve_plan("measured", G, x, w)) or x)(x, w)
   assert plans[1] == plans[0]
-  # Eager calls and the fixed rule measure nothing.
-  assert C.resolve_plan("auto", G, x, w) == C.cpu_plan(G)
-  monkeypatch.setenv(T.ENV, "table")
-  assert jax.jit(lambda x, w: C.resolve_plan("auto", G, x, w) and x)(x, w) is not None
-  monkeypatch.setenv(T.ENV, "sometimes")
-  with pytest.raises(ValueError, match="GMCL_CONV_PLAN_AUTO"):
-    T.mode()
+  # Eager calls, "auto" and "table" (the fixed rule) measure nothing.
+  assert C.resolve_plan("measured", G, x, w) == C.cpu_plan(G)
+  for name in ("auto", "table", "cpu"):
+    jax.jit(lambda x, w: plans.append(C.resolve_plan(name, G, x, w)) or x)(x, w)
+    assert plans[-1] == C.cpu_plan(G)
 
 
 def test_the_first_writer_wins(cache):
@@ -93,8 +90,7 @@ def test_the_first_writer_wins(cache):
     assert json.load(f)["entries"][key] == {"dot": first, "xla": second}
 
 
-def test_a_pinned_file_decides_and_names_what_it_lacks(tmp_path, monkeypatch):
-  monkeypatch.setenv(T.ENV, "table")  # a pinned file is read whatever the mode
+def test_a_pinned_file_decides_and_names_what_it_lacks(tmp_path):
   T._memory.clear()
   key = T.shape_key(G, X_SHAPE, W_SHAPE, "float32")
   pinned = tmp_path / "plans.json"
@@ -118,7 +114,7 @@ def test_a_pinned_file_decides_and_names_what_it_lacks(tmp_path, monkeypatch):
 def test_xla_jit_chooses_the_fusions_and_the_plans_from_the_timings(cache, winner):
   """A critic layer's program: the cache says patches everywhere (no convolution left in the
   program) under one fusion choice and native everywhere under the other; the cheaper wins."""
-  layer = Conv(6, (5, 5), strides=2, plan="auto")
+  layer = Conv(6, (5, 5), strides=2, plan="measured")
   x = jnp.ones(X_SHAPE)
   params = layer.init(jax.random.PRNGKey(0), x)  # eager: the fixed rule, nothing measured
   key = T.shape_key(G, X_SHAPE, W_SHAPE, "float32")
@@ -140,7 +136,7 @@ def test_xla_jit_chooses_the_fusions_and_the_plans_from_the_timings(cache, winne
 
 
 def test_transposed_convolutions_are_measured_too(cache):
-  layer = ConvTranspose(3, (5, 5), strides=2, plan="auto")
+  layer = ConvTranspose(3, (5, 5), strides=2, plan="measured")
   x = jnp.ones((2, 4, 4, 6))
   params = layer.init(jax.random.PRNGKey(0), x)
   out = xla.jit(lambda p, x: layer.apply(p, x))(params, x)
@@ -155,7 +151,6 @@ def test_a_cache_that_cannot_be_written_is_said_and_the_measurement_kept(tmp_pat
   blocker = tmp_path / "file"
   blocker.write_text("not a folder")
   monkeypatch.setenv("GMCL_CACHE_DIR", str(blocker))
-  monkeypatch.setenv(T.ENV, "measure")
   T._memory.clear()
   calls = []
   real = T.measure

@@ -356,7 +356,7 @@ def cpu_plan(g: ConvGeometry) -> Plan:
               weight_grad="patches" if mid_out else "native")
 
 
-PLANS = ("auto", "table", "native", "cpu")  # and "file:PATH" (gmcl.ops.conv_tune)
+PLANS = ("auto", "table", "measured", "native", "cpu")  # and "file:PATH" (gmcl.ops.conv_tune)
 
 
 def check_plan_name(name) -> str:
@@ -365,7 +365,7 @@ def check_plan_name(name) -> str:
   if isinstance(name, str) and name.startswith("file:"):
     if not os.path.isfile(name[len("file:"):]):
       raise ValueError(f"conv plan {name!r}: no such file; 'file:PATH' pins a conv plan file written "
-                       "by model.conv_plan='auto' (python -m benchmarks.conv_layers --show_plan).")
+                       "by model.conv_plan='measured' (python -m benchmarks.conv_layers --show_plan).")
     return name
   if name not in PLANS:
     raise ValueError(f"conv plan {name!r}; valid: {list(PLANS)}, 'file:PATH' or a gmcl.ops.conv.Plan.")
@@ -374,20 +374,21 @@ def check_plan_name(name) -> str:
 
 def resolve_plan(name: Union[str, Plan], g: ConvGeometry, x=None, w=None) -> Plan:
   """A Plan from a name: ``native``; ``table`` (or ``cpu``, its older name: :func:`cpu_plan`'s
-  fixed rule); ``auto``: on the CPU backend measured on this machine for the shapes of ``x`` and
-  ``w`` (:mod:`gmcl.ops.conv_tune`; the fixed rule without them), ``native`` on GPU and TPU,
-  where XLA's own convolutions are the fast ones; ``file:PATH``: the plans of a pinned file."""
+  fixed rule); ``auto``: ``table`` on the CPU backend, ``native`` on GPU and TPU, where XLA's own
+  convolutions are the fast ones; ``measured``: on the CPU backend each direction's fastest form
+  measured on this machine for the shapes of ``x`` and ``w`` (:mod:`gmcl.ops.conv_tune`; the fixed
+  rule without them), ``native`` elsewhere; ``file:PATH``: the plans of a pinned file."""
   if isinstance(name, Plan):
     return name
   check_plan_name(name)
   if name == "native":
     return NATIVE
-  if name in ("table", "cpu"):
-    return cpu_plan(g)
-  if name == "auto" and jax.default_backend() != "cpu":
+  if name in ("auto", "measured") and jax.default_backend() != "cpu":
     return NATIVE
+  if name in ("table", "cpu", "auto"):
+    return cpu_plan(g)
   if x is None or w is None:
-    if name != "auto":
+    if name != "measured":
       raise ValueError(f"conv plan {name!r} needs the convolution's arrays (resolve_plan(name, g, x, w)).")
     return cpu_plan(g)
   from gmcl.ops import conv_tune  # pylint: disable=import-outside-toplevel

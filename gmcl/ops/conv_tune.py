@@ -1,20 +1,28 @@
-"""Convolution plans measured on the machine that runs them (``model.conv_plan="auto"`` on a CPU).
+"""Convolution plans measured on the machine that runs them (``model.conv_plan="measured"``).
 
 :func:`gmcl.ops.conv.cpu_plan` is a fixed rule, read from timings on one CPU; another CPU can
 prefer other implementations (BENCHMARKS.md: the same MeRGAN iteration ran at 1.09-1.29x PyTorch
-on an AMD EPYC and 0.97x on an Intel Xeon). With ``conv_plan="auto"`` on the CPU backend, the
+on an AMD EPYC and 0.97x on an Intel Xeon). With ``conv_plan="measured"`` on the CPU backend, the
 first program that uses a convolution of a given shape times every implementation of each of its
-three directions (forward, input gradient, weight gradient; gmcl.ops.conv) on this machine, under
-the XLA:CPU library fusions of the program being compiled (gmcl.xla), and keeps the timings in
+three directions (forward, input gradient, weight gradient; gmcl.ops.conv) on this machine, inside
+a small program that uses each direction as a WGAN-GP critic does (first and second derivatives:
+:func:`measure`), under the XLA:CPU library fusions of the program being compiled (gmcl.xla), and
+keeps the timings in
 
     $GMCL_CACHE_DIR/conv_plans/MACHINE-Ncores-critic1.json   or   ~/.cache/gmcl/conv_plans/...
 
 (MACHINE: :func:`gmcl.compile_cache.machine_key`, which names the CPU and the jax and jaxlib
 versions; N the core count). The plan of a direction is its fastest implementation. The library
-fusions are the second dimension: for a program with ``train.xla_cpu_fusions="auto"`` that
-convolves, :class:`gmcl.xla` compiles with YNNPACK matrix multiplies (``dot``) or with XLA's
-defaults (``xla``), whichever gives the program's convolutions the smaller sum of their best
+fusions are the second dimension: for a program with ``train.xla_cpu_fusions="auto"`` whose
+convolutions have measured plans, :mod:`gmcl.xla` compiles with YNNPACK matrix multiplies (``dot``)
+or with XLA's defaults (``xla``), whichever gives those convolutions the smaller sum of their best
 plans' times; both are measured for those shapes.
+
+Not the default (``"auto"`` is the fixed rule on the CPU): on the 2-core AMD EPYC the fixed rule
+was read from, the measured plans ran MeRGAN's official iteration at 0.92x the fixed rule's speed
+(BENCHMARKS.md, "Measured plans"): one layer timed in a small program does not see everything XLA
+does with the whole iteration. Use it on CPUs the rule was not read from, and compare with
+``python -m benchmarks.suite --cases "mergan/ra gmcl"``.
 
 Once an entry is in the file, the plan is a pure function of the program and the machine: every
 later process, and a resumed run, compiles the same programs. Entries are only ever added, never
@@ -23,14 +31,9 @@ timings (the file is merged under a lock), so concurrent processes agree. Measur
 noisy, so two machines of one kind can choose differently: a run that must be bit-reproducible
 across machines pins a file, ``model.conv_plan="file:PATH"`` (any copy of a cache file; a shape
 it lacks is an error that names it). ``python -m benchmarks.conv_layers --show_plan`` prints the
-cache of this machine.
-
-``conv_plan="table"`` (``"cpu"``, its older name) keeps the fixed rule, ``"native"`` XLA's own
-convolutions; on GPU and TPU ``"auto"`` is ``"native"``. ``GMCL_CONV_PLAN_AUTO=table`` in the
-environment makes ``"auto"`` the fixed rule without measuring (gmcl's test suite sets it: its
-results must not depend on timings; the tuner's own tests measure in temporary folders). Eager
-calls (outside any jit: a model's ``init``) use the fixed rule too: one op run once gains
-nothing from a measurement.
+cache of this machine, ``--tune`` fills it for the official MeRGAN or DGM layers. On GPU and TPU
+``"measured"`` is ``"native"``. Eager calls (outside any jit: a model's ``init``) use the fixed
+rule: one op run once gains nothing from a measurement.
 """
 
 from __future__ import annotations
@@ -49,7 +52,6 @@ import jax.numpy as jnp
 import numpy as np
 
 SUBDIR = "conv_plans"
-ENV = "GMCL_CONV_PLAN_AUTO"  # "measure" (default) or "table"
 FILE_PREFIX = "file:"
 FUSIONS = ("dot", "xla", "none")  # resolved library fusions (gmcl.xla; "auto" is resolved before)
 PROTOCOL = "critic1"  # what the timings time (measure); part of the file name: another protocol, another file
@@ -63,15 +65,6 @@ _program_fusions: contextvars.ContextVar = contextvars.ContextVar("gmcl_conv_fus
 _collecting: contextvars.ContextVar = contextvars.ContextVar("gmcl_conv_collect", default=None)
 _memory: dict = {}  # path -> its entries, as read or written by this process
 _log: list = []
-
-
-def mode() -> str:
-  """``"measure"`` or ``"table"`` (``$GMCL_CONV_PLAN_AUTO``); anything else is an error."""
-  value = os.environ.get(ENV, "measure") or "measure"
-  if value not in ("measure", "table"):
-    raise ValueError(f"${ENV}={value!r}; valid: 'measure' (time the implementations) or 'table' "
-                     "(gmcl.ops.conv.cpu_plan's fixed rule).")
-  return value
 
 
 @contextlib.contextmanager
@@ -238,13 +231,13 @@ def timings(g, x_shape, w_shape, dtype, fusions: str, pinned: Optional[str] = No
     return found
   if pinned:
     raise ValueError(f"conv plans: the pinned file {pinned} has no entry for the convolution "
-                     f"'{key}' under library fusions {fusions!r}. Run once with model.conv_plan='auto' on "
+                     f"'{key}' under library fusions {fusions!r}. Run once with model.conv_plan='measured' on "
                      "this kind of machine and pin the cache file it writes (python -m benchmarks.conv_layers "
                      "--show_plan prints its path), or use model.conv_plan='table'.")
   if not _log:
     _log.append(True)
     print(f"gmcl: timing convolution implementations for shapes this machine has not seen (once; kept "
-          f"in {path}; model.conv_plan='table' skips it)", flush=True)
+          f"in {path}; model.conv_plan='auto' uses the fixed rule)", flush=True)
   measured = measure(g, x_shape, w_shape, dtype, fusions)
   try:
     return _write_new(path, key, fusions, measured)
@@ -255,12 +248,10 @@ def timings(g, x_shape, w_shape, dtype, fusions: str, pinned: Optional[str] = No
 
 
 def plan_for(name: str, g, x, w):
-  """The plan of ``model.conv_plan`` ``name`` ("auto" or "file:PATH") for one convolution of
+  """The plan of ``model.conv_plan`` ``name`` ("measured" or "file:PATH") for one convolution of
   arrays (or tracers) ``x`` and ``w``, on the CPU backend."""
   from gmcl.ops import conv as C  # pylint: disable=import-outside-toplevel
   pinned = name[len(FILE_PREFIX):] if name.startswith(FILE_PREFIX) else None
-  if pinned is None and mode() == "table":
-    return C.cpu_plan(g)
   seen = _collecting.get()
   if seen is not None:  # gmcl.xla deciding the program's fusions: list the shape, trace with the rule
     seen.append((g, tuple(x.shape), tuple(w.shape), jnp.dtype(x.dtype).name, pinned))

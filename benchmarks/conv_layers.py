@@ -84,8 +84,7 @@ def main():
     x = jnp.asarray(rng.normal(size=(a.batch, *g.in_hw, cin)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(*g.kernel_hw, cin, cout)), jnp.float32)
     dy = jnp.asarray(rng.normal(size=(a.batch, *g.out_hw, cout)), jnp.float32)
-    impls = [i for i in C.IMPLEMENTATIONS if (not i.startswith("subpixel") or g.subpixel_ok())
-             and (i != "space_to_depth" or g.space_to_depth_ok())]
+    impls = conv_tune.candidates(g)
     fns = {i: direction_fns(g, i, w.shape, a.fusions) for i in impls}
     chosen = C.cpu_plan(g)
     gflop = C.flops(g, a.batch, cin, cout) / 1e9

@@ -3,6 +3,8 @@
   python -m experiments.main --config experiments/configs/dgr.py:dataset=mnist --workdir runs/dgr
   python -m experiments.main --config experiments/configs/sft.py:smoke --workdir /tmp/sft \
       --config.train.solver_steps=200
+  # a finished run of the first 5 tasks, continued to all 10 (as if run to 10 from the start):
+  python -m experiments.main --config CONFIG --config.data.max_tasks=0 --workdir W --extend
 """
 
 from absl import app, flags, logging
@@ -15,6 +17,8 @@ flags.DEFINE_string("workdir", None, "Where results.json, timings.json and sampl
 flags.DEFINE_bool("progress", True, "Show a progress bar per task.")
 flags.DEFINE_bool("resume", True, "Continue from the workdir's checkpoints, if it has any.")
 flags.DEFINE_bool("overwrite", False, "Start afresh even if the workdir holds a finished run.")
+flags.DEFINE_bool("extend", False, "Continue the workdir's run (finished or not) to more tasks: its "
+                  "checkpoints have a smaller data.max_tasks than --config's (0 = every task).")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU VM slices, "
                   "multi-node GPU); run the same command on every host.")
 flags.DEFINE_integer("stop_after_steps", None, "Stop after this many training steps of this call "
@@ -73,7 +77,7 @@ def main(argv):
   from gmcl import loop  # pylint: disable=import-outside-toplevel
   try:
     loop.run(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress, resume=FLAGS.resume,
-             overwrite=FLAGS.overwrite, stop_after_steps=FLAGS.stop_after_steps)
+             overwrite=FLAGS.overwrite, stop_after_steps=FLAGS.stop_after_steps, extend=FLAGS.extend)
   except loop.RunInterrupted as e:
     print(f"gmcl: {e}")
     raise SystemExit(STOPPED) from None

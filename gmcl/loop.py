@@ -433,7 +433,7 @@ def finished_run_of(config, workdir: str) -> Optional[dict]:
 
 def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = True,
         log: Callable[[str], None] = print, resume: bool = True, overwrite: bool = False,
-        stop_after_steps: Optional[int] = None) -> dict:
+        stop_after_steps: Optional[int] = None, extend: bool = False) -> dict:
   """Trains ``config.method`` on the task sequence and writes ``workdir/results.json``.
 
   With ``config.checkpoint.enabled``, the run is checkpointed every
@@ -452,6 +452,14 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
     overwrite: start afresh even if the workdir holds a finished run or checkpoints.
     stop_after_steps: raise :class:`RunInterrupted` once this many training steps
       have run in this call (after the checkpoint due at that step, if any).
+    extend: continue the workdir's run, finished or not, to a longer task sequence: its
+      checkpoints were written with a smaller ``data.max_tasks`` than ``config``'s (0 = every
+      task) and nothing else differs. The first tasks' training does not depend on how many
+      follow, so the extended run's results.json is byte for byte that of a run of the longer
+      sequence from the start (tested); timings.json says where it was extended. Refused
+      (nothing changed) where that cannot hold: a state whose shapes depend on the number of
+      tasks (per-task heads or masks), seeds trained one after another (only the last seed's
+      state is kept), or a scenario that scores the tasks not yet seen (domain-incremental).
 
   Only one run may use a workdir at a time: a second is refused at once
   (:class:`gmcl.workdir.WorkdirBusy`, naming the holder's PID).
@@ -465,15 +473,27 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
   compile_cache.enable_from_config(config, log=log)
   with WorkdirLock(workdir, log=log, enabled=jax.process_index() == 0):
     return _run(config, workdir, data=data, progress=progress, log=log, resume=resume,
-                overwrite=overwrite, stop_after_steps=stop_after_steps)
+                overwrite=overwrite, stop_after_steps=stop_after_steps, extend=extend)
 
 
-def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_steps) -> dict:
+def _extended_from(saved: dict, config) -> Optional[int]:
+  """The ``data.max_tasks`` of a checkpoint's config that ``config`` extends (the same run but a
+  longer task sequence: a larger ``data.max_tasks``, or 0 for every task), or None."""
+  old = saved.get("data", {}).get("max_tasks", 0)
+  new = config.data.max_tasks
+  return old if old and old != new and (not new or new > old) else None
+
+
+def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_steps, extend=False) -> dict:
+  if extend and overwrite:
+    raise ValueError("run: extend=True (--extend) continues the workdir's run and overwrite=True (--overwrite) "
+                     "deletes it: pass one of them.")
   finished = _finished_run(workdir)
-  if finished is not None and not overwrite:
+  if finished is not None and not overwrite and not extend:
     raise FileExistsError(
         f"{workdir} holds a finished run ({finished} tasks in results.json). Pass overwrite=True "
-        "(--overwrite) to train again there, or choose another workdir.")
+        "(--overwrite) to train again there, extend=True (--extend) with a larger data.max_tasks to "
+        "continue it to more tasks, or choose another workdir.")
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if overwrite and os.path.isdir(ckpt_dir):
     shutil.rmtree(ckpt_dir)
@@ -635,7 +655,8 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
           "machine": xla.machine_description(),
           "wall_seconds": record["seconds"] + time.time() - clock[0],
           "compilation_cache": compile_cache.stats(),
-          "per_task": record["timings"]})
+          "per_task": record["timings"],
+          **({"extended": record["extended"]} if record.get("extended") else {})})
 
   def summary():
     what = ("mean accuracy over tasks so far, task id given" if task_incremental
@@ -683,12 +704,43 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
   def each_seed_list(states):
     return seeds_lib.stack(states) if stacked else states[0]
 
+  def check_extensible(old_tasks: int) -> None:
+    """Refuses an extension whose result could differ from a run of the longer sequence."""
+    why = ""
+    if len(groups) > 1:
+      why = (f"its {len(seeds)} seeds train one after another ({config.method}'s state shapes differ between "
+             "seeds), and only the last seed's state is checkpointed")
+    elif seq.scenario not in ("class_incremental", "task_incremental") and not task_incremental:
+      why = (f"the {seq.scenario} scenario scores every task after each one (forward transfer), and the "
+             "first tasks' scores of the tasks added now were never measured")
+    else:
+      old_config = config.copy_and_resolve_references()
+      with old_config.unlocked():
+        old_config.data.max_tasks = old_tasks
+      old_method = build_method(config.method, old_config, data.image_shape, data.num_classes, parallel)
+      shapes = lambda m: jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)),  # noqa: E731
+                                                jax.eval_shape(m.init, init_keys[0]))
+      if shapes(old_method) != shapes(method):
+        why = (f"{config.method}'s state has shapes that depend on the number of tasks (per-task parameters "
+               "or masks)")
+    if why:
+      raise IncompatibleCheckpoint(
+          f"run(extend=True): the run in {ckpt_dir} ({old_tasks} tasks) cannot be extended to {len(seq)}: "
+          f"{why}. Run the longer sequence afresh in another workdir.")
+
   state = init_group(0)
   # Where the run stands: `begun` says whether begin_task has run for `task`; `group` is the
   # group of seeds training (one group when they are stacked).
   pos = {"group": 0, "task": 0, "phase": 0, "step": 0, "global_step": 0, "begun": False}
   ckpt = RunCheckpointer(ckpt_dir, keep=c_cfg.keep) if c_cfg.enabled else None
   resumed = False
+  extension = {}  # set when the checkpoint's run is extended to this longer sequence
+  if extend and (ckpt is None or not ckpt.steps()):
+    if ckpt is not None:
+      ckpt.close()
+    raise FileNotFoundError(
+        f"run(extend=True): {ckpt_dir} holds no checkpoints, so there is no run to extend"
+        + ("" if c_cfg.enabled else " (checkpoint.enabled is False)") + ". Run without --extend.")
   if ckpt is not None and ckpt.steps():
     if not resume:
       raise FileExistsError(f"{ckpt_dir} holds checkpoints {ckpt.steps()}; resume, or pass "
@@ -697,11 +749,25 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
     def template_for(meta):
       # Checked before any state is read: a checkpoint of another config (another method or
       # model: other shapes) is refused, never skipped in favour of a fresh start.
-      diffs = _config_differences(meta["config"], config.to_dict(), added_keys(config.method))
+      saved = meta["config"]
+      old_tasks = _extended_from(saved, config)
+      if extend and old_tasks is not None:  # compared as if written with this data.max_tasks
+        saved = {**saved, "data": {**saved["data"], "max_tasks": config.data.max_tasks}}
+      diffs = _config_differences(saved, config.to_dict(), added_keys(config.method))
       if diffs:
+        hint = ("\n(data.max_tasks grew: extend=True, --extend, continues the run to the longer sequence.)"
+                if old_tasks is not None and not extend else "")
         raise IncompatibleCheckpoint(
             f"The checkpoints in {ckpt_dir} were written with another config:\n  "
-            + "\n  ".join(diffs) + "\nUse the same config, or overwrite=True (--overwrite).")
+            + "\n  ".join(diffs) + "\nUse the same config, or overwrite=True (--overwrite)." + hint)
+      if extend:
+        if old_tasks is None:
+          raise IncompatibleCheckpoint(
+              f"run(extend=True): the checkpoints in {ckpt_dir} were written with data.max_tasks="
+              f"{saved['data'].get('max_tasks', 0)} and this config has {config.data.max_tasks}; extending needs "
+              "a larger data.max_tasks (or 0, every task). Without --extend the run resumes as it is.")
+        check_extensible(old_tasks)
+        extension.update(max_tasks=old_tasks)
       written = meta.get("state_format", 1)  # absent: written before formats were recorded
       if written != method.state_format:
         raise IncompatibleCheckpoint(
@@ -732,6 +798,14 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
     step, state, meta = restored
     pos, record = {"group": 0, **meta["position"]}, _upgrade_record(meta["record"])
     resumed = True
+    if extension:
+      old_len = len(record["seeds"][0]["R"][0]) if record["seeds"][0]["R"] else extension["max_tasks"]
+      for rec in record["seeds"]:  # the rows of the tasks scored so far, to the new length
+        rec["R"] = [list(row) + [None] * (len(seq) - len(row)) for row in rec["R"]]
+      record.setdefault("extended", []).append(
+          {"from_tasks": old_len, "to_tasks": len(seq), "at_task": pos["task"], "at_step": step})
+      log(f"Extending the run of checkpoint {step} from {old_len} to {len(seq)} tasks (data.max_tasks "
+          f"{extension['max_tasks']} -> {config.data.max_tasks}), at task {pos['task'] + 1}.")
     if pos["task"] >= len(seq) and pos["group"] == len(groups) - 1:
       # finished, but results.json is missing or unreadable
       if jax.process_index() == 0:

@@ -674,6 +674,10 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
     return results
 
   outcomes = method.train_tasks(RunContext(config=config, data=data, sequence=seq, run_key=run_keys[0], log=log))
+  if outcomes is not None and extend:  # (a lazy generator: nothing has trained or been written yet)
+    raise ValueError(f"run(extend=True): {config.method} with this config drives its own tasks without "
+                     "checkpoints, so a run of it cannot be extended. Run the longer sequence afresh "
+                     "in another workdir.")
   if outcomes is not None:  # the method drives its own tasks (one call per seed, no checkpoints)
     if stacked:
       raise RuntimeError(f"{config.method} drives its own tasks (train_tasks), so its seeds run one "
@@ -800,10 +804,19 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
     resumed = True
     if extension:
       old_len = len(record["seeds"][0]["R"][0]) if record["seeds"][0]["R"] else extension["max_tasks"]
-      for rec in record["seeds"]:  # the rows of the tasks scored so far, to the new length
+      dropped = {}
+      for i, rec in enumerate(record["seeds"]):  # the rows of the tasks scored so far, to the new length
         rec["R"] = [list(row) + [None] * (len(seq) - len(row)) for row in rec["R"]]
+        for name in ([] if config.eval.reverse_every_task else [f"A_reverse_{a}" for a in reverse_archs]):
+          series = rec.get("scores", {}).get(name, [])
+          if len(series) >= old_len and series[old_len - 1] is not None:
+            # measured after the last task of the shorter run only: a longer run does not measure it
+            # there, so it leaves results.json (and is kept in timings.json's "extended")
+            dropped.setdefault(str(seeds[i]), {})[name] = series[old_len - 1]
+            series[old_len - 1] = None
       record.setdefault("extended", []).append(
-          {"from_tasks": old_len, "to_tasks": len(seq), "at_task": pos["task"], "at_step": step})
+          {"from_tasks": old_len, "to_tasks": len(seq), "at_task": pos["task"], "at_step": step,
+           **({"scores_dropped": {"task": old_len, "per_seed": dropped}} if dropped else {})})
       log(f"Extending the run of checkpoint {step} from {old_len} to {len(seq)} tasks (data.max_tasks "
           f"{extension['max_tasks']} -> {config.data.max_tasks}), at task {pos['task'] + 1}.")
     if pos["task"] >= len(seq) and pos["group"] == len(groups) - 1:

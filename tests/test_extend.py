@@ -45,6 +45,8 @@ def test_an_extended_run_equals_the_longer_run_from_the_start(mnist_data, tmp_pa
   long = _config(module, 3, num_seeds=seeds)
   if module is dgm:
     long.train.generator_steps = 4
+  if module is dgr:  # reverse accuracy is measured after the last task only: not after task 2 of 3
+    long.eval.reverse, long.eval.reverse_steps, long.eval.reverse_samples_per_class = "mlp", 3, 8
   if module is mergan:  # the oracle's scores of the added tasks come out the same too
     long.mergan.variant, long.mergan.oracle_dir = "ra", str(tmp_path / "oracles")
   whole = loop.run(long, str(tmp_path / "whole"), data=mnist_data, progress=False, log=_quiet)
@@ -66,6 +68,10 @@ def test_an_extended_run_equals_the_longer_run_from_the_start(mnist_data, tmp_pa
     said = json.load(f)["extended"]
   assert len(said) == 1 and said[0]["from_tasks"] == 2 and said[0]["to_tasks"] == 3
   assert said[0]["at_task"] == (2 if stop is None else 1)
+  if module is dgr:  # the shorter run's value after its last task is kept beside results.json
+    assert first["scores"]["A_reverse_mlp"][1] is not None
+    assert set(said[0]["scores_dropped"]["per_seed"]) == {"0", "1"}
+    assert whole["scores"]["A_reverse_mlp"][1] is None and whole["scores"]["A_reverse_mlp"][2] is not None
   with open(os.path.join(str(tmp_path / "whole"), "timings.json")) as f:
     assert "extended" not in json.load(f)
   # extended once, the run is an ordinary finished run of 3 tasks: a second run is refused as one
@@ -139,6 +145,21 @@ def test_seeds_trained_one_after_another_are_refused(mnist_data, tmp_path):
   long.data.max_tasks = 3
   with pytest.raises(ValueError, match=r"seeds train one after another .*only the last seed's state"):
     loop.run(long, work, data=mnist_data, progress=False, log=_quiet, extend=True)
+
+
+def test_a_method_that_drives_its_own_tasks_is_refused(mnist_data, tmp_path):
+  from experiments.configs import lsa  # pylint: disable=import-outside-toplevel
+  short = _config(lsa, 2)
+  short.lsa.mode = "parallel"
+  short.data.pad_to, short.data.value_range = 32, (-1.0, 1.0)  # the fixture's data
+  work = str(tmp_path / "run")
+  loop.run(short, work, data=mnist_data, progress=False, log=_quiet)
+  before = _tree(work)
+  long = short.copy_and_resolve_references()
+  long.data.max_tasks = 3
+  with pytest.raises(ValueError, match=r"drives its own tasks without checkpoints, so a run of it cannot be extended"):
+    loop.run(long, work, data=mnist_data, progress=False, log=_quiet, extend=True)
+  assert _tree(work) == before
 
 
 def test_a_scenario_that_scores_unseen_tasks_is_refused(mnist_data, tmp_path):

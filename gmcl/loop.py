@@ -8,6 +8,7 @@ With checkpointing on (the default), a killed run continues where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -978,3 +979,69 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
   if ckpt is not None:
     ckpt.close()
   return summary()
+
+
+@dataclasses.dataclass
+class FinishedRun:
+  """A finished run's final states, read back from its last checkpoint (:func:`restore_final`)."""
+  config: ml_collections.ConfigDict
+  data: Data
+  sequence: object
+  method: object
+  seeds: list  # the seeds whose final states are in ``states``
+  states: list  # one final state per seed of ``seeds``
+  results: dict  # the run's results.json
+  step: int  # the checkpoint's global step
+
+
+def restore_final(workdir: str, *, data: Optional[Data] = None, log: Callable[[str], None] = print) -> FinishedRun:
+  """The final state of each seed of the finished run in ``workdir`` (its results.json and last
+  checkpoint), with the config, data and method it was trained with, for scoring it again
+  (``experiments.rescore``). Nothing in ``workdir`` is written.
+
+  Raises:
+    FileNotFoundError: no finished run, or no checkpoint of its end (``checkpoint.enabled`` False).
+    ValueError: its seeds trained one after another (only the last seed's state is kept) and
+      there are several.
+  """
+  if _finished_run(workdir) is None:
+    raise FileNotFoundError(f"{workdir} holds no finished run (results.json with every task completed).")
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  config = ml_collections.ConfigDict(results["config"])
+  data = data or load_data(config)
+  if config.eval.get("validation_fraction"):  # as the run trained: on the rest of the training images
+    data, _ = hold_out(data, float(config.eval.validation_fraction),
+                       by_class=results["scenario"] == "class_incremental")
+  seq = build_sequence(config, data.image_shape, data.num_classes)
+  method = build_method(config.method, config, data.image_shape, data.num_classes, Parallel())
+  seeds = seeds_lib.seed_list(config)
+  stacked = len(seeds) > 1 and method.seeds_share_shapes
+  if len(seeds) > 1 and not stacked:
+    raise ValueError(f"{workdir}: {config.method}'s {len(seeds)} seeds trained one after another, and only the "
+                     "last seed's final state is checkpointed: rescore single-seed runs of it.")
+  method.setup(data, log=log)
+  init_keys = [jax.random.split(jax.random.PRNGKey(s), 3)[0] for s in seeds]
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(f"{ckpt_dir} does not exist: the run kept no checkpoints (checkpoint.enabled).")
+  ckpt = RunCheckpointer(ckpt_dir)
+  try:
+    if not ckpt.steps():
+      raise FileNotFoundError(f"{ckpt_dir} holds no checkpoints.")
+
+    def template_for(meta):
+      if meta["position"].get("task", 0) < len(seq):
+        raise IncompatibleCheckpoint(f"the newest checkpoint in {ckpt_dir} is not the run's end (task "
+                                     f"{meta['position'].get('task', 0)} of {len(seq)}).")
+      states = [method.state_template(k, meta) for k in init_keys]
+      return seeds_lib.stack(states) if stacked else states[0]
+
+    restored = ckpt.restore_latest(template_for, warn=log)
+  finally:
+    ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint in {ckpt_dir} can be restored (the reasons are above).")
+  step, state, _ = restored
+  states = seeds_lib.unstack(state, len(seeds)) if stacked else [state]
+  return FinishedRun(config, data, seq, method, seeds, states, results, step)

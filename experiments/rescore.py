@@ -25,16 +25,6 @@ import os
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A finished run's workdir (results.json and checkpoints/).")
-flags.DEFINE_list("oracle", [], "Oracle architectures: mlp, cnn.")
-flags.DEFINE_list("reverse", [], "Reverse-accuracy architectures: mlp, cnn.")
-flags.DEFINE_string("out", "", "Output file (default WORKDIR/rescored.json).")
-flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
-flags.DEFINE_integer("oracle_steps", 2000, "The oracle's Adam steps of 128 images.")
-flags.DEFINE_integer("samples_per_class", 6400, "Generated samples per class for the oracle (MeRGAN: 6400).")
-flags.DEFINE_integer("reverse_steps", 2000, "The reverse classifier's Adam steps.")
-flags.DEFINE_integer("reverse_samples_per_class", 6000, "Generated training samples per class for it.")
-flags.mark_flags_as_required(["workdir"])
 
 ARCHITECTURES = ("mlp", "cnn")
 RESCORE_KEY = 50_000  # fold_in offset of the rescoring's keys (the run's own scores use 10_000-30_000 + t)
@@ -140,5 +130,20 @@ def main(argv):
     print(f"  {name}: {100 * results[name]:.2f} ± {100 * results[name + '_std']:.2f} (seeds {results['seeds']})")
 
 
+def define_flags():
+  """The command line's flags (defined only when run as a program: importing defines none)."""
+  flags.DEFINE_string("workdir", None, "A finished run's workdir (results.json and checkpoints/).")
+  flags.DEFINE_list("oracle", [], "Oracle architectures: mlp, cnn.")
+  flags.DEFINE_list("reverse", [], "Reverse-accuracy architectures: mlp, cnn.")
+  flags.DEFINE_string("out", "", "Output file (default WORKDIR/rescored.json).")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
+  flags.DEFINE_integer("oracle_steps", 2000, "The oracle's Adam steps of 128 images.")
+  flags.DEFINE_integer("samples_per_class", 6400, "Generated samples per class for the oracle (MeRGAN: 6400).")
+  flags.DEFINE_integer("reverse_steps", 2000, "The reverse classifier's Adam steps.")
+  flags.DEFINE_integer("reverse_samples_per_class", 6000, "Generated training samples per class for it.")
+
+
 if __name__ == "__main__":
+  define_flags()
+  flags.mark_flags_as_required(["workdir"])
   app.run(main)

@@ -504,6 +504,10 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
                      f"test_limit) = {data.source}, the config asks for {data_settings(config)}.")
   seq, t_cfg, c_cfg = build_sequence(config, data.image_shape, data.num_classes), config.train, \
       config.checkpoint
+  if extend and finished is not None and finished >= len(seq):
+    raise FileExistsError(
+        f"{workdir} holds a finished run of {finished} tasks and this config's sequence has {len(seq)}: extending "
+        "needs a larger data.max_tasks (or 0, every task). --overwrite trains it again.")
   joint = joint_matrix(config, seq)
   validation = None  # held-out real training images for model selection (eval.validation_fraction)
   if config.eval.validation_fraction:
@@ -765,12 +769,7 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
         raise IncompatibleCheckpoint(
             f"The checkpoints in {ckpt_dir} were written with another config:\n  "
             + "\n  ".join(diffs) + "\nUse the same config, or overwrite=True (--overwrite)." + hint)
-      if extend:
-        if old_tasks is None:
-          raise IncompatibleCheckpoint(
-              f"run(extend=True): the checkpoints in {ckpt_dir} were written with data.max_tasks="
-              f"{saved['data'].get('max_tasks', 0)} and this config has {config.data.max_tasks}; extending needs "
-              "a larger data.max_tasks (or 0, every task). Without --extend the run resumes as it is.")
+      if extend and old_tasks is not None:  # (the same length: a plain resume, as of an extension stopped)
         check_extensible(old_tasks)
         extension.update(max_tasks=old_tasks)
       written = meta.get("state_format", 1)  # absent: written before formats were recorded

@@ -89,9 +89,9 @@ def test_what_extend_refuses_changes_nothing(mnist_data, tmp_path):
   with pytest.raises(FileExistsError, match=r"extend=True \(--extend\) with a larger data.max_tasks"):
     loop.run(long, work, data=mnist_data, progress=False, log=_quiet)
   # the same length, or a shorter one, is no extension
-  with pytest.raises(ValueError, match=r"extending needs a larger data.max_tasks"):
+  with pytest.raises(FileExistsError, match=r"extending needs a larger data.max_tasks"):
     loop.run(short, work, data=mnist_data, progress=False, log=_quiet, extend=True)
-  with pytest.raises(ValueError, match=r"data.max_tasks: 2 in the checkpoint, 1 now"):
+  with pytest.raises(FileExistsError, match=r"finished run of 2 tasks and this config's sequence has 1"):
     loop.run(_config(sft, 1), work, data=mnist_data, progress=False, log=_quiet, extend=True)
   # another change beside the number of tasks is refused as in any resume
   other = _config(sft, 3)
@@ -172,3 +172,17 @@ def test_a_scenario_that_scores_unseen_tasks_is_refused(mnist_data, tmp_path):
   long.data.max_tasks = 0
   with pytest.raises(ValueError, match=r"scenario scores every task after each one"):
     loop.run(long, work, data=mnist_data, progress=False, log=_quiet, extend=True)
+
+
+def test_an_extension_stopped_on_the_way_resumes_with_the_same_command(mnist_data, tmp_path):
+  long = _config(sft, 3)
+  whole = loop.run(long, str(tmp_path / "whole"), data=mnist_data, progress=False, log=_quiet)
+  parts = str(tmp_path / "parts")
+  loop.run(_config(sft, 2), parts, data=mnist_data, progress=False, log=_quiet)
+  with pytest.raises(loop.RunInterrupted):
+    loop.run(long, parts, data=mnist_data, progress=False, log=_quiet, extend=True, stop_after_steps=10)
+  lines = []
+  again = loop.run(long, parts, data=mnist_data, progress=False, log=lines.append, extend=True)
+  assert not any(line.startswith("Extending") for line in lines)  # a plain resume of the extended run
+  assert again == whole
+  assert _read(os.path.join(parts, "results.json")) == _read(str(tmp_path / "whole" / "results.json"))

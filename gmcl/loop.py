@@ -1009,10 +1009,9 @@ def restore_final(workdir: str, *, data: Optional[Data] = None, log: Callable[[s
     results = json.load(f)
   config = ml_collections.ConfigDict(results["config"])
   data = data or load_data(config)
-  if config.eval.get("validation_fraction"):  # as the run trained: on the rest of the training images
-    data, _ = hold_out(data, float(config.eval.validation_fraction),
-                       by_class=results["scenario"] == "class_incremental")
   seq = build_sequence(config, data.image_shape, data.num_classes)
+  if config.eval.get("validation_fraction"):  # as the run trained: on the rest of the training images
+    data, _ = hold_out(data, float(config.eval.validation_fraction), by_class=seq.scenario == "class_incremental")
   method = build_method(config.method, config, data.image_shape, data.num_classes, Parallel())
   seeds = seeds_lib.seed_list(config)
   stacked = len(seeds) > 1 and method.seeds_share_shapes

@@ -90,7 +90,8 @@ def rescore(workdir: str, oracles=(), reverses=(), *, oracle_steps=2000, samples
                                                       if isinstance(v, float)))
     per_seed.append(out)
   results = run.results
-  top = {"workdir": os.path.abspath(workdir), "method": config.method, "dataset": config.data.dataset,
+  top = {"workdir": os.path.basename(os.path.normpath(workdir)),  # the run folder's name: no machine path
+         "method": config.method, "dataset": config.data.dataset,
          "protocol": config.data.protocol, "seeds": run.seeds, "after_task": len(seq), "checkpoint_step": run.step,
          "run_A": results["A"][-1], "run_A_std": results["A_std"][-1]}
   if results.get("scores", {}).get("A_oracle"):

@@ -15,7 +15,8 @@ last task, for each seed,
   samples are labelled by the run's own classifier, as DGR replays them).
 
 and at the top the mean and sample sd over seeds of each figure (``*_std``), the run's own
-``A`` and ``scores.A_oracle`` after its last task for comparison, and the machine. The samples are
+``A`` and ``scores.A_oracle`` after its last task for comparison, the machine, and ``workdir``: the run
+folder's name (not its path, which names the machine it ran on). The samples are
 drawn with keys of their own (not the run's), so two rescorings of one run agree and differ
 from the run's own scores only by the judge and the draw.
 """
@@ -28,6 +29,11 @@ FLAGS = flags.FLAGS
 
 ARCHITECTURES = ("mlp", "cnn")
 RESCORE_KEY = 50_000  # fold_in offset of the rescoring's keys (the run's own scores use 10_000-30_000 + t)
+
+
+def run_name(workdir: str) -> str:
+  """The run folder's own name, recorded instead of its path (``.`` and ``runs/x/`` name their folder)."""
+  return os.path.basename(os.path.abspath(workdir))
 
 
 def check_architectures(flag: str, names) -> list:
@@ -90,7 +96,7 @@ def rescore(workdir: str, oracles=(), reverses=(), *, oracle_steps=2000, samples
                                                       if isinstance(v, float)))
     per_seed.append(out)
   results = run.results
-  top = {"workdir": os.path.basename(os.path.normpath(workdir)),  # the run folder's name: no machine path
+  top = {"workdir": run_name(workdir),
          "method": config.method, "dataset": config.data.dataset,
          "protocol": config.data.protocol, "seeds": run.seeds, "after_task": len(seq), "checkpoint_step": run.step,
          "run_A": results["A"][-1], "run_A_std": results["A_std"][-1]}

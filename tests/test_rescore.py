@@ -79,6 +79,8 @@ def test_rescore_figures_are_the_judges_on_those_states(finished, mnist_data):
   assert out["A_oracle_mlp"] == pytest.approx(np.mean(values), abs=1e-12)
   assert out["A_oracle_mlp_std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
   assert out["run_A_oracle"] == results["scores"]["A_oracle"][-1] and out["after_task"] == 2
+  assert out["workdir"] == "run" == rescore_lib.run_name(work + os.sep)  # the folder's name, not its path
+  assert rescore_lib.run_name(os.curdir) == os.path.basename(os.getcwd())
   json.dumps(out)  # serialisable as written
 
 

@@ -5,6 +5,7 @@ step. One JSON line per (variant, task) case.
   python -m benchmarks.dgm_step                    # official: conv generator, batch-norm critic
   python -m benchmarks.dgm_step --cpu              # the README's CPU schedule (dense generator, MLP critic)
   python -m benchmarks.dgm_step --tasks 0 4 9      # at tasks 1, 5 and 10
+  python -m benchmarks.dgm_step --cpu --critic dcgan   # the CPU schedule with the official conv critic
 
 Earlier tasks are begun and ended without training. By default the network does not grow
 (the initial widths: a lower bound on the cost at task t); with --growth their untrained masks
@@ -26,9 +27,14 @@ from gmcl.data.sampling import task_arrays
 from gmcl.methods import build_method
 
 
-def time_cases(variant: str, cpu: bool, tasks: list[int], steps: int, growth: bool) -> list[dict]:
+def time_cases(variant: str, cpu: bool, tasks: list[int], steps: int, growth: bool,
+               critic: str = "") -> list[dict]:
   c = dgm_config.get_config(f"variant={variant}" + (",cpu" if cpu else ""))
   c.dgm.growth = growth
+  if critic == "dcgan" and c.dgm.critic != "dcgan":  # the official critic: 32, 64, 128 features
+    c.dgm.critic, c.model.critic_features = "dcgan", dgm_config.get_config(f"variant={variant}").model.critic_features
+  elif critic:
+    c.dgm.critic = critic
   shape = (32, 32, 1)
   method = build_method("dgm", c, shape, 10)
   rng = np.random.default_rng(0)
@@ -56,9 +62,11 @@ def main():
   p.add_argument("--tasks", type=int, nargs="+", default=[0, 4, 9], help="0-based task indices")
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--growth", action="store_true")
+  p.add_argument("--critic", choices=["dcgan", "mlp"], default="",
+                 help="override the schedule's critic (dcgan: the official conv critic, 32/64/128 features)")
   a = p.parse_args()
   for variant in a.variant or ["dgmw", "dgma"]:
-    for row in time_cases(variant, a.cpu, a.tasks, a.steps, a.growth):
+    for row in time_cases(variant, a.cpu, a.tasks, a.steps, a.growth, a.critic):
       print(json.dumps(row), flush=True)
 
 

@@ -182,6 +182,26 @@ def test_seeds_one_after_another_equal_their_single_seed_runs_exactly(mnist_data
       (tmp_path / "boundary_whole" / "results.json").read_bytes()
 
 
+def test_a_process_near_its_mapping_cap_drops_unused_programs_and_results_stay(mnist_data, tmp_path,
+                                                                             single_seed_runs, monkeypatch):
+  """Near vm.max_map_count every task's start releases the compiled programs; the programs compiled
+  again are the same, so the run is its uncrowded twin to the bit."""
+  monkeypatch.setattr(loop, "mappings_limit", lambda: 100)
+  monkeypatch.setattr(loop, "memory_mappings", lambda: 60)
+  released = []
+  monkeypatch.setattr(loop, "release_compiled", lambda: released.append(1))
+  assert loop.release_if_crowded(log=lambda s: None) and released == [1]
+  monkeypatch.setattr(loop, "memory_mappings", lambda: 40)
+  assert not loop.release_if_crowded(log=lambda s: None) and released == [1]
+  monkeypatch.undo()
+  monkeypatch.setattr(loop, "mappings_limit", lambda: 100)
+  monkeypatch.setattr(loop, "memory_mappings", lambda: 99)  # crowded: the real release, every task
+  lines = []
+  crowded = loop.run(_sft(seed=0), str(tmp_path), data=mnist_data, progress=False, log=lines.append)
+  assert sum("memory mappings" in line for line in lines) == 2  # at each of the two tasks' starts
+  assert json.dumps(crowded, sort_keys=True) == json.dumps(single_seed_runs[0], sort_keys=True)
+
+
 def test_a_checkpoint_of_other_seed_groups_is_refused(mnist_data, tmp_path, monkeypatch):
   c = _sft(num_seeds=2)
   c.checkpoint.every_steps = 10

@@ -9,7 +9,10 @@ last task, for each seed,
 - ``A_oracle_ARCH`` and ``oracle_ARCH_per_class``: MeRGAN's protocol with an oracle of
   architecture ARCH (``mlp`` as the official MNIST oracle, ``cnn`` a small CNN), trained once on
   all real training images and cached as the runs' oracles are; its own test accuracy is
-  ``oracle_ARCH_test_accuracy``. A conditional generator only.
+  ``oracle_ARCH_test_accuracy``. A conditional generator only. Adam steps of 128 images
+  (``--oracle_steps``; 0, the default, is ``ORACLE_STEPS``: the MLP 2000, the CNN 6000, where it
+  first passes 99 % on MNIST's real test images: 99.09 % on DGM's 32x32 preprocessing, 98.78 %
+  at 2000).
 - ``A_reverse_ARCH``: reverse accuracy, a fresh ARCH classifier trained only on the generator's
   samples of the classes seen, tested on their real test images (an unconditional generator's
   samples are labelled by the run's own classifier, as DGR replays them).
@@ -28,6 +31,7 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 
 ARCHITECTURES = ("mlp", "cnn")
+ORACLE_STEPS = {"mlp": 2000, "cnn": 6000}  # per architecture, for --oracle_steps=0 (module docstring)
 RESCORE_KEY = 50_000  # fold_in offset of the rescoring's keys (the run's own scores use 10_000-30_000 + t)
 
 
@@ -43,7 +47,15 @@ def check_architectures(flag: str, names) -> list:
   return list(names)
 
 
-def rescore(workdir: str, oracles=(), reverses=(), *, oracle_steps=2000, samples_per_class=6400,
+def oracle_steps_for(arch: str, steps: int = 0) -> int:
+  """The oracle's Adam steps: ``steps``, or the architecture's default (``ORACLE_STEPS``) at 0."""
+  if steps < 0:
+    raise ValueError(f"rescore: oracle_steps={steps}; valid: 0 (each architecture's default, "
+                     f"{ORACLE_STEPS}) or a number of steps >= 1.")
+  return int(steps) or ORACLE_STEPS[arch]
+
+
+def rescore(workdir: str, oracles=(), reverses=(), *, oracle_steps=0, samples_per_class=6400,
             reverse_steps=2000, reverse_samples_per_class=6000, data=None, cache_dir=None, log=print) -> dict:
   """The figures described in the module docstring, as a dict (nothing is written)."""
   import jax  # pylint: disable=import-outside-toplevel
@@ -56,6 +68,7 @@ def rescore(workdir: str, oracles=(), reverses=(), *, oracle_steps=2000, samples
 
   if not oracles and not reverses:
     raise ValueError("rescore: nothing to score; name --oracle and/or --reverse architectures.")
+  steps = {arch: oracle_steps_for(arch, oracle_steps) for arch in oracles}  # (a bad count fails before loading)
   run = loop.restore_final(workdir, data=data, log=log)
   config, data, method, seq = run.config, run.data, run.method, run.sequence
   if oracles and not (method.has_generator and method.conditional):
@@ -73,7 +86,7 @@ def rescore(workdir: str, oracles=(), reverses=(), *, oracle_steps=2000, samples
     settings = oracle.OracleSettings(
         dataset=d.dataset, pad_to=int(d.pad_to), value_range=tuple(float(v) for v in d.value_range),
         architecture=arch, hidden=tuple(config.eval.get("oracle_hidden", (512, 256, 128))),
-        steps=int(oracle_steps), seed=oracle_seed(config),
+        steps=steps[arch], seed=oracle_seed(config),
         data_fingerprint=oracle.fingerprint(data.x_train, data.y_train))
     judges[arch] = oracle.load_or_train(settings, data.x_train, data.y_train, data.x_test, data.y_test,
                                         data.num_classes, cache_dir=cache_dir, log=log)
@@ -112,7 +125,8 @@ def rescore(workdir: str, oracles=(), reverses=(), *, oracle_steps=2000, samples
   for arch in judges:  # per class, the mean over seeds
     top[f"oracle_{arch}_per_class"] = {str(c): float(np.mean([p[f"oracle_{arch}_per_class"][str(c)] for p in per_seed]))
                                        for c in classes}
-  top["settings"] = {"oracle_steps": oracle_steps, "samples_per_class": samples_per_class,
+  top["settings"] = {"oracle_steps": {arch: judge.settings.steps for arch, judge in judges.items()},
+                     "samples_per_class": samples_per_class,
                      "reverse_steps": reverse_steps, "reverse_samples_per_class": reverse_samples_per_class}
   top["machine"] = xla.machine_description()
   top["per_seed"] = per_seed
@@ -144,7 +158,8 @@ def define_flags():
   flags.DEFINE_list("reverse", [], "Reverse-accuracy architectures: mlp, cnn.")
   flags.DEFINE_string("out", "", "Output file (default WORKDIR/rescored.json).")
   flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
-  flags.DEFINE_integer("oracle_steps", 2000, "The oracle's Adam steps of 128 images.")
+  flags.DEFINE_integer("oracle_steps", 0,
+                       f"The oracle's Adam steps of 128 images; 0: per architecture, {ORACLE_STEPS}.")
   flags.DEFINE_integer("samples_per_class", 6400, "Generated samples per class for the oracle (MeRGAN: 6400).")
   flags.DEFINE_integer("reverse_steps", 2000, "The reverse classifier's Adam steps.")
   flags.DEFINE_integer("reverse_samples_per_class", 6000, "Generated training samples per class for it.")

@@ -146,7 +146,7 @@ def base_config() -> ml_collections.ConfigDict:
   # class (gmcl.evaluation.oracle). "" = off. MeRGAN has its own keys (mergan.oracle*).
   c.eval.oracle = ""
   c.eval.oracle_hidden = (512, 256, 128)
-  c.eval.oracle_steps = 2000
+  c.eval.oracle_steps = 2000  # Adam steps of 128 images; the "cnn" oracle passes 99 % on MNIST at 6000 (98.8 here)
   c.eval.oracle_samples_per_class = 6400
   # The seed of the oracle classifiers' training (eval.oracle's and MeRGAN's). -1: config.seed, the
   # first seed. A fixed value lets seeds run as separate single-seed runs (one per machine or

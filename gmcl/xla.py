@@ -189,6 +189,9 @@ def machine_description() -> str:
   timings.json and benchmark tables: one seed's figures, and speeds, differ between CPU types)."""
   import os  # pylint: disable=import-outside-toplevel
   import platform  # pylint: disable=import-outside-toplevel
-  cpu = cpu_info().get("model name") or platform.processor() or platform.machine()
+  info = cpu_info()
+  cpu = info.get("model name") or platform.processor() or platform.machine()
+  if info.get("cpu family") and info.get("model"):  # virtual CPUs often name only "AMD EPYC"
+    cpu += f" (family {info['cpu family']}, model {info['model']})"
   dev = jax.devices()[0]
   return f"{cpu}, {os.cpu_count()} cores; JAX {jax.__version__} on {dev.platform} ({dev.device_kind})"

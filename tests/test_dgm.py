@@ -280,3 +280,25 @@ def test_critic_is_reinitialised_or_keeps_its_trunk(reinit):
                zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name])))
     # The official code resets both heads at every task, and the whole critic with reinit_D.
     assert same == (not reinit and name not in ("wgan_head", "aux_head")), name
+
+
+@pytest.mark.parametrize("args, every", [
+    ("variant=dgmw", 2 * math.ceil(9494 / 101)), ("variant=dgma", 5 * math.ceil(9494 / 101)),
+    ("variant=dgmw,dataset=svhn_cropped", 2 * math.ceil(14194 / 151)),
+    ("variant=dgmw,cpu", 2 * 100), ("variant=dgma,cpu", 5 * 100), ("variant=dgmw,smoke", 2 * 2)])
+def test_validation_cadence_is_in_epochs_and_follows_an_override_of_the_steps(args, every):
+  """The official cadence (every 2 epochs DGMw, 5 DGMa), also after --config.train.generator_steps=N."""
+  from gmcl.config import validate_config
+  c = dgm_config.get_config(args)
+  assert c.eval.validation_every_steps == every
+  k = 2 if "dgmw" in args else 5
+  c.train.generator_steps = 3001  # a command-line override lands after get_config, as here
+  assert c.eval.validation_every_steps == k * math.ceil(3001 / c.dgm.epochs)
+  c.dgm.epochs = 7
+  assert c.eval.validation_every_steps == k * math.ceil(3001 / 7)
+  c.eval.validation_every_steps = 50  # the cadence's own override wins and leaves the steps alone
+  assert (c.eval.validation_every_steps, c.train.generator_steps) == (50, 3001)
+  assert c.to_dict()["eval"]["validation_every_steps"] == 50
+  # The docstring's "no hold-out": both keys, and the config is valid.
+  c.eval.validation_fraction, c.eval.validation_every_steps = 0.0, 0
+  validate_config(c)

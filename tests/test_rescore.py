@@ -64,6 +64,7 @@ def test_rescore_figures_are_the_judges_on_those_states(finished, mnist_data):
   judge = oracle.load_or_train(settings, run.data.x_train, run.data.y_train, run.data.x_test, run.data.y_test,
                                10, cache_dir=cache, log=_quiet)
   assert out["oracle_mlp_test_accuracy"] == judge.test_accuracy
+  assert out["settings"]["oracle_steps"] == {"mlp": 15}
   classes = run.sequence.seen_classes(len(run.sequence) - 1)
   sample = jax.jit(run.method.sample)
   for seed, state, p in zip(run.seeds, run.states, out["per_seed"]):
@@ -101,3 +102,10 @@ def test_rescore_refuses_what_it_cannot_score(finished, mnist_data, tmp_path):
   assert 0.0 <= out["A_reverse_mlp"] <= 1.0 and out["A_reverse_mlp_std"] == 0.0
   with pytest.raises(Exception, match="valid: mlp, cnn"):
     rescore_lib.check_architectures("oracle", ["resnet"])
+
+
+def test_oracle_steps_default_per_architecture_and_a_bad_count_is_named():
+  assert [rescore_lib.oracle_steps_for(a) for a in ("mlp", "cnn")] == [2000, 6000]
+  assert rescore_lib.oracle_steps_for("cnn", 15) == 15
+  with pytest.raises(ValueError, match=r"oracle_steps=-1; valid: 0 \(each architecture's default"):
+    rescore_lib.oracle_steps_for("mlp", -1)

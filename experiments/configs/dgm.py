@@ -26,7 +26,6 @@ batch norm), and 1000 iterations per task in 10 epochs of 100 (over which s rise
 it does over 101). On a 2-core CPU the official transposed-convolution
 generator's gradient takes ~17 ms (DGMw) and ~120 ms (DGMa), the dense ones 3-7 ms.
 """
-import math
 
 from experiments.configs.common import make_config
 
@@ -79,8 +78,11 @@ def get_config(arg=None):
   # The DGM code's protocol: 15 % of each class's training images (SVHN: 10 %) held out; the critic's
   # auxiliary head scored on them every 2 (DGMw) or 5 (DGMa) epochs and at each task's end, and
   # scores.A_best_validation is the test A_t where they peaked (the paper's figure); A is the last.
-  # --config.eval.validation_fraction=0 trains on every image and reports the last step only.
+  # The cadence is a reference to train.generator_steps and dgm.epochs, so an override of either
+  # (--config.train.generator_steps=3000) keeps "every 2 (5) epochs"; an override of the cadence itself wins.
+  # --config.eval.validation_fraction=0 --config.eval.validation_every_steps=0 trains on every image and
+  # reports the last step only.
   c.eval.validation_fraction = 0.10 if c.data.dataset == "svhn_cropped" else 0.15
-  c.eval.validation_every_steps = (2 if variant == "dgmw" else 5) * math.ceil(
-      c.train.generator_steps / c.dgm.epochs)
+  steps, epochs = c.train.get_ref("generator_steps"), c.dgm.get_ref("epochs")
+  c.eval.validation_every_steps = (2 if variant == "dgmw" else 5) * -(-steps // epochs)  # ceil(steps/epochs)
   return c

@@ -3,9 +3,9 @@ data (t past tasks replayed by the masked generator), one WGAN-GP critic step an
 step. One JSON line per (variant, task) case.
 
   python -m benchmarks.dgm_step                    # official: conv generator, batch-norm critic
-  python -m benchmarks.dgm_step --cpu              # the README's CPU schedule (dense generator, MLP critic)
+  python -m benchmarks.dgm_step --cpu              # the README's CPU schedule (dense generator, conv critic)
   python -m benchmarks.dgm_step --tasks 0 4 9      # at tasks 1, 5 and 10
-  python -m benchmarks.dgm_step --cpu --critic dcgan   # the CPU schedule with the official conv critic
+  python -m benchmarks.dgm_step --cpu --critic mlp     # the CPU schedule with its earlier MLP critic
 
 Earlier tasks are begun and ended without training. By default the network does not grow
 (the initial widths: a lower bound on the cost at task t); with --growth their untrained masks
@@ -33,8 +33,9 @@ def time_cases(variant: str, cpu: bool, tasks: list[int], steps: int, growth: bo
   c.dgm.growth = growth
   if critic == "dcgan" and c.dgm.critic != "dcgan":  # the official critic: 32, 64, 128 features
     c.dgm.critic, c.model.critic_features = "dcgan", dgm_config.get_config(f"variant={variant}").model.critic_features
-  elif critic:
-    c.dgm.critic = critic
+  elif critic == "mlp" and c.dgm.critic != "mlp":  # the demo schedule's MLP critic: 512 -> 256
+    demo = dgm_config.get_config(f"variant={variant},demo")
+    c.dgm.critic, c.model.critic_features = "mlp", demo.model.critic_features
   shape = (32, 32, 1)
   method = build_method("dgm", c, shape, 10)
   rng = np.random.default_rng(0)

@@ -97,6 +97,16 @@ def test_a_run_recorded_with_another_config_is_marked_stale_naming_the_keys(tmp_
       in pt.table("cpu", 3, root, available=_available)
 
 
+def test_an_oracle_seed_pinned_to_the_first_seed_is_not_a_difference(tmp_path):
+  """eval.oracle_seed=0 with seed 0 trains the oracle that -1 (config.seed) does; another seed is stale."""
+  folder = pt.results_dir("cpu", 3, "mnist", "dgm_dgmw", str(tmp_path))
+  for pinned, expected in ((0, []), (5, ["eval.oracle_seed: 5 in the checkpoint, -1 now"])):
+    config = pt.config_of(pt.DGMW, "mnist", "cpu", 3)
+    config.eval.oracle_seed = pinned
+    _write(folder, [([0.5] * 10, {})] * 3, config=config.to_dict())
+    assert pt.stale(pt.read_results(folder), pt.DGMW, "mnist", "cpu", 3) == expected
+
+
 def test_every_recorded_result_matches_todays_config():
   """A schedule changed since its results were recorded: rerun them (paper_table --run --overwrite)
   or record the new schedule under its own name."""

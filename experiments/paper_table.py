@@ -228,7 +228,7 @@ def stale(res: dict, run: Run, dataset: str, schedule: str, num_seeds: int) -> l
   today = config_of(run, dataset, schedule, num_seeds)
   saved = res.get("config", {})
   differs = loop.config_differences(saved, today)
-  if saved.get("eval") and oracle_seed(ml_collections.ConfigDict(saved)) == oracle_seed(today):
+  if saved.get("eval") and "seed" in saved and oracle_seed(ml_collections.ConfigDict(saved)) == oracle_seed(today):
     # eval.oracle_seed=0 and -1 (config.seed) with seed 0 train the same oracle (merge_seeds' runs pin it)
     differs = [d for d in differs if not d.startswith("eval.oracle_seed:")]
   return differs

@@ -11,7 +11,8 @@ A checkpoint holds, under one orbax step number (the global training-step count)
 The frozen snapshots (G_{t-1}, C_{t-1}) change only at task boundaries, so they are
 written once per boundary, to ``snapshots/<id>`` (the number of tasks ended, counted on over groups
 of seeds trained one after another: ``group * (tasks + 1) + tasks ended``), and every checkpoint of
-the next task refers to that one copy.
+the next task refers to that one copy. Seeds trained one after another also keep each seed's final
+state, whole, in ``finals/<group>`` (the main checkpoints move on to the next seed).
 
 PRNG keys are not state here: every step's key is ``fold_in`` of the run key (from
 ``config.seed``) and the step's position, so a resumed run draws the same keys.
@@ -53,6 +54,7 @@ class RunCheckpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self.snapshots = ocp.CheckpointManager(os.path.join(self.directory, "snapshots"),
                                            options=options)
+    self._finals_manager = None
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -82,6 +84,41 @@ class RunCheckpointer:
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)), force=True)
     self.manager.wait_until_finished()
+
+  def save_final(self, group: int, state: Any, meta: dict) -> None:
+    """Writes the final state of group ``group`` of seeds trained one after another, whole (its
+    snapshot included), with ``meta``, to ``finals/<group>`` (one that exists is replaced). The next
+    group's checkpoints replace the main ones, so this is the only copy of an earlier seed's end:
+    scoring a finished run again (:func:`gmcl.loop.restore_final`) reads it. Every group is kept."""
+    self.check_space(group, state)
+    finals = self._finals()
+    if group in finals.all_steps():
+      finals.delete(group)
+    finals.save(group, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               meta=ocp.args.JsonSave(meta)), force=True)
+    finals.wait_until_finished()
+
+  def final_groups(self) -> list[int]:
+    """The groups whose final state :meth:`save_final` wrote."""
+    if self._finals_manager is None and not os.path.isdir(os.path.join(self.directory, "finals")):
+      return []
+    return sorted(self._finals().all_steps())
+
+  def final_meta(self, group: int) -> dict:
+    return self._finals().restore(group, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore_final(self, group: int, template: Any) -> Any:
+    """The state :meth:`save_final` wrote for ``group``, restored to ``template``'s structure."""
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
+    return self._finals().restore(group, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))["state"]
+
+  def _finals(self):
+    if self._finals_manager is None:  # made on first use: runs of stacked seeds never write one
+      self._finals_manager = ocp.CheckpointManager(os.path.join(self.directory, "finals"),
+                                                   options=ocp.CheckpointManagerOptions(
+                                                       enable_async_checkpointing=False, create=True))
+    return self._finals_manager
 
   def check_space(self, step: int, state: Any, snapshot_id: Optional[int] = None) -> None:
     """Refuses a write the disk cannot hold, in one line (orbax's own error on a full disk is
@@ -139,3 +176,5 @@ class RunCheckpointer:
   def close(self) -> None:
     self.manager.close()
     self.snapshots.close()
+    if self._finals_manager is not None:
+      self._finals_manager.close()

@@ -486,8 +486,8 @@ def run(config, workdir: str, *, data: Optional[Data] = None, progress: bool = T
       follow, so the extended run's results.json is byte for byte that of a run of the longer
       sequence from the start (tested); timings.json says where it was extended. Refused
       (nothing changed) where that cannot hold: a state whose shapes depend on the number of
-      tasks (per-task heads or masks), seeds trained one after another (only the last seed's
-      state is kept), or a scenario that scores the tasks not yet seen (domain-incremental).
+      tasks (per-task heads or masks), seeds trained one after another (each would be taken
+      up again from its own end), or a scenario that scores the tasks not yet seen (domain-incremental).
 
   Only one run may use a workdir at a time: a second is refused at once
   (:class:`gmcl.workdir.WorkdirBusy`, naming the holder's PID).
@@ -745,7 +745,7 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
     why = ""
     if len(groups) > 1:
       why = (f"its {len(seeds)} seeds train one after another ({config.method}'s state shapes differ between "
-             "seeds), and only the last seed's state is checkpointed")
+             "seeds), and the loop does not take up each seed again from its own end")
     elif seq.scenario not in ("class_incremental", "task_incremental") and not task_incremental:
       why = (f"the {seq.scenario} scenario scores every task after each one (forward transfer), and the "
              "first tasks' scores of the tasks added now were never measured")
@@ -1000,6 +1000,11 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
           ckpt.check_space(pos["global_step"], state, snapshot_id(g, t + 1))
         record_task(t, group, state, record["metrics"], time.time() - task_start)
         pos.update(task=t + 1, phase=0, step=0, begun=False)
+        if ckpt is not None and len(groups) > 1 and t + 1 == len(seq):
+          # this seed's end, before the checkpoint that says it ended (the next seed's replace it)
+          ckpt.save_final(g, state, {"position": dict(pos), "seed": seeds[group[0]],
+                                     "method": method.checkpoint_meta(state),
+                                     "state_format": method.state_format})
         save(state, checked=True)  # the task boundary: snapshots taken, scores written
   finally:
     runlog.close()
@@ -1028,8 +1033,8 @@ def restore_final(workdir: str, *, data: Optional[Data] = None, log: Callable[[s
 
   Raises:
     FileNotFoundError: no finished run, or no checkpoint of its end (``checkpoint.enabled`` False).
-    ValueError: its seeds trained one after another (only the last seed's state is kept) and
-      there are several.
+    ValueError: its seeds trained one after another and not every seed's final state is kept
+      (``checkpoints/finals``, written since gmcl kept them).
   """
   if _finished_run(workdir) is None:
     raise FileNotFoundError(f"{workdir} holds no finished run (results.json with every task completed).")
@@ -1043,9 +1048,6 @@ def restore_final(workdir: str, *, data: Optional[Data] = None, log: Callable[[s
   method = build_method(config.method, config, data.image_shape, data.num_classes, Parallel())
   seeds = seeds_lib.seed_list(config)
   stacked = len(seeds) > 1 and method.seeds_share_shapes
-  if len(seeds) > 1 and not stacked:
-    raise ValueError(f"{workdir}: {config.method}'s {len(seeds)} seeds trained one after another, and only the "
-                     "last seed's final state is checkpointed: rescore single-seed runs of it.")
   method.setup(data, log=log)
   init_keys = [jax.random.split(jax.random.PRNGKey(s), 3)[0] for s in seeds]
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -1053,6 +1055,20 @@ def restore_final(workdir: str, *, data: Optional[Data] = None, log: Callable[[s
     raise FileNotFoundError(f"{ckpt_dir} does not exist: the run kept no checkpoints (checkpoint.enabled).")
   ckpt = RunCheckpointer(ckpt_dir)
   try:
+    if len(seeds) > 1 and not stacked:  # one after another: each seed's end in finals/
+      kept = ckpt.final_groups()
+      if kept != list(range(len(seeds))):
+        raise ValueError(f"{workdir}: {config.method}'s {len(seeds)} seeds trained one after another, and "
+                         f"the final states of seeds {[seeds[g] for g in kept]} of {seeds} are kept in "
+                         f"{ckpt_dir}/finals (runs before gmcl kept each seed's end keep only the last "
+                         "seed's): rescore single-seed runs of it.")
+      states = []
+      for g in kept:
+        meta = ckpt.final_meta(g)
+        if meta.get("seed") != seeds[g]:
+          raise IncompatibleCheckpoint(f"{ckpt_dir}/finals/{g} holds seed {meta.get('seed')}, not {seeds[g]}.")
+        states.append(ckpt.restore_final(g, method.state_template(init_keys[g], meta)))
+      return FinishedRun(config, data, seq, method, seeds, states, results, int(max(ckpt.steps(), default=0)))
     if not ckpt.steps():
       raise FileNotFoundError(f"{ckpt_dir} holds no checkpoints.")
 

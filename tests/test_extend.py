@@ -143,7 +143,7 @@ def test_seeds_trained_one_after_another_are_refused(mnist_data, tmp_path):
   loop.run(short, work, data=mnist_data, progress=False, log=_quiet)
   long = short.copy_and_resolve_references()
   long.data.max_tasks = 3
-  with pytest.raises(ValueError, match=r"seeds train one after another .*only the last seed's state"):
+  with pytest.raises(ValueError, match=r"seeds train one after another .*from its own end"):
     loop.run(long, work, data=mnist_data, progress=False, log=_quiet, extend=True)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from experiments import rescore as rescore_lib
 from experiments.configs import dgr, mergan
-from gmcl import loop
+from gmcl import evaluation, loop
 from gmcl.evaluation import oracle, reverse
 
 
@@ -109,3 +109,30 @@ def test_oracle_steps_default_per_architecture_and_a_bad_count_is_named():
   assert rescore_lib.oracle_steps_for("cnn", 15) == 15
   with pytest.raises(ValueError, match=r"oracle_steps=-1; valid: 0 \(each architecture's default"):
     rescore_lib.oracle_steps_for("mlp", -1)
+
+
+def test_seeds_trained_one_after_another_keep_each_seeds_end(mnist_data, tmp_path):
+  """DGM's growth trains its seeds in turn, and the next seed's checkpoints replace the last one's:
+  each seed's final state is kept apart (checkpoints/finals), so the run can be scored again."""
+  import shutil  # pylint: disable=import-outside-toplevel
+
+  from experiments.configs import dgm  # pylint: disable=import-outside-toplevel
+  c = dgm.get_config("smoke")
+  c.model.gan, c.data.max_tasks, c.num_seeds = "mlp", 2, 2
+  work = str(tmp_path / "run")
+  results = loop.run(c, work, data=mnist_data, progress=False, log=_quiet)
+  run = loop.restore_final(work, data=mnist_data, log=_quiet)
+  assert run.seeds == [0, 1] and len(run.states) == 2
+  t, predict = len(run.sequence) - 1, jax.jit(run.method.predict)
+  for state, recorded in zip(run.states, results["per_seed"]):  # each seed's own end, not the last one's
+    again = run.method.extra_scores(state, run.data, run.sequence, t, jax.random.PRNGKey(0))
+    assert again["generator_size"] == recorded["scores"]["generator_size"][t]
+    row = evaluation.evaluate_after_task(lambda xb, s=state: predict(s, xb), run.data.x_test, run.data.y_test,
+                                         run.sequence, t, run.config.eval.batch_size)["row"]
+    assert [float(v) for v in row] == recorded["accuracy_matrix"][t]  # the run's own scoring, digit for digit
+  unequal = lambda a, b: np.shape(a) != np.shape(b) or bool(np.any(np.asarray(a) != np.asarray(b)))  # noqa: E731
+  differ = jax.tree.leaves(jax.tree.map(unequal, run.states[0].generator.params, run.states[1].generator.params))
+  assert any(differ)  # two seeds, two generators
+  shutil.rmtree(os.path.join(work, "checkpoints", "finals"))  # a run written before the finals were kept
+  with pytest.raises(ValueError, match=r"final states of seeds \[\] of \[0, 1\] are kept"):
+    loop.restore_final(work, data=mnist_data, log=_quiet)

@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -294,9 +295,13 @@ def test_dgm_with_growth_runs_its_seeds_one_after_another(mnist_data, tmp_path):
   lines = []
   both = loop.run(config(num_seeds=2), str(tmp_path / "both"), data=mnist_data, progress=False, log=lines.append)
   assert any("seeds=[0, 1] (one after another)" in line for line in lines)
+  finals = loop.restore_final(str(tmp_path / "both"), data=mnist_data, log=lines.append)  # each seed's end kept
+  assert finals.seeds == [0, 1] and len(finals.states) == 2
   for s in (0, 1):
     alone = _run(config(seed=s), tmp_path / f"alone{s}", mnist_data)
     assert json.dumps(both["per_seed"][s], sort_keys=True) == json.dumps(alone["per_seed"][0], sort_keys=True)
+    (state,) = loop.restore_final(str(tmp_path / f"alone{s}"), data=mnist_data, log=lines.append).states
+    chex.assert_trees_all_equal(finals.states[s], state)  # exactly: the same training, the same bits
   c = config(num_seeds=2)
   c.dgm.growth = False
   lines = []

@@ -112,8 +112,8 @@ def test_every_recorded_result_matches_todays_config():
   or record the new schedule under its own name."""
   for folder, _, files in os.walk(pt.RESULTS):
     parts = os.path.relpath(folder, pt.RESULTS).split(os.sep)
-    if parts[0] == "evidence":
-      continue  # the sweeps' records (experiments.sweep --record results/evidence/...): not the table's
+    if parts[0] in ("evidence", "compare"):
+      continue  # the sweeps' and experiments.compare's records (--record results/evidence/..., results/compare)
     if parts[0] == "seeds" and "results.json" in files:
       # one seed run alone before experiments.merge_seeds (results/seeds/<schedule>/<dataset>/<run>/seed<S>):
       # the table's command with --config.seed=S --config.eval.oracle_seed=0, nothing else changed

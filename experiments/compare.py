@@ -11,7 +11,11 @@ rebuilt from finished runs (``--table_only``; unfinished runs are marked with ho
 ``--record results/compare`` copies each finished run's results.json and timings.json into the same
 layout there (small files, to be committed; ``--table_only --out results/compare`` rebuilds the
 table from them), checking that the run is of the pair's config today and never replacing a
-record that differs unless ``--overwrite``.
+record that differs unless ``--overwrite``. ``--readme README.md`` also writes the table (without
+the commands) between the README's ``<!-- compare:begin -->`` and ``<!-- compare:end -->`` lines:
+
+  python -m experiments.compare --table_only --out results/compare --schedule demo --num_seeds 3 \
+      --readme README.md
 A pair a method does not support (lsa on one class per task, where the task id gives the label
 away) is marked n/a; a run that fails is marked with its error and the others
 go on. The table (``OUT/table_SCHEDULE_Sseeds.md``; ``table_SCHEDULE.md`` for one seed; also
@@ -61,6 +65,8 @@ OVERRIDES = {**{m: {"ogm.memory": "generator"} for m in METHODS if m.startswith(
              "lsa/sequential-G": {"lsa.replay": "generator"}}
 SCHEDULES = ("smoke", "demo", "cpu")
 
+README_BEGIN, README_END = "<!-- compare:begin -->", "<!-- compare:end -->"
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Folder of the runs and the table.")
 flags.DEFINE_enum("schedule", "demo", SCHEDULES, "Config argument giving each run's schedule.")
@@ -72,6 +78,8 @@ flags.DEFINE_bool("table_only", False, "Only rebuild the table from finished run
 flags.DEFINE_string("record", None, "Also copy each finished run's results.json and timings.json to "
                     "RECORD/SCHEDULE.../BENCHMARK/METHOD (e.g. results/compare).")
 flags.DEFINE_bool("overwrite", False, "With --record: replace a record that differs from the run.")
+flags.DEFINE_string("readme", None, "Also write the table (without its commands) between this file's "
+                    f"{README_BEGIN} and {README_END} lines.")
 
 
 def unsupported(method: str, benchmark: str) -> str | None:
@@ -217,7 +225,8 @@ def format_cell(cell: dict, benchmark: str) -> str:
 
 
 def table(cells: dict, benchmarks, methods, schedule: str, out: str, max_tasks: int = 0,
-          num_seeds: int = 1) -> str:
+          num_seeds: int = 1, commands: bool = True) -> str:
+  """The table of ``cells`` ((method, benchmark) -> cell), and with ``commands`` each run's command."""
   machines = sorted({c["machine"] for c in cells.values() if "machine" in c})
   over = (f"mean ± sd over {num_seeds} seeds" if num_seeds > 1 else "one seed (its figures differ "
           "between CPU types by several points: prefer --num_seeds 3 or more)")
@@ -229,6 +238,8 @@ def table(cells: dict, benchmarks, methods, schedule: str, out: str, max_tasks: 
            "| method | " + " | ".join(benchmarks) + " |", "|---" * (len(benchmarks) + 1) + "|"]
   for m in methods:
     lines.append(f"| {m} | " + " | ".join(format_cell(cells[(m, b)], b) for b in benchmarks) + " |")
+  if not commands:
+    return "\n".join(lines) + "\n"
   lines += ["", "Commands (one per run; the config's arguments are the cell's):", ""]
   for b in benchmarks:
     for m in methods:
@@ -236,6 +247,28 @@ def table(cells: dict, benchmarks, methods, schedule: str, out: str, max_tasks: 
         workdir = run_dir(out, schedule, max_tasks, b, m, num_seeds)
         lines.append(f"    {command(m, b, schedule, workdir, max_tasks, num_seeds)}")
   return "\n".join(lines) + "\n"
+
+
+def recorded_cells(out: str, schedule: str, benchmarks, methods, max_tasks: int = 0, num_seeds: int = 1) -> dict:
+  """The cells of the finished runs (or records) under ``out``, nothing run: (method, benchmark) -> cell."""
+  return {(m, b): ({"na": unsupported(m, b)} if unsupported(m, b)
+                   else read_cell(run_dir(out, schedule, max_tasks, b, m, num_seeds), num_seeds))
+          for b in benchmarks for m in methods}
+
+
+def readme_section(cells: dict, benchmarks, methods, schedule: str, max_tasks: int = 0, num_seeds: int = 1) -> str:
+  """What ``--readme`` writes between the markers: the table without its commands."""
+  return table(cells, benchmarks, methods, schedule, "", max_tasks, num_seeds, commands=False)
+
+
+def write_readme(path: str, section: str) -> None:
+  from experiments.paper_table import replace_section  # pylint: disable=import-outside-toplevel
+  with open(path) as f:
+    new = replace_section(f.read(), section, README_BEGIN, README_END)  # (markers checked before writing)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    f.write(new)
+  os.replace(tmp, path)
 
 
 def main(argv):
@@ -246,6 +279,13 @@ def main(argv):
   for m in FLAGS.methods:
     if m not in METHODS:
       raise app.UsageError(f"Unknown method {m!r}; valid: {list(METHODS)}.")
+  if FLAGS.readme:  # a file without the markers fails now, not after the runs
+    with open(FLAGS.readme) as f:
+      text = f.read()
+    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1 or text.index(README_BEGIN) > text.index(
+        README_END):
+      raise app.UsageError(f"--readme {FLAGS.readme}: the file needs exactly one {README_BEGIN} and, after it, "
+                           f"one {README_END} line.")
   os.makedirs(FLAGS.out, exist_ok=True)
   cells, data_cache = {}, {}
   for b in FLAGS.benchmarks:
@@ -273,6 +313,10 @@ def main(argv):
           print(f"{m} on {b} not recorded: {e}", flush=True)
       write_table(cells)
   print(write_table(cells))
+  if FLAGS.readme:
+    full = {(m, b): cells.get((m, b), {"error": "pending"}) for m in FLAGS.methods for b in FLAGS.benchmarks}
+    write_readme(FLAGS.readme, readme_section(full, FLAGS.benchmarks, FLAGS.methods, FLAGS.schedule,
+                                              FLAGS.max_tasks, FLAGS.num_seeds))
 
 
 def table_name(schedule: str, num_seeds: int) -> str:

@@ -337,18 +337,18 @@ def plot_curves(out: str, schedule: str, num_seeds: int, root: str = RESULTS) ->
   return written
 
 
-def replace_section(text: str, section: str) -> str:
+def replace_section(text: str, section: str, begin: str = BEGIN, end: str = END) -> str:
   """``text`` with what lies between the markers replaced by ``section``."""
-  if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-    raise ValueError(f"The file needs exactly one {BEGIN} and, after it, one {END} line.")
-  head, rest = text.split(BEGIN)
-  _, tail = rest.split(END)
-  return f"{head}{BEGIN}\n{section}{END}{tail}"
+  if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+    raise ValueError(f"The file needs exactly one {begin} and, after it, one {end} line.")
+  head, rest = text.split(begin)
+  _, tail = rest.split(end)
+  return f"{head}{begin}\n{section}{end}{tail}"
 
 
-def section(text: str) -> str:
+def section(text: str, begin: str = BEGIN, end: str = END) -> str:
   """What lies between the markers of ``text``."""
-  return text.split(BEGIN, 1)[1].split(END, 1)[0].lstrip("\n")
+  return text.split(begin, 1)[1].split(end, 1)[0].lstrip("\n")
 
 
 def copy_results(workdir: str, dest: str, overwrite: bool = False) -> None:

@@ -143,3 +143,41 @@ def test_every_recorded_comparison_run_is_of_its_pairs_config_today():
     config = compare.build_config(names[method], benchmark, schedule, num_seeds=seeds)
     assert loop.config_differences(res["config"], config) == [], folder
     assert len(res["seeds"]) == seeds and res["completed_tasks"] == len(res["tasks"]), folder
+
+
+def test_readme_section_is_the_table_of_the_recorded_comparisons():
+  """README.md's 3-seed proposals table is generated: rerun `python -m experiments.compare --table_only
+  --out results/compare --schedule demo --num_seeds 3 --readme README.md` after recording pairs."""
+  from experiments import paper_table  # pylint: disable=import-outside-toplevel
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(repo, "README.md")) as f:
+    text = f.read()
+  cells = compare.recorded_cells(os.path.join(repo, "results", "compare"), "demo", list(compare.BENCHMARKS),
+                                 list(compare.METHODS), 0, 3)
+  assert paper_table.section(text, compare.README_BEGIN, compare.README_END) == compare.readme_section(
+      cells, list(compare.BENCHMARKS), list(compare.METHODS), "demo", 0, 3)
+
+
+def test_readme_flag_writes_the_table_between_the_markers_and_a_file_without_them_fails_first(tmp_path):
+  from absl import app  # pylint: disable=import-outside-toplevel
+  if not compare.FLAGS.is_parsed():
+    compare.FLAGS.mark_as_parsed()
+  out = str(tmp_path / "records")
+  _write(compare.run_dir(out, "demo", 0, "split_mnist", "dgr", 3), [1.0, 0.9, 0.8, 0.7, 0.6], 5, seconds=60.0,
+         seeds=[0, 1, 2], A_std=[0.0, 0.01, 0.02, 0.03, 0.04])
+  readme = tmp_path / "README.md"
+  readme.write_text(f"intro\n{compare.README_BEGIN}\nold table\n{compare.README_END}\nafter\n")
+  flags = dict(out=out, schedule="demo", benchmarks=["split_mnist"], methods=["dgr", "lsa/sequential"],
+               max_tasks=0, table_only=True, num_seeds=3)
+  with flagsaver.flagsaver(readme=str(readme), **flags):
+    compare.main([])
+  text = readme.read_text()
+  assert text.startswith(f"intro\n{compare.README_BEGIN}\n") and text.endswith(f"{compare.README_END}\nafter\n")
+  assert "| dgr | 60.00 ± 4.00, 1.0 min |" in text and "| lsa/sequential | not run |" in text
+  assert "old table" not in text and "Commands" not in text and "python -m" not in text
+  bare = tmp_path / "bare.md"
+  bare.write_text("no markers\n")
+  with flagsaver.flagsaver(readme=str(bare), **dict(flags, out=str(tmp_path / "never"))):
+    with pytest.raises(app.UsageError, match="needs exactly one <!-- compare:begin -->"):
+      compare.main([])
+  assert bare.read_text() == "no markers\n" and not os.path.exists(tmp_path / "never")  # nothing written

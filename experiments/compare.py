@@ -43,6 +43,8 @@ BENCHMARKS = {  # name -> config arguments
     "permuted_mnist": "dataset=mnist,protocol=permuted",
     "fashion_mnist": "dataset=fashion_mnist,protocol=per_class",
 }
+LABELS = {"split_mnist": "split MNIST", "per_class_mnist": "per-class MNIST", "permuted_mnist": "permuted MNIST",
+          "fashion_mnist": "Fashion-MNIST"}  # the tables' column heads
 METHODS = {  # name -> (config module, variant or None)
     **{f"lgm/{p}-{e}": ("lgm", f"{p}-{e}") for p in ("ra", "hat")
        for e in ("train", "frozen", "prototype", "bridge")},
@@ -235,7 +237,8 @@ def table(cells: dict, benchmarks, methods, schedule: str, out: str, max_tasks: 
            "(every seed's). "
            "(TI): task-incremental (task id given at test time); all others class-incremental. "
            + (f"Machine: {'; '.join(machines)}." if machines else ""), "",
-           "| method | " + " | ".join(benchmarks) + " |", "|---" * (len(benchmarks) + 1) + "|"]
+           "| method | " + " | ".join(LABELS.get(b, b) for b in benchmarks) + " |",
+           "|---" * (len(benchmarks) + 1) + "|"]
   for m in methods:
     lines.append(f"| {m} | " + " | ".join(format_cell(cells[(m, b)], b) for b in benchmarks) + " |")
   if not commands:

@@ -283,12 +283,12 @@ def main(argv):
     if m not in METHODS:
       raise app.UsageError(f"Unknown method {m!r}; valid: {list(METHODS)}.")
   if FLAGS.readme:  # a file without the markers fails now, not after the runs
+    from experiments.paper_table import replace_section  # pylint: disable=import-outside-toplevel
     with open(FLAGS.readme) as f:
-      text = f.read()
-    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1 or text.index(README_BEGIN) > text.index(
-        README_END):
-      raise app.UsageError(f"--readme {FLAGS.readme}: the file needs exactly one {README_BEGIN} and, after it, "
-                           f"one {README_END} line.")
+      try:
+        replace_section(f.read(), "", README_BEGIN, README_END)
+      except ValueError as e:
+        raise app.UsageError(f"--readme {FLAGS.readme}: {e}") from None
   os.makedirs(FLAGS.out, exist_ok=True)
   cells, data_cache = {}, {}
   for b in FLAGS.benchmarks:

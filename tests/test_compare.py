@@ -178,6 +178,6 @@ def test_readme_flag_writes_the_table_between_the_markers_and_a_file_without_the
   bare = tmp_path / "bare.md"
   bare.write_text("no markers\n")
   with flagsaver.flagsaver(readme=str(bare), **dict(flags, out=str(tmp_path / "never"))):
-    with pytest.raises(app.UsageError, match="needs exactly one <!-- compare:begin -->"):
+    with pytest.raises(app.UsageError, match="bare.md: The file needs exactly one <!-- compare:begin -->"):
       compare.main([])
   assert bare.read_text() == "no markers\n" and not os.path.exists(tmp_path / "never")  # nothing written

@@ -35,6 +35,11 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 
+def _abstract(tree):
+  """The shapes, dtypes and shardings of ``tree``: what orbax restores into."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
 class IncompatibleCheckpoint(ValueError):
   """A checkpoint that reads back but cannot be resumed by this code (another state layout):
   :meth:`RunCheckpointer.restore_latest` raises it at once instead of trying older steps."""
@@ -109,9 +114,8 @@ class RunCheckpointer:
 
   def restore_final(self, group: int, template: Any) -> Any:
     """The state :meth:`save_final` wrote for ``group``, restored to ``template``'s structure."""
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
     return self._finals().restore(group, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))["state"]
+        state=ocp.args.StandardRestore(_abstract(template))))["state"]
 
   def _finals(self):
     if self._finals_manager is None:  # made on first use: runs of stacked seeds never write one
@@ -153,16 +157,14 @@ class RunCheckpointer:
       try:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         template = template_for(meta)
-        abstract = lambda tree: jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
         frozen_template = getattr(template, "frozen", None)
         if frozen_template is not None:
           template = template.replace(frozen=None)
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract(template))))["state"]
+            state=ocp.args.StandardRestore(_abstract(template))))["state"]
         if meta.get("snapshot_id") is not None:
           frozen = self.snapshots.restore(meta["snapshot_id"],
-                                          args=ocp.args.StandardRestore(abstract(frozen_template)))
+                                          args=ocp.args.StandardRestore(_abstract(frozen_template)))
           restored = restored.replace(frozen=frozen)
         return step, restored, meta
       except IncompatibleCheckpoint:

@@ -236,7 +236,9 @@ def table(cells: dict, benchmarks, methods, schedule: str, out: str, max_tasks: 
            + f". Cells: final A_T in % (per-class benchmarks: A_5 / A_10), {over}, the run's wall time "
            "(every seed's). "
            "(TI): task-incremental (task id given at test time); all others class-incremental. "
-           + (f"Machine: {'; '.join(machines)}." if machines else ""), "",
+           + (f"Machine: {'; '.join(machines)}." if machines else "")
+           + (" One seed's figures differ between CPU types by several points: compare runs of one "
+              "machine type." if num_seeds > 1 else ""), "",
            "| method | " + " | ".join(LABELS.get(b, b) for b in benchmarks) + " |",
            "|---" * (len(benchmarks) + 1) + "|"]
   for m in methods:

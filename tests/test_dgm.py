@@ -265,6 +265,23 @@ def test_bad_dgm_config_is_named():
     validate_config(c)
   with pytest.raises(ValueError, match="variant='gan'"):
     dgm_config.get_config("variant=gan")
+  c = dgm_config.get_config("smoke")
+  c.dgm.critic_init = "xavier"
+  with pytest.raises(ValueError, match=r"dgm.critic_init='xavier'.*'lecun' or 'dcgan'"):
+    validate_config(c)
+
+
+@pytest.mark.parametrize("args, init", [("variant=dgmw", "dcgan"), ("variant=dgma", "dcgan"),
+                                        ("variant=dgmw,cpu", "lecun"), ("variant=dgma,demo", "lecun")])
+def test_critic_init_is_the_official_one_except_where_results_were_measured_without(args, init):
+  c = dgm_config.get_config(args)
+  assert c.dgm.critic_init == init
+  method = build_method("dgm", c, (32, 32, 1), 10) if c.dgm.critic == "dcgan" else None
+  if method is not None:
+    assert method.critic.param_init == init
+  # A checkpoint or record from before the key existed is the code that drew Flax's defaults.
+  from gmcl.registry import method_spec
+  assert method_spec("dgm").added_keys["dgm.critic_init"] == "lecun"
 
 
 @pytest.mark.parametrize("reinit", [True, False])

@@ -43,6 +43,35 @@ def test_critic_heads(critic):
     assert logits.shape == (5, 10)
 
 
+def test_dcgan_critic_initialisers():
+  """DGM's official weights_init against Flax's defaults. Each bound is several standard errors
+  of the drawn statistic (n weights: the sample sd's relative error ~ 1/sqrt(2n))."""
+  x = jnp.zeros((2, 32, 32, 1))
+  def params(init):
+    critic = DCGANCritic(num_classes=10, base_features=32, batch_norm=True, param_init=init)
+    return critic.init(jax.random.PRNGKey(0), x)["params"]
+  official, default = params("dcgan"), params("lecun")
+  conv0 = official["Conv_0"]["kernel"]  # 5x5x1x32 = 800 weights: relative error 2.5 %
+  assert abs(float(jnp.mean(conv0))) < 6 * 0.02 / 800 ** 0.5
+  assert abs(float(jnp.std(conv0)) / 0.02 - 1) < 0.15
+  conv1 = official["Conv_1"]["kernel"]  # 51,200 weights
+  assert abs(float(jnp.std(conv1)) / 0.02 - 1) < 0.02
+  scale = official["BatchNorm_0"]["scale"]  # 64 scales ~ N(1, 0.02)
+  assert abs(float(jnp.mean(scale)) - 1) < 6 * 0.02 / 64 ** 0.5
+  assert abs(float(jnp.std(scale)) / 0.02 - 1) < 0.6
+  assert float(jnp.max(jnp.abs(official["BatchNorm_0"]["bias"]))) == 0
+  head = official["aux_head"]["kernel"]  # torch's Linear default: U(+-1/sqrt(fan_in)), fan_in 4*4*128
+  bound = 1 / head.shape[0] ** 0.5
+  assert float(jnp.max(jnp.abs(head))) <= bound
+  assert abs(float(jnp.std(head)) / (bound / 3 ** 0.5) - 1) < 0.03
+  # Flax's defaults: LeCun normal, std 1/sqrt(fan_in) = 0.2 for the first 5x5 convolution; scales 1.
+  assert abs(float(jnp.std(default["Conv_0"]["kernel"])) / 0.2 - 1) < 0.15
+  assert float(jnp.max(jnp.abs(default["BatchNorm_0"]["scale"] - 1))) == 0
+  assert jax.tree.structure(official) == jax.tree.structure(default)
+  with pytest.raises(ValueError, match=r"param_init='xavier'; valid: \('lecun', 'dcgan'\)"):
+    DCGANCritic(num_classes=10, param_init="xavier").init(jax.random.PRNGKey(0), x)
+
+
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_classifier_is_head_of_encoder(name):
   clf = make_classifier(name, 10)

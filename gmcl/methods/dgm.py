@@ -61,8 +61,11 @@ Differences from the official code, each a config value or stated:
 * Replay from the current parameters is the official fixed pool only while earlier tasks
   are exactly preserved (the defaults); with ``mask_placement="before_bn"`` or
   ``replay_gates="soft"`` it can drift within a task, where the official pool is fixed.
-* Batch norms start at scale 1 (the official first one draws N(1, 0.02)); the critic
-  keeps Flax's default initialisers.
+* The generator's batch norms start at scale 1 (the official first one draws N(1, 0.02)).
+  ``dgm.critic_init``: the critic's initialisation, ``"dcgan"`` the official code's
+  (convolutions N(0, 0.02), batch-norm scales N(1, 0.02), the heads torch's default kernels
+  with zero biases) or ``"lecun"``, Flax's defaults (the ``cpu`` and ``demo`` schedules', whose
+  results were measured with it; it draws the first convolution ten times larger).
 * Tasks with several classes (split protocols): each past task replays one batch,
   its classes in turn, through one head per task (the official code appends a head
   per class but indexes them by task, which only works with one class per task).
@@ -94,6 +97,7 @@ from gmcl.losses.mergan import balanced_labels
 from gmcl.methods.base import Method, ModelState, Phase
 from gmcl.optim import adam
 from gmcl.models import DCGANCritic, MLPCritic
+from gmcl.models.critics import INITS as CRITIC_INITS
 from gmcl.parallel import Parallel
 from gmcl.methods.wgan_gp import wgan_gp_critic_loss, wgan_gp_iteration
 from gmcl.registry import MethodSpec
@@ -150,6 +154,7 @@ def config_section() -> ml_collections.ConfigDict:
   s.replay_gates = "binary"  # binary (e >= 0) | soft (sigmoid(s_max e), official code)
   s.critic = "dcgan"  # dcgan (official, batch norm) | mlp
   s.critic_batch_norm = True
+  s.critic_init = "dcgan"  # dcgan (official weights_init) | lecun (Flax's defaults); dcgan critic only
   s.reinit_critic = True
   s.clip_norm = 10000.0  # the generator's gradient-norm clip (official; effectively off)
   s.max_tasks = 10  # rows of the task embeddings
@@ -171,6 +176,8 @@ def check_config(config) -> None:
           g.mask_placement, "'after_activation' or 'before_bn'")
   require(g.replay_gates in ("binary", "soft"), "dgm.replay_gates", g.replay_gates, "'binary' or 'soft'")
   require(g.critic in ("dcgan", "mlp"), "dgm.critic", g.critic, "'dcgan' or 'mlp'")
+  require(g.critic_init in CRITIC_INITS, "dgm.critic_init", g.critic_init,
+          " or ".join(repr(i) for i in CRITIC_INITS) + " (the dcgan critic's initialisation)")
   require(g.clip_norm > 0, "dgm.clip_norm", g.clip_norm, "> 0")
   n = sequence_length(config)
   require(g.max_tasks >= n, "dgm.max_tasks", g.max_tasks,
@@ -210,7 +217,8 @@ class DGM(Method):
     if d.critic == "dcgan":
       self.critic = DCGANCritic(num_classes=num_classes, base_features=m.critic_features,
                                 num_layers=m.critic_layers, kernel_size=m.kernel_size,
-                                batch_norm=bool(d.critic_batch_norm), conv_plan=m.conv_plan)
+                                batch_norm=bool(d.critic_batch_norm), conv_plan=m.conv_plan,
+                                param_init=d.critic_init)
     else:
       self.critic = MLPCritic(num_classes=num_classes,
                               hidden=(8 * m.critic_features, 4 * m.critic_features))
@@ -472,4 +480,5 @@ def make_dgm(config, image_shape, num_classes, parallel=Parallel()) -> DGM:
   return DGM(config, image_shape, num_classes, parallel)
 
 
-SPEC = MethodSpec(make=make_dgm, sections=lambda: {"dgm": config_section()}, check=check_config)
+SPEC = MethodSpec(make=make_dgm, sections=lambda: {"dgm": config_section()}, check=check_config,
+                  added_keys={"dgm.critic_init": "lecun"})

@@ -241,7 +241,8 @@ ADDED_KEYS = {"model.conv_plan": "native", "train.xla_cpu_fusions": "xla", "num_
               "eval.validation_every_steps": 0, "eval.oracle": "", "eval.oracle_hidden": (512, 256, 128),
               "eval.oracle_steps": 2000, "eval.oracle_samples_per_class": 6400,
               "eval.oracle_seed": -1, "eval.joint_results": "", "data.imagenet50_classes": "",
-              "dgr.replay_source": "generator"}  # in the dgr section of dgr, ogm and lsa
+              "dgr.replay_source": "generator",  # in the dgr section of dgr, ogm and lsa
+              "dgr.critic_aux_on_fake": True}
 
 
 def oracle_seed(config) -> int:

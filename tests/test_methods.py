@@ -195,6 +195,27 @@ def test_conditional_replay_draws_only_old_classes():
   assert np.isfinite(float(metrics["critic_loss"]))
 
 
+def test_conditional_critic_learns_its_class_head_on_fakes_only_when_asked(monkeypatch):
+  """dgr.critic_aux_on_fake: the critic's class term is on real images and G_{t-1}'s replays
+  and, when asked, on G_t's samples of both too; the generator's is one term either way.
+  The class terms are counted as traced (the critic's updates are one traced loop body)."""
+  from gmcl.methods import memory as memory_module  # pylint: disable=import-outside-toplevel
+  original = memory_module.auxiliary_classifier_loss
+  counts = {}
+  for on_fake in (False, True):
+    c = _config(conditional=True)
+    c.dgr.critic_aux_on_fake = on_fake
+    method = build_method("dgr", c, SHAPE, 10)
+    state = _state_at_second_task(method, steps=1)
+    calls = []
+    monkeypatch.setattr(memory_module, "auxiliary_classifier_loss",
+                        lambda calls=calls, **kw: calls.append(kw["labels"].shape) or original(**kw))
+    method.generator_step(state, _data([1]), jax.random.PRNGKey(1))
+    counts[on_fake] = len(calls)
+  assert counts[False] == 2 + 1  # critic: real data, replays; generator: its samples
+  assert counts[True] == 2 + 2 + 1  # and the critic on G_t's samples for each
+
+
 @pytest.mark.slow
 def test_dcgan_dgr_steps_run():
   method = build_method("dgr", dgr_config.get_config("smoke"), SHAPE, 10)

@@ -72,6 +72,11 @@ def config_section() -> ml_collections.ConfigDict:
   s.targets = "hard"  # hard | soft
   s.temperature = 2.0
   s.replay_source = "generator"  # generator (DGR) | exact (real past data) | noise | none
+  # A conditional (AC-GAN) memory's critic learns its class head on real data (and G_{t-1}'s
+  # replays) only, as MeRGAN's official code, whose DGR baseline this is; True adds the original
+  # AC-GAN's class term on G_t's samples (Odena et al. 2017), which lets the head learn to give
+  # no class to generated images: the generator then ignores its label (measured in the notes).
+  s.critic_aux_on_fake = False
   return s
 
 
@@ -85,6 +90,8 @@ def check_section(config) -> None:
   require(d.targets in ("hard", "soft"), "dgr.targets", d.targets, "'hard' or 'soft'")
   require(d.temperature > 0, "dgr.temperature", d.temperature, "> 0")
   require(d.replay_source in REPLAY_SOURCES, "dgr.replay_source", d.replay_source, str(list(REPLAY_SOURCES)))
+  require(isinstance(d.critic_aux_on_fake, bool), "dgr.critic_aux_on_fake", d.critic_aux_on_fake,
+          "True or False")
 
 
 def check_config(config) -> None:

@@ -82,6 +82,9 @@ class GenerativeMemory(DataParallel):
   Attributes:
     conditional: whether G is an AC-GAN generator (``model.conditional``): a replay draw then
       labels its samples with classes drawn uniformly from those the snapshot has seen.
+    critic_aux_on_fake: ``dgr.critic_aux_on_fake``: whether the critic's class head also learns
+      G_t's samples under their requested labels (the original AC-GAN) or, by default, only the
+      real images and G_{t-1}'s replays (MeRGAN's official code).
     generator, critic: the flax modules; ``gan_tx`` their Adam.
   """
 
@@ -103,6 +106,7 @@ class GenerativeMemory(DataParallel):
     self.batch_size = tr.batch_size
     self.reset_optimizers = bool(tr.reset_optimizers)
     self.fixed_ratio = parse_replay_ratio(config.dgr.replay_ratio)
+    self.critic_aux_on_fake = bool(config.dgr.critic_aux_on_fake)
 
   # -- state ---------------------------------------------------------------------------------
 
@@ -204,7 +208,8 @@ class GenerativeMemory(DataParallel):
                                     gp_weight=self.gp_weight, real_scores=s_real, fake_scores=s_fake)
       if self.conditional:
         loss += jnp.mean(auxiliary_classifier_loss(logits=a_real, labels=real_labels))
-        loss += jnp.mean(auxiliary_classifier_loss(logits=a_fake, labels=fake_labels))
+        if self.critic_aux_on_fake:
+          loss += jnp.mean(auxiliary_classifier_loss(logits=a_fake, labels=fake_labels))
       return loss, (m["wasserstein_estimate"], m["gradient_penalty"])
 
     def critic_draw(k):

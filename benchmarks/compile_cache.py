@@ -7,6 +7,9 @@ Each round, for each case, starts three fresh processes in turn on an empty cach
 
 * ``cold``: the cache on, the folder empty (what a first run pays: compile, then write);
 * ``warm``: the same folder, now filled (a second run, a resumed run, the next test process);
+* ``cold_xla``, ``warm_xla``: the same two on a second empty folder with ``compile.programs=False``:
+  XLA's executables read back, the chunk traced and lowered again (what the cache left before
+  gmcl.program_cache; a folder of its own, as the exported program is another module to XLA);
 * ``off``: ``compile.cache_dir=""`` (what every process paid before the cache).
 
 Before the rounds, one discarded process per case fills this machine's convolution plan cache
@@ -48,20 +51,20 @@ def _runner(case: str):
   raise ValueError(f"case {case!r}; valid: {', '.join(CASES)}")
 
 
-def child(case: str, setting: str, min_compile_secs: float) -> dict:
+def child(case: str, setting: str, min_compile_secs: float, programs: bool = True) -> dict:
   """In a fresh process: enable the cache (``setting``), build the case, time its first call."""
   t0 = time.perf_counter()
   from gmcl import compile_cache, xla  # pylint: disable=import-outside-toplevel
-  compile_cache.enable(setting, min_compile_secs)
+  compile_cache.enable(setting, min_compile_secs, programs=programs)
   runner = _runner(case)()  # StepRunner times its own first call
   return {"case": case, "first_call_s": round(runner.first_call_s, 3),
           "process_s": round(time.perf_counter() - t0, 3), "cache": compile_cache.stats(),
           "machine": xla.machine_description()}
 
 
-def _spawn(case: str, setting: str, min_compile_secs: float) -> dict:
+def _spawn(case: str, setting: str, min_compile_secs: float, programs: bool = True) -> dict:
   proc = subprocess.run([sys.executable, "-m", "benchmarks.compile_cache", "--child", case, "--cache", setting,
-                         "--min_compile_secs", str(min_compile_secs)],
+                         "--min_compile_secs", str(min_compile_secs)] + ([] if programs else ["--no_programs"]),
                         capture_output=True, text=True, check=False)
   if proc.returncode != 0:
     raise RuntimeError(f"{case} ({setting or 'off'}) failed:\n{proc.stderr[-3000:]}")
@@ -76,15 +79,17 @@ def main():
                  help="compile.min_compile_secs (gmcl's default 0: every program is written)")
   p.add_argument("--child", help=argparse.SUPPRESS)
   p.add_argument("--cache", default="", help=argparse.SUPPRESS)
+  p.add_argument("--no_programs", action="store_true", help=argparse.SUPPRESS)
   a = p.parse_args()
   if a.child:
-    print(json.dumps(child(a.child, a.cache, a.min_compile_secs)), flush=True)
+    print(json.dumps(child(a.child, a.cache, a.min_compile_secs, not a.no_programs)), flush=True)
     return
   for case in a.cases:
     _runner(case)  # a bad name fails before any process starts
   if a.rounds < 1:
     raise SystemExit(f"--rounds={a.rounds}; valid: >= 1")
-  times = {c: {f"{m}_{k}": [] for m in ("first_call_s", "process_s") for k in ("cold", "warm", "off")}
+  kinds = ("cold", "warm", "cold_xla", "warm_xla", "off")
+  times = {c: {f"{m}_{k}": [] for m in ("first_call_s", "process_s") for k in kinds}
            for c in a.cases}
   machine = None
   # model.conv_plan="measured" times the convolutions of shapes this machine has not seen (once, kept in
@@ -95,21 +100,26 @@ def main():
   for r in range(a.rounds):
     for case in a.cases:
       folder = tempfile.mkdtemp(prefix="gmcl-bench-cache-")
+      xla_only = tempfile.mkdtemp(prefix="gmcl-bench-cache-")
       try:
-        for kind, setting in (("cold", folder), ("warm", folder), ("off", "")):
-          row = _spawn(case, setting, a.min_compile_secs)
+        for kind, setting in (("cold", folder), ("warm", folder), ("cold_xla", xla_only),
+                              ("warm_xla", xla_only), ("off", "")):
+          row = _spawn(case, setting, a.min_compile_secs, programs=not kind.endswith("_xla"))
           machine = row.pop("machine")
           for m in ("first_call_s", "process_s"):
             times[case][f"{m}_{kind}"].append(row[m])
           print(json.dumps({"round": r + 1, "kind": kind, **row}), flush=True)
       finally:
         shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(xla_only, ignore_errors=True)
   for case, t in times.items():
     med = {k: statistics.median(v) for k, v in t.items()}
     print(json.dumps({"case": case, "rounds": a.rounds, "min_compile_secs": a.min_compile_secs, "machine": machine,
                       **{k: round(v, 3) for k, v in med.items()},
                       "first_call_warm_over_cold": round(med["first_call_s_warm"] / med["first_call_s_cold"], 3),
                       "first_call_warm_over_off": round(med["first_call_s_warm"] / med["first_call_s_off"], 3),
+                      "first_call_warm_xla_over_cold_xla": round(med["first_call_s_warm_xla"]
+                                                                 / med["first_call_s_cold_xla"], 3),
                       "process_warm_over_off": round(med["process_s_warm"] / med["process_s_off"], 3)}), flush=True)
 
 

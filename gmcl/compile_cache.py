@@ -47,7 +47,7 @@ from typing import Callable, Optional
 
 import jax
 
-from gmcl import xla
+from gmcl import program_cache, xla
 
 SUBDIR = "xla"
 _enabled: dict = {}  # what enable() last set: {"dir": ..., "min_compile_secs": ...}
@@ -84,7 +84,8 @@ def stats() -> dict:
   records it."""
   folder = jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache else None
   return {"on": bool(folder), "folder": os.path.basename(os.path.normpath(folder)) if folder else None,
-          **_counts, "compiled": _counts["requests"] - _counts["hits"]}
+          **_counts, "compiled": _counts["requests"] - _counts["hits"],
+          "programs": dict(program_cache.stats(), on=program_cache.folder() is not None)}
 
 
 def cache_root() -> str:
@@ -143,15 +144,24 @@ def _write_machine_json(folder: str) -> None:
     os.replace(tmp, path)
 
 
+def programs_dir(folder: str) -> str:
+  """Where the exported chunk programs (gmcl.program_cache) of compilation-cache ``folder`` go:
+  ``MACHINE.programs`` beside its ``MACHINE``."""
+  return os.path.normpath(folder) + ".programs"
+
+
 def enable(setting: str = "auto", min_compile_secs: float = 0.0,
-           log: Callable[[str], None] = lambda s: None) -> Optional[str]:
+           log: Callable[[str], None] = lambda s: None, programs: bool = True) -> Optional[str]:
   """Points JAX's persistent compilation cache at :func:`cache_dir` (``setting``) and returns the
   folder in use, or None when the cache is off. The user's own JAX settings win (module docstring).
-  Called again with another folder, it switches the process over (JAX's cache is reset)."""
+  Called again with another folder, it switches the process over (JAX's cache is reset).
+  ``programs`` (``compile.programs``): also keep the traced chunk programs (gmcl.program_cache)
+  in :func:`programs_dir`; only beside gmcl's own folder, not a JAX cache the user set."""
   from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=import-outside-toplevel
   folder = cache_dir(setting)
   if min_compile_secs < 0:
     raise ValueError(f"compile.min_compile_secs={min_compile_secs!r}; valid: a number >= 0.")
+  program_cache.enable(None)
   if not jax.config.jax_enable_compilation_cache:
     return None
   current = jax.config.jax_compilation_cache_dir
@@ -170,6 +180,8 @@ def enable(setting: str = "auto", min_compile_secs: float = 0.0,
   except OSError as e:
     log(f"gmcl: no compilation cache ({folder}: {e}); programs are compiled in every process")
     return None
+  if programs:
+    program_cache.enable(programs_dir(folder))
   if current != folder:
     # JAX decides once per process whether it uses a cache (at its first compilation): reset, so
     # that programs compiled before this call (a notebook's) do not keep it off.
@@ -185,4 +197,5 @@ def enable(setting: str = "auto", min_compile_secs: float = 0.0,
 def enable_from_config(config, log: Callable[[str], None] = lambda s: None) -> Optional[str]:
   """:func:`enable` with ``config.compile`` (its defaults where a config lacks the section)."""
   c = config.get("compile", None) or {}
-  return enable(c.get("cache_dir", "auto"), c.get("min_compile_secs", 0.0), log=log)
+  return enable(c.get("cache_dir", "auto"), c.get("min_compile_secs", 0.0), log=log,
+                programs=bool(c.get("programs", True)))

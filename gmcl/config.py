@@ -107,6 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.compile = ml_collections.ConfigDict()
   c.compile.cache_dir = "auto"
   c.compile.min_compile_secs = 0.0
+  # Also keep the traced chunk programs beside it (gmcl.program_cache: a second process skips
+  # tracing and lowering too); with the compilation cache only.
+  c.compile.programs = True
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.enabled = True
@@ -351,6 +354,7 @@ def validate_config(config) -> None:
   require(isinstance(cc.cache_dir, str), "compile.cache_dir", cc.cache_dir, '"auto", "" (off) or a folder')
   require(isinstance(cc.min_compile_secs, (int, float)) and not isinstance(cc.min_compile_secs, bool)
           and cc.min_compile_secs >= 0, "compile.min_compile_secs", cc.min_compile_secs, "a number >= 0")
+  require(isinstance(cc.get("programs", True), bool), "compile.programs", cc.get("programs"), "True or False")
   require(m.classifier in CLASSIFIERS, "model.classifier", m.classifier, str(sorted(CLASSIFIERS)))
   require(m.gan in ("dcgan", "mlp"), "model.gan", m.gan, "'dcgan' or 'mlp'")
   require(m.z_dim >= 1, "model.z_dim", m.z_dim, ">= 1")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 from jax.extend import core as jax_core
@@ -86,7 +86,7 @@ def compiler_options(fusions: str = "auto", has_conv: bool = True) -> dict:
   return {_OPTION: _VALUES[fusions]}
 
 
-def _signature(args, kwargs):
+def signature(args, kwargs):
   """What decides a trace of jax.jit: the arguments' pytree structure, and each leaf's shape and
   dtype (arrays) or value (anything else: static arguments, Python scalars)."""
   leaves, treedef = jax.tree.flatten((args, kwargs))
@@ -102,6 +102,22 @@ def _signature(args, kwargs):
       except TypeError:
         parts.append(type(leaf))
   return treedef, tuple(parts)
+
+
+def decide(jitted: Callable, args, kwargs, fusions: str) -> tuple[dict, Optional[str], bool]:
+  """``(compiler options, library fusions, fresh)`` for ``jitted(*args, **kwargs)`` (a jax.jit)
+  under choice ``fusions``; ``auto`` traces it (as jit traces it, static arguments included; the
+  trace is not compiled, and a later trace of ``jitted`` reuses it). Its convolutions with
+  measured plans are listed: for them the fusions are measured too, and the program must then be
+  traced again under them (``fresh``: :func:`gmcl.ops.conv_tune.program_fusions`)."""
+  fusions = check_fusions(fusions)
+  cpu = jax.default_backend() == "cpu"
+  if fusions == "auto" and cpu:
+    with conv_tune.collecting() as seen:
+      has_conv = has_convolution(jitted.trace(*args, **kwargs).jaxpr)
+    chosen = conv_tune.choose_fusions(seen) if seen else ("dot" if has_conv else "xla")
+    return compiler_options(chosen), chosen, bool(seen)
+  return compiler_options(fusions), (fusions if cpu else None), False
 
 
 class _Jitted:
@@ -122,16 +138,11 @@ class _Jitted:
   def _get(self, args, kwargs):
     """(the jitted function, the library fusions its traces run under: gmcl.ops.conv_tune)."""
     if self._fusions == "auto" and jax.default_backend() == "cpu":
-      signature = _signature(args, kwargs)
-      chosen = self._by_signature.get(signature)
+      sig = signature(args, kwargs)
+      chosen = self._by_signature.get(sig)
       if chosen is None:
-        # Traced as jit traces it (static arguments included); the trace is not compiled. Its
-        # convolutions with measured plans are listed: for them the fusions are measured too.
-        with conv_tune.collecting() as seen:
-          has_conv = has_convolution(jax.jit(self._fun, **self._kwargs).trace(*args, **kwargs).jaxpr)
-        fusions = conv_tune.choose_fusions(seen) if seen else ("dot" if has_conv else "xla")
-        options = compiler_options(fusions)
-        chosen = self._by_signature[signature] = (options, fusions, self._jit(options, fresh=bool(seen)))
+        options, fusions, fresh = decide(jax.jit(self._fun, **self._kwargs), args, kwargs, self._fusions)
+        chosen = self._by_signature[sig] = (options, fusions, self._jit(options, fresh=fresh))
       self._options, fusions, jitted = chosen
       return jitted, fusions
     self._options = compiler_options(self._fusions)

@@ -98,7 +98,8 @@ def test_cache_dir_settings(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("key,value", [("cache_dir", 3), ("cache_dir", None), ("min_compile_secs", -1.0),
-                                       ("min_compile_secs", "1"), ("min_compile_secs", True)])
+                                       ("min_compile_secs", "1"), ("min_compile_secs", True),
+                                       ("programs", "yes"), ("programs", 1)])
 def test_validate_config_rejects_bad_settings(key, value):
   config = dgr.get_config("smoke")
   validate_config(config)
@@ -186,3 +187,9 @@ def test_a_run_with_the_cache_gives_the_results_of_a_run_without(tmp_path):
   assert runs["first"][1]["written"] >= 1
   assert runs["second"][1]["hits"] >= 1 and runs["second"][1]["hits"] > runs["second"][1]["written"], runs
   assert not runs["off"][1]["on"] and runs["off"][1]["requests"] == 0
+  # The traced chunk programs (gmcl.program_cache): exported by the first run, read back by the
+  # second (which traces none), none without the cache; the same results all three times.
+  first, second, off = (runs[k][1]["programs"] for k in ("first", "second", "off"))
+  assert first["on"] and first["written"] >= 1 and first["failed"] == 0, first
+  assert second["read"] == first["written"] and second["traced"] == second["written"] == 0, second
+  assert not off["on"] and off["read"] == off["traced"] == 0, off

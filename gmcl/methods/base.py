@@ -32,8 +32,8 @@ import numpy as np
 import optax
 from flax import struct
 
+from gmcl import program_cache, xla
 from gmcl import seeds as seeds_lib
-from gmcl import xla
 from gmcl.data.sampling import TaskArrays, sample_batch
 from gmcl.parallel import Parallel
 from gmcl.types import Metrics, PRNGKey
@@ -310,9 +310,17 @@ class _ChunkProgram:
   or jax.pmap traces, happens inside the call), so a finished run's method, state and data are
   freed when the run lets go of them, while an equal run later in the process reuses the program."""
 
-  def __init__(self, num_steps: int, mode: str, parallel: Parallel, fusions: str, seeds: str = ""):
+  def __init__(self, num_steps: int, mode: str, parallel: Parallel, fusions: str, seeds: str = "",
+               identity=None):
     self._lock = threading.Lock()
     self._step: Optional[StepFn] = None
+    # Kept across processes (gmcl.program_cache) when the step has a method's program key and the
+    # program runs on one device; per argument signature: the exported program, or False.
+    self._identity = identity if isinstance(identity, tuple) else None
+    self._settings = (num_steps, mode, fusions, seeds)
+    self._persistable = self._identity is not None and parallel.mode == "none" and seeds != "shard"
+    self._exported: dict = {}
+    self.exported_options: Optional[dict] = None  # the latest call's, when it ran an exported program
 
     def chunk(live, frozen, data, phase_key, start):
       step = self._step
@@ -349,11 +357,29 @@ class _ChunkProgram:
                               out_shardings=parallel.replicated())
     else:
       self.compiled = xla.jit(chunk, fusions=fusions, donate_argnums=(0,))
+    self._chunk = chunk
+
+  def _program(self, args):
+    """The exported program for ``args`` (gmcl.program_cache), or None: the jitted chunk runs."""
+    if not (self._persistable and program_cache.folder()):
+      return None
+    signature = xla.signature(args, {})
+    program = self._exported.get(signature)
+    if program is None:
+      key = program_cache.program_key(self._identity, self._settings, args)
+      program = self._exported[signature] = (
+          program_cache.load_or_export(key, args, self._chunk, self._settings[2]) or False)
+    return program or None
 
   def _with(self, step: StepFn, method: str, args):
     with self._lock:
       self._step = step
       try:
+        program = self._program(args) if method == "__call__" else None
+        if program is not None:
+          self.exported_options = program.options
+          return program(*args)
+        self.exported_options = None
         return getattr(self.compiled, method)(*args)
       finally:
         self._step = None
@@ -375,6 +401,8 @@ class BoundChunk:
   @property
   def options(self) -> dict:
     """The XLA compiler options of the program's latest call (see :mod:`gmcl.xla`; none under pmap)."""
+    if self.program.exported_options is not None:
+      return dict(self.program.exported_options)
     return getattr(self.program.compiled, "options", {})
 
 
@@ -384,8 +412,7 @@ PROGRAM_CACHE_SIZE = 64
 @functools.lru_cache(maxsize=PROGRAM_CACHE_SIZE)
 def _chunk_program(identity, num_steps: int, mode: str, parallel: Parallel, fusions: str,
                    seeds: str = "") -> _ChunkProgram:
-  del identity  # the key: which step, by value
-  return _ChunkProgram(num_steps, mode, parallel, fusions, seeds)
+  return _ChunkProgram(num_steps, mode, parallel, fusions, seeds, identity)
 
 
 def _compiled_chunk(step: StepFn, num_steps: int, mode: str, parallel: Parallel,
@@ -460,7 +487,7 @@ def resolve_seed_axis(choice: str, step: StepFn, state: State, data: TaskArrays,
     return "vmap"
   one = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), tree)  # no copy
   args = (one(state), data, one(phase_key))
-  key = (step_identity(step), xla._signature(args, {}))  # pylint: disable=protected-access
+  key = (step_identity(step), xla.signature(args, {}))
   if key not in _HAS_CONVOLUTION:
     axis_env = [(parallel.axis_name, parallel.num_devices)] if parallel.mode == "pmap" else None
     _HAS_CONVOLUTION[key] = xla.has_convolution(jax.make_jaxpr(step, axis_env=axis_env)(*args).jaxpr)

@@ -79,28 +79,61 @@ def stats() -> dict:
   return dict(_counts)
 
 
+class Unkeyable(Exception):
+  """The running code or settings cannot be named by a key: the program is traced as usual."""
+
+
 def _package_source_sha256() -> str:
+  """A hash of every gmcl module's source, checked against this process's import: a file edited
+  since then may not be the code that runs, and a program keyed by it is not kept."""
+  import gmcl  # pylint: disable=import-outside-toplevel
   digest = _state.get("source")
   if digest is None:
     root = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256()
+    newest = 0.0
     for base, dirs, files in os.walk(root):
       dirs.sort()
       for name in sorted(files):
-        if name.endswith(".py"):
-          path = os.path.join(base, name)
+        path = os.path.join(base, name)
+        if name.endswith(".py") and not name.startswith(".") and os.path.isfile(path):
+          newest = max(newest, os.path.getmtime(path))
           h.update(os.path.relpath(path, root).encode())
           with open(path, "rb") as f:
             h.update(hashlib.sha256(f.read()).digest())
+    if newest > gmcl.IMPORTED_AT:
+      raise Unkeyable("a gmcl source file changed after this process imported gmcl")
     digest = _state["source"] = h.hexdigest()
   return digest
+
+
+# The libraries whose code a gmcl step traces, besides jax and jaxlib.
+TRACED_LIBRARIES = ("flax", "optax", "chex", "numpy", "ml_dtypes", "opt_einsum", "ml_collections", "scipy")
+
+
+def _library_versions() -> str:
+  """The installed versions of :data:`TRACED_LIBRARIES`: their code is traced too."""
+  versions = _state.get("libraries")
+  if versions is None:
+    import importlib.metadata as md  # pylint: disable=import-outside-toplevel
+    found = []
+    for d in TRACED_LIBRARIES:
+      try:
+        found.append(f"{d}=={md.version(d)}")
+      except md.PackageNotFoundError:
+        found.append(f"{d} absent")
+    versions = _state["libraries"] = ";".join(found)
+  return versions
 
 
 def _conv_plans_sha256(identity_text: str) -> str:
   """The measured convolution plans a trace may read: this machine's plan cache and any file a
   config pins (``model.conv_plan = "file:PATH"``, named in the config's fingerprint)."""
   from gmcl.ops import conv_tune  # pylint: disable=import-outside-toplevel
-  paths = [conv_tune.cache_path()] + re.findall(r'conv_plan\\?": \\?"file:([^"\\]+)', identity_text)
+  pinned = re.findall(r'conv_plan\\?": \\?"file:([^"\\]+)', identity_text)
+  if identity_text.count("file:") != len(pinned):
+    raise Unkeyable("a pinned conv plan file whose path this key cannot read")
+  paths = [conv_tune.cache_path()] + pinned
   h = hashlib.sha256()
   for path in paths:
     h.update(path.encode())
@@ -120,7 +153,7 @@ def _leaf_type(leaf) -> str:
 _NOT_TRACE_SETTINGS = re.compile(r"cache|log|traceback|monitor|profil|explain|persistent")
 
 
-def _jax_settings() -> str:
+def jax_settings() -> str:
   """Every other jax setting (x64, default matmul precision, PRNG implementation, dtype
   promotion, ...): one of them changed is another program."""
   values = jax.config.values
@@ -128,21 +161,23 @@ def _jax_settings() -> str:
 
 
 def program_key(identity, settings: tuple, args: tuple) -> str:
-  """The hash a program is kept under (module docstring)."""
+  """The hash a program is kept under (module docstring); :class:`Unkeyable` where the running
+  code may not be what the key names."""
   from gmcl import compile_cache  # pylint: disable=import-outside-toplevel
   import jaxlib  # pylint: disable=import-outside-toplevel
   leaves, treedef = jax.tree.flatten(args)
   identity_text = repr(identity)
   parts = [f"format {FORMAT}", identity_text, repr(settings), str(treedef),
            ";".join(_leaf_type(x) for x in leaves), _package_source_sha256(), jax.__version__,
-           getattr(jaxlib, "__version__", "?"), compile_cache.machine_key(),
-           _jax_settings(),
+           getattr(jaxlib, "__version__", "?"), _library_versions(), compile_cache.machine_key(),
+           jax_settings(),
            _conv_plans_sha256(identity_text)]
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 class Program:
-  """A chunk program called through its exported module: ``fn(*args)`` as the jitted chunk."""
+  """A chunk program called through its exported module: ``fn(*args)`` as the jitted chunk
+  (``lower(*args)`` lowers it)."""
 
   def __init__(self, exported, out_template, options: dict, donate: tuple):
     self.exported, self.options = exported, dict(options or {})
@@ -150,9 +185,15 @@ class Program:
     if self.out_treedef.num_leaves != len(exported.out_avals):
       raise ValueError("the stored result structure does not match the exported program")
     self._fn = jax.jit(exported.call, compiler_options=options or None, donate_argnums=donate)
+    self.called = False
 
   def __call__(self, *args):
-    return jax.tree.unflatten(self.out_treedef, self._fn(*jax.tree.leaves(args)))
+    out = self._fn(*jax.tree.leaves(args))
+    self.called = True
+    return jax.tree.unflatten(self.out_treedef, out)
+
+  def lower(self, *args):
+    return self._fn.lower(*jax.tree.leaves(args))
 
 
 def _donated(args: tuple, donate_argnums: tuple) -> tuple:
@@ -166,15 +207,23 @@ def _donated(args: tuple, donate_argnums: tuple) -> tuple:
   return tuple(out)
 
 
+def discard(error: Exception) -> None:
+  """Counts a program that was read or exported but could not be compiled (the caller traces)."""
+  _warn_once("an exported program could not be compiled", error)
+  with _lock:
+    _counts["failed"] += 1
+
+
 def _warn_once(what: str, error: Exception) -> None:
   if what not in _warned:
     _warned.add(what)
     logging.warning("gmcl: %s (%s: %s); traced the usual way", what, type(error).__name__, error)
 
 
-def load_or_export(key: str, args: tuple, chunk: Callable, fusions: str,
+def load_or_export(key_of: Callable[[], str], args: tuple, chunk: Callable, fusions: str,
                    donate_argnums: tuple = (0,)) -> Optional[Program]:
-  """The program kept under ``key``, or ``chunk`` exported for ``args`` and written under it.
+  """The program kept under ``key_of()``, or ``chunk`` exported for ``args`` and written under
+  the key as it is after the trace (measured convolution plans may be added by the trace itself).
 
   ``fusions``: the chunk's ``train.xla_cpu_fusions`` setting, decided here as :mod:`gmcl.xla`
   decides it for the jitted chunk (one trace serves the decision and the export). None when the
@@ -185,7 +234,11 @@ def load_or_export(key: str, args: tuple, chunk: Callable, fusions: str,
   root = folder()
   if root is None:
     return None
-  path = os.path.join(root, key)
+  try:
+    path = os.path.join(root, key_of())
+  except Exception as e:  # pylint: disable=broad-except
+    _warn_once("a chunk program is not kept", e)
+    return None
   donate = _donated(args, donate_argnums)
   if os.path.exists(path):
     try:
@@ -225,6 +278,7 @@ def load_or_export(key: str, args: tuple, chunk: Callable, fusions: str,
     # The program the first process runs is the one read back, so every process compiles the
     # same module (and the second finds its executable in the compilation cache).
     program = Program(jax.export.deserialize(blob), pickle.loads(payload)["out_template"], options, donate)
+    path = os.path.join(root, key_of())
   except Exception as e:  # pylint: disable=broad-except
     _warn_once("a chunk program could not be exported", e)
     with _lock:
@@ -239,9 +293,14 @@ def load_or_export(key: str, args: tuple, chunk: Callable, fusions: str,
       _counts["written"] += 1
   except OSError as e:
     _warn_once(f"an exported program could not be written to {root}", e)
+    try:
+      os.remove(tmp)
+    except OSError:
+      pass
   with _lock:
     _counts["traced"] += 1
   return program
 
 
-__all__ = ["Program", "enable", "folder", "load_or_export", "program_key", "stats"]
+__all__ = ["Program", "Unkeyable", "discard", "enable", "folder", "jax_settings", "load_or_export", "program_key",
+           "stats"]

@@ -1,6 +1,7 @@
 """Traced chunk programs kept across processes (gmcl.program_cache): the program read back
-computes what the jitted chunk computes, bit for bit; its key changes with everything a trace
-depends on; an entry that cannot be read is traced again; nothing is kept while it is off.
+computes what the jitted chunk computes, bit for bit, with the compiler options it chose; its key
+changes with everything a trace depends on; an entry that cannot be read is traced again; nothing
+is kept while it is off, for code edited after import, or for steps that are not gmcl's.
 
 In-process: the chunk programs a process keeps are cleared (``clear_compiled_chunks``), so the
 next call finds only the folder, as a new process would (the cross-process run, with the
@@ -14,38 +15,47 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gmcl
 from experiments.configs import dgr as dgr_config
 from gmcl import compile_cache, program_cache
 from gmcl.data.sampling import task_arrays
 from gmcl.methods import build_method
 from gmcl.methods.base import _compiled_chunk, clear_compiled_chunks, run_chunk
+from gmcl.ops import conv_tune
 
 SHAPE = (32, 32, 1)
 
 
-def _method(**train):
+def _method(gan="mlp", **train):
   c = dgr_config.get_config("smoke")
-  c.model.gan = "mlp"
+  c.model.gan = gan
   for k, v in train.items():
     c.train[k] = v
   return build_method("dgr", c, SHAPE, 10)
 
 
-def _data(n=32):
+def _data(classes=(0, 1), n=32):
   rng = np.random.default_rng(0)
-  y = rng.choice([0, 1], size=n).astype(np.int32)
+  y = rng.choice(classes, size=n).astype(np.int32)
   return task_arrays(rng.uniform(-1, 1, (n,) + SHAPE).astype(np.float32), y)
 
 
-def _state(method):
-  state = method.init(jax.random.PRNGKey(0))
-  return method.begin_task(state, 0, np.arange(10) < 2)
+def _state(method, with_snapshot=False):
+  """At task 0 (no snapshot), or at task 1 after one generator step of task 0 (G_0 frozen)."""
+  state = method.begin_task(method.init(jax.random.PRNGKey(0)), 0, np.arange(10) < 1)
+  if with_snapshot:
+    state, _ = run_chunk(_step(method), state, _data((0,)), jax.random.PRNGKey(1), 0, 1)
+    state = method.begin_task(method.end_task(state), 1, np.arange(10) < 2)
+  return state
+
+
+def _step(method):
+  return {p.name: p.step for p in method.phases()}["generator"]
 
 
 def _run(method, state, data, num_steps=2):
-  step = {p.name: p.step for p in method.phases()}["generator"]
   copy = jax.tree.map(jnp.copy, state)  # the live state is donated
-  return run_chunk(step, copy, data, jax.random.PRNGKey(3), 0, num_steps)
+  return run_chunk(_step(method), copy, data, jax.random.PRNGKey(3), 0, num_steps)
 
 
 def _leaves(tree):
@@ -62,14 +72,17 @@ def cache(tmp_path):
   clear_compiled_chunks()
 
 
-def test_a_program_read_back_computes_what_the_jitted_chunk_computes(cache, monkeypatch):
+@pytest.mark.parametrize("gan,with_snapshot", [("mlp", False), ("dcgan", True)], ids=["mlp", "dcgan-replay"])
+def test_a_program_read_back_computes_what_the_jitted_chunk_computes(cache, monkeypatch, gan, with_snapshot):
   folder, counts = cache
-  method, data = _method(), _data()
-  state = _state(method)
+  method, data = _method(gan), _data()
   program_cache.enable(None)
+  state = _state(method, with_snapshot)
+  assert (state.frozen is not None) == with_snapshot
   plain = _run(method, state, data)  # the jitted chunk
-  step = {p.name: p.step for p in method.phases()}["generator"]
-  plain_options = _compiled_chunk(step, 2, "unroll", method.parallel, "auto").options
+  plain_options = _compiled_chunk(_step(method), 2, "unroll", method.parallel, "auto").options
+  if gan == "dcgan" and jax.default_backend() == "cpu":
+    assert plain_options  # a convolving program gets gmcl's library-fusion option: compared below
   clear_compiled_chunks()
   program_cache.enable(folder)
   written = _run(method, state, data)  # exported, written, run through the exported module
@@ -77,12 +90,15 @@ def test_a_program_read_back_computes_what_the_jitted_chunk_computes(cache, monk
   clear_compiled_chunks()
   # Read back without tracing: an export now would fail the test.
   monkeypatch.setattr(jax.export, "export", lambda *a, **k: pytest.fail("traced again"))
-  read = _run(method, state, data)
+  live = jax.tree.map(jnp.copy, state.replace(frozen=None))
+  read = run_chunk(_step(method), live.replace(frozen=state.frozen), data, jax.random.PRNGKey(3), 0, 2)
   assert counts()["read"] == 1 and counts()["failed"] == 0
-  step = {p.name: p.step for p in method.phases()}["generator"]
-  chunk = _compiled_chunk(step, 2, "unroll", method.parallel, "auto")
+  chunk = _compiled_chunk(_step(method), 2, "unroll", method.parallel, "auto")
   assert chunk.program.exported_options is not None  # the latest call ran the program read back
   assert chunk.options == plain_options  # with the compiler options the jitted chunk chose
+  # The live state was donated, the snapshot was not (it is read by every later step).
+  assert all(x.is_deleted() for x in jax.tree.leaves(live))
+  assert not any(x.is_deleted() for x in jax.tree.leaves(state.frozen))
   assert jax.tree.structure(plain) == jax.tree.structure(written) == jax.tree.structure(read)
   for a, b, c in zip(_leaves(plain), _leaves(written), _leaves(read)):
     assert a.dtype == b.dtype == c.dtype
@@ -98,22 +114,48 @@ def test_the_key_changes_with_what_a_trace_depends_on(monkeypatch):
   identity = (method.program_key(), "gmcl.methods.dgr", "DGR.generator_step")
   args = (state.replace(frozen=None), state.frozen, data, jax.random.PRNGKey(3), jnp.asarray(0, jnp.int32))
   settings = (2, "unroll", "auto", "")
-  key = program_cache.program_key(identity, settings, args)
-  assert key == program_cache.program_key(identity, settings, args)  # a function of its inputs
-  other_config = _method(gan_lr=3e-4)
-  assert program_cache.program_key((other_config.program_key(),) + identity[1:], settings, args) != key
-  assert program_cache.program_key(identity, (4, "unroll", "auto", ""), args) != key
-  longer = args[:2] + (_data(64),) + args[3:]  # another shape
-  assert program_cache.program_key(identity, settings, longer) != key
+  key = lambda identity=identity, settings=settings, args=args: program_cache.program_key(identity, settings, args)
+  reference = key()
+  assert reference == key()  # a function of its inputs
+  assert key(identity=(_method(gan_lr=3e-4).program_key(),) + identity[1:]) != reference  # the config
+  assert key(settings=(4, "unroll", "auto", "")) != reference  # the chunk's length
+  assert key(args=args[:2] + (_data(n=64),) + args[3:]) != reference  # a shape
+  monkeypatch.setattr(conv_tune, "cache_path", lambda: "/nonexistent/plans.json")  # fixed, as the next
+  reference_fixed = key()
   monkeypatch.setitem(program_cache._state, "source", "edited")  # pylint: disable=protected-access
-  assert program_cache.program_key(identity, settings, args) != key  # gmcl's source changed
-  monkeypatch.undo()
+  assert key() != reference_fixed  # gmcl's source
+  monkeypatch.setitem(program_cache._state, "source", None)  # pylint: disable=protected-access
+  monkeypatch.setitem(program_cache._state, "libraries", "optax==9.9")  # pylint: disable=protected-access
+  assert key() != reference_fixed  # a traced library's version
+  monkeypatch.setitem(program_cache._state, "libraries", None)  # pylint: disable=protected-access
+  assert key() == reference_fixed
   monkeypatch.setattr(compile_cache, "machine_key", lambda desc=None: "another-machine")
-  assert program_cache.program_key(identity, settings, args) != key
+  assert key() != reference_fixed  # the machine
   monkeypatch.undo()
   with jax.default_matmul_precision("highest"):  # a jax setting a trace reads
-    assert program_cache.program_key(identity, settings, args) != key
-  assert program_cache.program_key(identity, settings, args) == key
+    assert key() != reference
+  assert key() == reference
+
+
+def test_code_edited_after_import_and_steps_not_gmcls_are_not_kept(cache, monkeypatch):
+  folder, counts = cache
+  method, data = _method(), _data()
+  state = _state(method)
+  monkeypatch.setitem(program_cache._state, "source", None)  # pylint: disable=protected-access
+  monkeypatch.setattr(gmcl, "IMPORTED_AT", 0.0)  # every source file is newer than this import
+  with pytest.raises(program_cache.Unkeyable, match="changed after this process imported"):
+    program_cache.program_key(("x",), (), ())
+  plain = _run(method, state, data)  # traced the usual way, nothing written
+  assert counts()["written"] == 0 and not os.listdir(folder)
+  monkeypatch.undo()
+  program_cache.enable(folder)
+  clear_compiled_chunks()
+
+  def outside(state, data, key):  # a step that is not a gmcl method's: never kept
+    return method.generator_step(state, data, key)
+  run_chunk(outside, jax.tree.map(jnp.copy, state), data, jax.random.PRNGKey(3), 0, 2)
+  assert counts()["written"] == 0 and not os.listdir(folder)
+  assert plain is not None
 
 
 def test_an_unreadable_entry_is_traced_again_and_rewritten(cache):
@@ -141,6 +183,7 @@ def test_nothing_is_kept_while_off(tmp_path):
   before = program_cache.stats()
   _run(method, _state(method), data)
   assert program_cache.stats() == before
-  # The suite runs with JAX's compilation cache off: gmcl then keeps no programs either.
-  assert compile_cache.enable(str(tmp_path / "xla")) is None and program_cache.folder() is None
+  if not jax.config.jax_enable_compilation_cache:  # the suite's default (conftest.py)
+    # With JAX's compilation cache off, gmcl keeps no programs either.
+    assert compile_cache.enable(str(tmp_path / "xla")) is None and program_cache.folder() is None
   assert compile_cache.programs_dir("/a/cpu-X") == "/a/cpu-X.programs"

@@ -304,6 +304,13 @@ def step_identity(step: StepFn):
   return key, func.__module__, func.__qualname__
 
 
+def _is_gmcl_identity(identity) -> bool:
+  """Whether a :func:`step_identity` is a gmcl method's key and a gmcl step's name."""
+  return (isinstance(identity, tuple) and len(identity) == 3 and isinstance(identity[0], tuple)
+          and bool(identity[0]) and str(identity[0][0]).startswith("gmcl.")
+          and str(identity[1]).startswith("gmcl."))
+
+
 class _ChunkProgram:
   """One compiled K-step chunk, kept by :func:`_chunk_program` under its value: it holds no
   method. The step it runs is lent to it for the duration of each call (tracing, when jax.jit
@@ -316,7 +323,8 @@ class _ChunkProgram:
     self._step: Optional[StepFn] = None
     # Kept across processes (gmcl.program_cache) when the step has a method's program key and the
     # program runs on one device; per argument signature: the exported program, or False.
-    self._identity = identity if isinstance(identity, tuple) else None
+    # Only gmcl's own methods and steps: the program key hashes gmcl's source, not a user's.
+    self._identity = identity if _is_gmcl_identity(identity) else None
     self._settings = (num_steps, mode, fusions, seeds)
     self._persistable = self._identity is not None and parallel.mode == "none" and seeds != "shard"
     self._exported: dict = {}
@@ -360,25 +368,40 @@ class _ChunkProgram:
     self._chunk = chunk
 
   def _program(self, args):
-    """The exported program for ``args`` (gmcl.program_cache), or None: the jitted chunk runs."""
+    """The exported program for ``args`` (gmcl.program_cache), or None: the jitted chunk runs.
+    Remembered per argument signature and jax settings (a ``jax.default_matmul_precision``
+    context traces another program, as jit's own cache knows)."""
     if not (self._persistable and program_cache.folder()):
       return None
-    signature = xla.signature(args, {})
-    program = self._exported.get(signature)
+    memo = (xla.signature(args, {}), program_cache.jax_settings())
+    program = self._exported.get(memo)
     if program is None:
-      key = program_cache.program_key(self._identity, self._settings, args)
-      program = self._exported[signature] = (
-          program_cache.load_or_export(key, args, self._chunk, self._settings[2]) or False)
+      key_of = lambda: program_cache.program_key(self._identity, self._settings, args)
+      program = self._exported[memo] = (
+          program_cache.load_or_export(key_of, args, self._chunk, self._settings[2]) or False)
     return program or None
 
   def _with(self, step: StepFn, method: str, args):
     with self._lock:
       self._step = step
       try:
-        program = self._program(args) if method == "__call__" else None
+        program = self._program(args)
         if program is not None:
-          self.exported_options = program.options
-          return program(*args)
+          if method == "lower":
+            return program.lower(*args)
+          first = not program.called
+          try:
+            out = program(*args)
+          except Exception as e:  # pylint: disable=broad-except
+            if not first:
+              raise
+            # Lowering or compiling the read-back module failed (before anything ran, so before
+            # any argument was donated): traced the usual way from now on.
+            program_cache.discard(e)
+            self._exported = {k: (False if v is program else v) for k, v in self._exported.items()}
+          else:
+            self.exported_options = program.options
+            return out
         self.exported_options = None
         return getattr(self.compiled, method)(*args)
       finally:

@@ -32,6 +32,10 @@ be read, is traced the usual way (and the entry rewritten), so the cache can cha
 a result: the exported module is the one the trace lowers to, and a run with the cache on calls it
 in its first process as in every later one (bitwise equal states: tests/test_program_cache.py).
 
+Decisions taken from a trace are kept the same way (:func:`remembered`): whether a stacked-seed
+step convolves (``train.seed_axis = "auto"``, :func:`gmcl.methods.base.resolve_seed_axis`), so a
+warm multi-seed process does not trace its steps to decide.
+
 An entry is a pickle (the result's pytree structure is stored as a template of it); like the
 compilation cache, the folder is the user's own and is trusted. On by default with the
 compilation cache (``compile.programs``; off: ``False``, or ``compile.cache_dir = ""``).
@@ -40,12 +44,13 @@ compilation cache (``compile.programs``; off: ``False``, or ``compile.cache_dir 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import pickle
 import re
 import threading
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import jax
 
@@ -207,6 +212,34 @@ def _donated(args: tuple, donate_argnums: tuple) -> tuple:
   return tuple(out)
 
 
+def remembered(name: str, key_of: Callable[[], str], compute: Callable[[], Any]):
+  """``compute()``'s JSON value for a program, kept beside the programs as ``KEY.NAME.json`` (a
+  decision taken from a trace, such as whether a step convolves): later processes read it back
+  instead of tracing. Computed afresh when the cache is off or the key cannot be taken."""
+  root = folder()
+  if root is None:
+    return compute()
+  try:
+    path = os.path.join(root, f"{key_of()}.{name}.json")
+  except Exception as e:  # pylint: disable=broad-except
+    _warn_once("a decision taken from a trace is not kept", e)
+    return compute()
+  try:
+    with open(path) as f:
+      return json.load(f)["value"]
+  except (OSError, ValueError, KeyError):
+    pass
+  value = compute()
+  tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+  try:
+    with open(tmp, "w") as f:
+      json.dump({"value": value}, f)
+    os.replace(tmp, path)
+  except OSError as e:
+    _warn_once(f"a decision could not be written to {root}", e)
+  return value
+
+
 def discard(error: Exception) -> None:
   """Counts a program that was read or exported but could not be compiled (the caller traces)."""
   _warn_once("an exported program could not be compiled", error)
@@ -303,4 +336,4 @@ def load_or_export(key_of: Callable[[], str], args: tuple, chunk: Callable, fusi
 
 
 __all__ = ["Program", "Unkeyable", "discard", "enable", "folder", "jax_settings", "load_or_export", "program_key",
-           "stats"]
+           "remembered", "stats"]

@@ -20,7 +20,7 @@ from experiments.configs import dgr as dgr_config
 from gmcl import compile_cache, program_cache
 from gmcl.data.sampling import task_arrays
 from gmcl.methods import build_method
-from gmcl.methods.base import _compiled_chunk, clear_compiled_chunks, run_chunk
+from gmcl.methods.base import _compiled_chunk, clear_compiled_chunks, resolve_seed_axis, run_chunk
 from gmcl.ops import conv_tune
 
 SHAPE = (32, 32, 1)
@@ -156,6 +156,21 @@ def test_code_edited_after_import_and_steps_not_gmcls_are_not_kept(cache, monkey
   run_chunk(outside, jax.tree.map(jnp.copy, state), data, jax.random.PRNGKey(3), 0, 2)
   assert counts()["written"] == 0 and not os.listdir(folder)
   assert plain is not None
+
+
+def test_the_seed_axis_decision_is_kept_with_the_programs(cache, monkeypatch):
+  folder, _ = cache
+  method = _method("dcgan")
+  state = jax.tree.map(lambda x: jnp.stack([x, x]), _state(method))  # two stacked seeds
+  keys = jnp.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(1)])
+  assert resolve_seed_axis("auto", _step(method), state, _data(), keys) == ("unroll" if jax.default_backend() == "cpu"
+                                                                          else "vmap")
+  if jax.default_backend() != "cpu":
+    return
+  assert [f for f in os.listdir(folder) if f.endswith(".has_convolution.json")]
+  clear_compiled_chunks()  # forgets the process's decisions too
+  monkeypatch.setattr(jax, "make_jaxpr", lambda *a, **k: pytest.fail("traced again"))
+  assert resolve_seed_axis("auto", _step(method), state, _data(), keys) == "unroll"
 
 
 def test_an_unreadable_entry_is_traced_again_and_rewritten(cache):

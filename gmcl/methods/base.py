@@ -510,10 +510,17 @@ def resolve_seed_axis(choice: str, step: StepFn, state: State, data: TaskArrays,
     return "vmap"
   one = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), tree)  # no copy
   args = (one(state), data, one(phase_key))
-  key = (step_identity(step), xla.signature(args, {}))
+  identity = step_identity(step)
+  key = (identity, xla.signature(args, {}))
   if key not in _HAS_CONVOLUTION:
     axis_env = [(parallel.axis_name, parallel.num_devices)] if parallel.mode == "pmap" else None
-    _HAS_CONVOLUTION[key] = xla.has_convolution(jax.make_jaxpr(step, axis_env=axis_env)(*args).jaxpr)
+    traced = lambda: xla.has_convolution(jax.make_jaxpr(step, axis_env=axis_env)(*args).jaxpr)
+    if _is_gmcl_identity(identity) and program_cache.folder():  # kept with the programs: no trace next time
+      settings = ("has_convolution", parallel.mode, parallel.num_devices)
+      traced_once = traced
+      traced = lambda: bool(program_cache.remembered(
+          "has_convolution", lambda: program_cache.program_key(identity, settings, args), traced_once))
+    _HAS_CONVOLUTION[key] = traced()
   return "unroll" if _HAS_CONVOLUTION[key] else "vmap"
 
 

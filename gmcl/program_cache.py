@@ -88,26 +88,34 @@ class Unkeyable(Exception):
   """The running code or settings cannot be named by a key: the program is traced as usual."""
 
 
+def _source_files() -> list:
+  root = os.path.dirname(os.path.abspath(__file__))
+  out = []
+  for base, dirs, files in os.walk(root):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(base, name)
+      if name.endswith(".py") and not name.startswith(".") and os.path.isfile(path):
+        out.append(path)
+  return out
+
+
 def _package_source_sha256() -> str:
-  """A hash of every gmcl module's source, checked against this process's import: a file edited
-  since then may not be the code that runs, and a program keyed by it is not kept."""
+  """A hash of every gmcl module's source, checked against this process's import at every key: a
+  file edited since then may not be the code that runs (or will run, for a module imported
+  later), and a program keyed by it is not kept."""
   import gmcl  # pylint: disable=import-outside-toplevel
+  files = _source_files()
+  if max((os.path.getmtime(p) for p in files), default=0.0) > gmcl.IMPORTED_AT:
+    raise Unkeyable("a gmcl source file changed after this process imported gmcl")
   digest = _state.get("source")
   if digest is None:
     root = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256()
-    newest = 0.0
-    for base, dirs, files in os.walk(root):
-      dirs.sort()
-      for name in sorted(files):
-        path = os.path.join(base, name)
-        if name.endswith(".py") and not name.startswith(".") and os.path.isfile(path):
-          newest = max(newest, os.path.getmtime(path))
-          h.update(os.path.relpath(path, root).encode())
-          with open(path, "rb") as f:
-            h.update(hashlib.sha256(f.read()).digest())
-    if newest > gmcl.IMPORTED_AT:
-      raise Unkeyable("a gmcl source file changed after this process imported gmcl")
+    for path in files:
+      h.update(os.path.relpath(path, root).encode())
+      with open(path, "rb") as f:
+        h.update(hashlib.sha256(f.read()).digest())
     digest = _state["source"] = h.hexdigest()
   return digest
 

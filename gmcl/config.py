@@ -245,7 +245,14 @@ ADDED_KEYS = {"model.conv_plan": "native", "train.xla_cpu_fusions": "xla", "num_
               "eval.oracle_steps": 2000, "eval.oracle_samples_per_class": 6400,
               "eval.oracle_seed": -1, "eval.joint_results": "", "data.imagenet50_classes": "",
               "dgr.replay_source": "generator",  # in the dgr section of dgr, ogm and lsa
-              "dgr.critic_aux_on_fake": True}
+              "dgr.critic_aux_on_fake": lambda saved: _critic_aux_on_fake_before(saved)}
+
+
+def _critic_aux_on_fake_before(saved: dict):
+  """``dgr.critic_aux_on_fake`` of code from before the key: True with a conditional generator (the
+  critic's class term was on G_t's samples too); without one there is no class term, and the key
+  has no effect (None)."""
+  return True if saved.get("model", {}).get("conditional") else None
 
 
 def oracle_seed(config) -> int:

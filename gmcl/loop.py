@@ -409,10 +409,12 @@ def check_sizes_fit(config) -> None:
 
 
 def _config_differences(saved: dict, current: dict, added: dict, prefix="",
-                        labels=("in the checkpoint", "now")) -> list[str]:
+                        labels=("in the checkpoint", "now"), root: Optional[dict] = None) -> list[str]:
   """What differs between a checkpoint's config and the current one, key by key. ``added`` holds
   keys added to gmcl since (:func:`gmcl.config.added_keys`): absent from a checkpoint, they
-  match when they have the value that reproduces the code it was written with."""
+  match when they have the value that reproduces the code it was written with (a callable gives
+  it from the saved config, None when the key has no effect under that config)."""
+  root = saved if root is None else root
   keys = sorted(set(saved) | set(current))
   out = []
   for k in keys:
@@ -423,12 +425,13 @@ def _config_differences(saved: dict, current: dict, added: dict, prefix="",
     a, b = saved.get(k), current.get(k)
     name = f"{prefix}{k}"
     if k not in saved and name in added:
-      if json.dumps(b) != json.dumps(added[name]):
+      before = added[name](root) if callable(added[name]) else added[name]
+      if before is not None and json.dumps(b) != json.dumps(before):
         out.append(f"{name}: absent in the checkpoint (added to gmcl since; "
-                   f"--config.{name}={added[name]} reproduces the code it was written with), "
+                   f"--config.{name}={before} reproduces the code it was written with), "
                    f"{b!r} now")
     elif isinstance(a, dict) and isinstance(b, dict):
-      out += _config_differences(a, b, added, f"{name}.", labels)
+      out += _config_differences(a, b, added, f"{name}.", labels, root)
     elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
       out.append(f"{name}: {a!r} {labels[0]}, {b!r} {labels[1]}")
   return out

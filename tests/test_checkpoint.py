@@ -286,6 +286,26 @@ def test_config_comparison_of_a_resume_knows_added_keys_and_other_methods_sectio
   assert "ogm.lookahead_clip" not in added_keys("dgr")
 
 
+def test_an_added_key_that_matters_only_under_some_configs():
+  """dgr.critic_aux_on_fake: a record from before the key reproduces the new default when its
+  generator is unconditional (no class term: the key has no effect), but only True when it is
+  conditional (the critic's class term was on G_t's samples too)."""
+  from gmcl.config import added_keys
+  from gmcl.loop import _config_differences
+  for conditional in (False, True):
+    now = dgr.get_config("smoke")
+    now.model.conditional = conditional
+    saved = now.to_dict()
+    del saved["dgr"]["critic_aux_on_fake"]
+    diffs = _config_differences(saved, now.to_dict(), added_keys("dgr"))
+    if not conditional:
+      assert diffs == []
+    else:
+      assert len(diffs) == 1 and "--config.dgr.critic_aux_on_fake=True reproduces" in diffs[0]
+      now.dgr.critic_aux_on_fake = True
+      assert _config_differences(saved, now.to_dict(), added_keys("dgr")) == []
+
+
 def test_a_full_disk_is_one_clear_error_and_the_run_resumes_after(mnist_data, tmp_path, monkeypatch):
   import collections  # pylint: disable=import-outside-toplevel
   import shutil  # pylint: disable=import-outside-toplevel

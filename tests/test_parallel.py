@@ -100,8 +100,12 @@ def _check_devices_match_one(one_device, mode, devices):
         what=f"{name}, 1 vs {devices} devices ({mode}, {case})")
     if name == "solver":
       solver_diff = diff
+  # The metrics' own cross-device reduction: a wrong one (a sum for a mean, one device's rows for
+  # all) is off by a factor of order one. Rounding is bounded on the parameters above; through
+  # G_{t-1}'s replays and C_{t-1}'s targets, each rounded by its own summation order, it reaches the
+  # losses amplified, so they are held to a thousandth, far below what the check must catch.
   for key in ("solver_loss", "solver_real_loss", "solver_replay_loss"):
-    np.testing.assert_allclose(m_single[key], m_multi[key], rtol=1e-4)
+    np.testing.assert_allclose(m_single[key], m_multi[key], rtol=1e-3)
   # And training moved the parameters far more than that.
   init = build_method(CASES[case][0], c, SHAPE, 10).init(jax.random.PRNGKey(0))
   moved = np.abs(ravel(init.solver.params) - ravel(single.solver.params))

@@ -173,6 +173,16 @@ def jax_settings() -> str:
   return repr(sorted((k, repr(values[k])) for k in values if not _NOT_TRACE_SETTINGS.search(k)))
 
 
+def trace_context():
+  """A cheap value that changes when a jax setting that changes a trace does (jax.jit's own cache
+  key, read on every call; ``jax_settings`` where this jax has none): an in-process memo's key."""
+  try:
+    from jax._src import config as jax_config  # pylint: disable=import-outside-toplevel
+    return jax_config.trace_context()
+  except (ImportError, AttributeError):
+    return jax_settings()
+
+
 def program_key(identity, settings: tuple, args: tuple) -> str:
   """The hash a program is kept under (module docstring); :class:`Unkeyable` where the running
   code may not be what the key names."""
@@ -344,4 +354,4 @@ def load_or_export(key_of: Callable[[], str], args: tuple, chunk: Callable, fusi
 
 
 __all__ = ["Program", "Unkeyable", "discard", "enable", "folder", "jax_settings", "load_or_export", "program_key",
-           "remembered", "stats"]
+           "remembered", "stats", "trace_context"]

@@ -373,7 +373,7 @@ class _ChunkProgram:
     context traces another program, as jit's own cache knows)."""
     if not (self._persistable and program_cache.folder()):
       return None
-    memo = (xla.signature(args, {}), program_cache.jax_settings())
+    memo = (xla.signature(args, {}), program_cache.trace_context())
     program = self._exported.get(memo)
     if program is None:
       key_of = lambda: program_cache.program_key(self._identity, self._settings, args)
@@ -517,10 +517,10 @@ def resolve_seed_axis(choice: str, step: StepFn, state: State, data: TaskArrays,
     traced = lambda: xla.has_convolution(jax.make_jaxpr(step, axis_env=axis_env)(*args).jaxpr)
     if _is_gmcl_identity(identity) and program_cache.folder():  # kept with the programs: no trace next time
       settings = ("has_convolution", parallel.mode, parallel.num_devices)
-      traced_once = traced
-      traced = lambda: bool(program_cache.remembered(
-          "has_convolution", lambda: program_cache.program_key(identity, settings, args), traced_once))
-    _HAS_CONVOLUTION[key] = traced()
+      key_of = lambda: program_cache.program_key(identity, settings, args)
+      _HAS_CONVOLUTION[key] = bool(program_cache.remembered("has_convolution", key_of, traced))
+    else:
+      _HAS_CONVOLUTION[key] = traced()
   return "unroll" if _HAS_CONVOLUTION[key] else "vmap"
 
 

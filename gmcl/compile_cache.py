@@ -28,6 +28,14 @@ Settings (``config.compile``):
   compiles a hundred or more small programs (initialisation, task boundaries, evaluation) of
   ~0.1 s each, which together cost a second process more than its one big step
   (benchmarks/compile_cache.py); the ``cpu`` MeRGAN run's 139 programs take 1.3 MB.
+* ``max_mb``: the machine folder and its kept programs together are held to this many MiB
+  (0: no limit). Every edit of gmcl's sources, every new shape and every new jax version adds
+  entries and none is ever rewritten, so without a bound the folder only grows. At :func:`enable`
+  (once per process and folder) the least recently used entries are removed until it fits
+  (:func:`prune`); an entry removed while another process wants it is compiled (traced) again.
+
+``python -m gmcl.compile_cache`` lists the machine folders under the cache root, their entries,
+size and last use; ``--prune_mb N`` holds each to N MiB (``--prune_mb 0`` empties them).
 
 A cache never changes a result: an executable read back is the one XLA compiled for that program
 (the same bytes run), so runs and resumed runs stay byte-identical. The user's own JAX settings
@@ -43,6 +51,8 @@ import json
 import os
 import platform
 import re
+import sys
+import time
 from typing import Callable, Optional
 
 import jax
@@ -51,6 +61,8 @@ from gmcl import program_cache, xla
 
 SUBDIR = "xla"
 _enabled: dict = {}  # what enable() last set: {"dir": ..., "min_compile_secs": ...}
+_pruned: set = set()  # folders enable() has held to compile.max_mb in this process
+DEFAULT_MAX_MB = 4096
 _counts = {"requests": 0, "hits": 0, "written": 0, "seconds_saved": 0.0}
 _listening: list = []
 _EVENTS = {"/jax/compilation_cache/compile_requests_use_cache": "requests",
@@ -151,16 +163,22 @@ def programs_dir(folder: str) -> str:
 
 
 def enable(setting: str = "auto", min_compile_secs: float = 0.0,
-           log: Callable[[str], None] = lambda s: None, programs: bool = True) -> Optional[str]:
+           log: Callable[[str], None] = lambda s: None, programs: bool = True,
+           max_mb: float = DEFAULT_MAX_MB) -> Optional[str]:
   """Points JAX's persistent compilation cache at :func:`cache_dir` (``setting``) and returns the
   folder in use, or None when the cache is off. The user's own JAX settings win (module docstring).
   Called again with another folder, it switches the process over (JAX's cache is reset).
   ``programs`` (``compile.programs``): also keep the traced chunk programs (gmcl.program_cache)
-  in :func:`programs_dir`; only beside gmcl's own folder, not a JAX cache the user set."""
+  in :func:`programs_dir`; only beside gmcl's own folder, not a JAX cache the user set.
+  ``max_mb`` (``compile.max_mb``): the folder and its programs held to this size (0: no limit),
+  the least recently used entries removed first (:func:`prune`), once per process and folder;
+  gmcl's own folder only."""
   from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=import-outside-toplevel
   folder = cache_dir(setting)
   if min_compile_secs < 0:
     raise ValueError(f"compile.min_compile_secs={min_compile_secs!r}; valid: a number >= 0.")
+  if isinstance(max_mb, bool) or not isinstance(max_mb, (int, float)) or max_mb < 0:
+    raise ValueError(f"compile.max_mb={max_mb!r}; valid: a number of MiB >= 0 (0: no limit).")
   program_cache.enable(None)
   if not jax.config.jax_enable_compilation_cache:
     return None
@@ -180,6 +198,12 @@ def enable(setting: str = "auto", min_compile_secs: float = 0.0,
   except OSError as e:
     log(f"gmcl: no compilation cache ({folder}: {e}); programs are compiled in every process")
     return None
+  if max_mb and folder not in _pruned:
+    _pruned.add(folder)
+    done = prune(folder, int(max_mb * 2**20))
+    if done["removed"]:
+      log(f"gmcl: {done['removed']} least recently used cache entries ({done['freed'] / 2**20:.0f} MiB) removed "
+          f"from {folder} to hold it to compile.max_mb={max_mb:g}")
   if programs:
     program_cache.enable(programs_dir(folder))
   if current != folder:
@@ -198,4 +222,140 @@ def enable_from_config(config, log: Callable[[str], None] = lambda s: None) -> O
   """:func:`enable` with ``config.compile`` (its defaults where a config lacks the section)."""
   c = config.get("compile", None) or {}
   return enable(c.get("cache_dir", "auto"), c.get("min_compile_secs", 0.0), log=log,
-                programs=bool(c.get("programs", True)))
+                programs=bool(c.get("programs", True)), max_mb=c.get("max_mb", DEFAULT_MAX_MB))
+
+
+# -- the folders' size: what is there, and least-recently-used removal --------------------------
+
+_XLA_ENTRY = "-cache"  # JAX's file names: KEY-cache, and KEY-atime where JAX records use itself
+_XLA_ATIME = "-atime"
+_STALE_TMP_SECS = 3600.0  # a writer's temporary file this old was left by a killed process
+
+
+def _last_use(path: str, st: os.stat_result) -> float:
+  """When an entry was last written or read: the newer of its modification and access times, or the
+  time JAX's own ``KEY-atime`` file records (JAX writes one when its eviction is on)."""
+  used = max(st.st_mtime, st.st_atime)
+  if path.endswith(_XLA_ENTRY):
+    try:
+      with open(path[:-len(_XLA_ENTRY)] + _XLA_ATIME, "rb") as f:
+        used = max(used, int.from_bytes(f.read(8), "little") / 1e9)
+    except (OSError, ValueError):
+      pass
+  return used
+
+
+def entries(folder: str) -> list:
+  """The cache entries of machine folder ``folder`` and its programs folder, as
+  ``(last_use, bytes, [paths])``: an XLA executable (with JAX's ``-atime`` file), an exported
+  program or a kept decision (gmcl.program_cache). ``machine.json``, JAX's lock file and files
+  that are not entries are not listed, so :func:`prune` never removes them."""
+  out = []
+  for root, is_programs in ((folder, False), (programs_dir(folder), True)):
+    try:
+      names = os.listdir(root)
+    except OSError:
+      continue
+    for name in names:
+      path = os.path.join(root, name)
+      if is_programs:
+        if not program_cache.ENTRY_NAME.fullmatch(name):
+          continue
+      elif not name.endswith(_XLA_ENTRY):
+        continue
+      try:
+        st = os.stat(path)
+      except OSError:
+        continue
+      paths = [path] + ([path[:-len(_XLA_ENTRY)] + _XLA_ATIME] if not is_programs else [])
+      out.append((_last_use(path, st), st.st_size, paths))
+  return out
+
+
+def _remove_stale_tmp(folder: str, now: float) -> None:
+  for root in (folder, programs_dir(folder)):
+    try:
+      names = os.listdir(root)
+    except OSError:
+      continue
+    for name in names:
+      path = os.path.join(root, name)
+      try:
+        if name.endswith(".tmp") and now - os.stat(path).st_mtime > _STALE_TMP_SECS:
+          os.remove(path)
+      except OSError:
+        pass
+
+
+def prune(folder: str, max_bytes: int) -> dict:
+  """Removes the least recently used entries (:func:`entries`) of machine folder ``folder`` and its
+  programs until they take at most ``max_bytes`` together (0 removes every entry), and writers'
+  temporary files left by killed processes. Returns ``{"removed", "freed", "kept", "kept_bytes"}``.
+  Safe beside a running process: an entry it then misses is compiled (traced) again."""
+  if max_bytes < 0:
+    raise ValueError(f"max_bytes={max_bytes!r}; valid: >= 0")
+  _remove_stale_tmp(folder, time.time())
+  found = sorted(entries(folder), key=lambda e: e[0])
+  total = sum(e[1] for e in found)
+  removed = freed = 0
+  for _, size, paths in found:
+    if total <= max_bytes:
+      break
+    for path in paths:
+      try:
+        os.remove(path)
+      except FileNotFoundError:
+        pass
+      except OSError:
+        break  # not ours to remove (permissions): kept, and counted as kept
+    else:
+      total -= size
+      removed += 1
+      freed += size
+  return {"removed": removed, "freed": freed, "kept": len(found) - removed, "kept_bytes": total}
+
+
+def machine_folders(root: Optional[str] = None) -> list:
+  """The machine folders under ``root`` (default ``cache_root()/xla``): each with its
+  ``machine.json``, or named as :func:`machine_key` names them."""
+  root = root or os.path.join(cache_root(), SUBDIR)
+  try:
+    names = sorted(os.listdir(root))
+  except OSError:
+    return []
+  return [os.path.join(root, n) for n in names
+          if os.path.isdir(os.path.join(root, n)) and not n.endswith(".programs")]
+
+
+def _main(argv=None) -> int:
+  import argparse  # pylint: disable=import-outside-toplevel
+  p = argparse.ArgumentParser(prog="python -m gmcl.compile_cache",
+                              description="gmcl's compilation caches (compile.cache_dir): list them, or hold "
+                                          "each machine's folder to a size, least recently used entries first.")
+  p.add_argument("--root", default=None,
+                 help="the folder that holds the machine folders (default: $GMCL_CACHE_DIR/xla or ~/.cache/gmcl/xla;"
+                      " for compile.cache_dir=DIR, DIR)")
+  p.add_argument("--prune_mb", type=float, default=None,
+                 help="remove the least recently used entries of every machine folder until it takes at most this "
+                      "many MiB (0 empties them)")
+  a = p.parse_args(argv)
+  if a.prune_mb is not None and a.prune_mb < 0:
+    p.error(f"--prune_mb={a.prune_mb:g}; valid: a number of MiB >= 0")
+  root = a.root or os.path.join(cache_root(), SUBDIR)
+  if not os.path.isdir(root):
+    p.error(f"--root {root}: no such folder")
+  folders = machine_folders(root)
+  print(f"{root}: {len(folders)} machine folder(s); this machine's is {machine_key()}")
+  for folder in folders:
+    if a.prune_mb is not None:
+      done = prune(folder, int(a.prune_mb * 2**20))
+      print(f"  {os.path.basename(folder)}: removed {done['removed']} entries ({done['freed'] / 2**20:.1f} MiB)")
+    found = entries(folder)
+    last = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(e[0] for e in found))) if found else "-"
+    print(f"  {os.path.basename(folder)}: {len(found)} entries, {sum(e[1] for e in found) / 2**20:.1f} MiB, "
+          f"last used {last}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(_main())

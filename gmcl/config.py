@@ -110,6 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Also keep the traced chunk programs beside it (gmcl.program_cache: a second process skips
   # tracing and lowering too); with the compilation cache only.
   c.compile.programs = True
+  # The machine folder and its programs held to this many MiB, the least recently used entries
+  # removed at a run's start (0: no limit; `python -m gmcl.compile_cache` lists and prunes them).
+  c.compile.max_mb = 4096
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.enabled = True
@@ -362,6 +365,9 @@ def validate_config(config) -> None:
   require(isinstance(cc.min_compile_secs, (int, float)) and not isinstance(cc.min_compile_secs, bool)
           and cc.min_compile_secs >= 0, "compile.min_compile_secs", cc.min_compile_secs, "a number >= 0")
   require(isinstance(cc.get("programs", True), bool), "compile.programs", cc.get("programs"), "True or False")
+  max_mb = cc.get("max_mb", 0)
+  require(isinstance(max_mb, (int, float)) and not isinstance(max_mb, bool) and max_mb >= 0, "compile.max_mb",
+          max_mb, "a number of MiB >= 0 (0: no limit)")
   require(m.classifier in CLASSIFIERS, "model.classifier", m.classifier, str(sorted(CLASSIFIERS)))
   require(m.gan in ("dcgan", "mlp"), "model.gan", m.gan, "'dcgan' or 'mlp'")
   require(m.z_dim >= 1, "model.z_dim", m.z_dim, ">= 1")

@@ -55,6 +55,8 @@ from typing import Any, Callable, Optional
 import jax
 
 FORMAT = 1
+# What gmcl.compile_cache.prune may remove: an exported program (KEY) or a kept decision (KEY.NAME.json).
+ENTRY_NAME = re.compile(r"[0-9a-f]{64}(\.[A-Za-z0-9_]+\.json)?")
 _state: dict = {"dir": None}
 _counts = {"read": 0, "written": 0, "traced": 0, "failed": 0}
 _lock = threading.Lock()
@@ -244,7 +246,9 @@ def remembered(name: str, key_of: Callable[[], str], compute: Callable[[], Any])
     return compute()
   try:
     with open(path) as f:
-      return json.load(f)["value"]
+      value = json.load(f)["value"]
+    _touch(path)
+    return value
   except (OSError, ValueError, KeyError):
     pass
   value = compute()
@@ -256,6 +260,15 @@ def remembered(name: str, key_of: Callable[[], str], compute: Callable[[], Any])
   except OSError as e:
     _warn_once(f"a decision could not be written to {root}", e)
   return value
+
+
+def _touch(path: str) -> None:
+  """Marks an entry used (its modification time), for the least-recently-used pruning of
+  gmcl.compile_cache.prune, whatever the file system does with access times."""
+  try:
+    os.utime(path)
+  except OSError:
+    pass
 
 
 def discard(error: Exception) -> None:
@@ -301,6 +314,7 @@ def load_or_export(key_of: Callable[[], str], args: tuple, chunk: Callable, fusi
                         entry["options"], donate)
       with _lock:
         _counts["read"] += 1
+      _touch(path)
       return program
     except Exception as e:  # pylint: disable=broad-except
       _warn_once(f"an exported program could not be read back from {root}", e)

@@ -99,7 +99,8 @@ def test_cache_dir_settings(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("key,value", [("cache_dir", 3), ("cache_dir", None), ("min_compile_secs", -1.0),
                                        ("min_compile_secs", "1"), ("min_compile_secs", True),
-                                       ("programs", "yes"), ("programs", 1)])
+                                       ("programs", "yes"), ("programs", 1), ("max_mb", -1),
+                                       ("max_mb", "4096"), ("max_mb", True)])
 def test_validate_config_rejects_bad_settings(key, value):
   config = dgr.get_config("smoke")
   validate_config(config)
@@ -160,6 +161,90 @@ def test_a_folder_that_cannot_be_written_is_said_and_skipped(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.strip().splitlines()
   assert lines[0] == "None" and "no compilation cache" in lines[1] and str(blocker) in lines[1]
+
+
+def _fill(folder, entries):
+  """Writes cache entries into machine folder ``folder`` (and its programs folder): ``(name, size,
+  last use)``; an XLA entry ``KEY-cache`` with ``atime`` records its use in JAX's ``KEY-atime`` file
+  (its file times then older), the others in their file times."""
+  os.makedirs(folder, exist_ok=True)
+  os.makedirs(compile_cache.programs_dir(folder), exist_ok=True)
+  for name, size, used, *atime in entries:
+    root = folder if name.endswith("-cache") else compile_cache.programs_dir(folder)
+    path = os.path.join(root, name)
+    with open(path, "wb") as f:
+      f.write(b"x" * size)
+    if atime:
+      with open(path[:-len("-cache")] + "-atime", "wb") as f:
+        f.write(int(used * 1e9).to_bytes(8, "little"))
+      used = 1e9
+    os.utime(path, (used, used))
+
+
+def test_prune_removes_the_least_recently_used_entries_first(tmp_path):
+  folder = str(tmp_path / "xla" / "cpu-Test-1-2-abcd1234-jax0")
+  hexkey = lambda c: c * 64
+  _fill(folder, [("a-cache", 100, 1.7e9), ("b-cache", 200, 1.5e9), ("c-cache", 300, 1.8e9, "atime"),
+                 (hexkey("d"), 400, 1.6e9), (hexkey("e") + ".has_convolution.json", 10, 1.4e9)])
+  others = {os.path.join(folder, "machine.json"): 1e9, os.path.join(folder, ".lockfile"): 1e9,
+            os.path.join(compile_cache.programs_dir(folder), "notes.txt"): 1e9,
+            os.path.join(folder, "a-cache.123.tmp"): 1e9,  # a killed writer's: removed
+            os.path.join(compile_cache.programs_dir(folder), hexkey("f") + ".9.9.tmp"): None}  # a live one
+  for path, t in others.items():
+    with open(path, "w") as f:
+      f.write("kept")
+    if t:
+      os.utime(path, (t, t))
+  found = {os.path.basename(e[2][0]): (e[0], e[1]) for e in compile_cache.entries(folder)}
+  assert found == {"a-cache": (1.7e9, 100), "b-cache": (1.5e9, 200), "c-cache": (1.8e9, 300),
+                   hexkey("d"): (1.6e9, 400), hexkey("e") + ".has_convolution.json": (1.4e9, 10)}
+  # 1010 bytes; to hold 600 the oldest go first: e (1.4e9, 10), b (1.5e9, 200), d (1.6e9, 400),
+  # leaving a + c = 400 bytes. c's use is JAX's atime record (1.8e9), not its file time (1e9).
+  done = compile_cache.prune(folder, 600)
+  assert done == {"removed": 3, "freed": 610, "kept": 2, "kept_bytes": 400}
+  assert sorted(os.path.basename(e[2][0]) for e in compile_cache.entries(folder)) == ["a-cache", "c-cache"]
+  assert os.path.exists(os.path.join(folder, "c-atime")) and not os.path.exists(os.path.join(folder, "b-atime"))
+  assert [os.path.exists(p) for p in others] == [True, True, True, False, True]
+  assert compile_cache.prune(folder, 400)["removed"] == 0  # it fits
+  assert compile_cache.prune(folder, 0) == {"removed": 2, "freed": 400, "kept": 0, "kept_bytes": 0}
+  assert not os.path.exists(os.path.join(folder, "c-atime")) and os.path.exists(os.path.join(folder, "machine.json"))
+  with pytest.raises(ValueError, match="max_bytes"):
+    compile_cache.prune(folder, -1)
+
+
+def test_a_run_holds_its_folder_to_max_mb_and_the_command_lists_and_prunes(tmp_path, capsys):
+  folder = os.path.join(str(tmp_path / "home_cache"), "xla", compile_cache.machine_key())
+  _fill(folder, [("old-cache", 3000, 1.5e9), ("new-cache", 1000, 1.9e9)])
+  code = ("import sys; from gmcl import compile_cache; said = [];"
+          "compile_cache.enable('auto', max_mb=float(sys.argv[1]), log=said.append);"
+          "compile_cache.enable('auto', max_mb=float(sys.argv[1]), log=said.append);"
+          "import json; print(json.dumps(said))")
+  proc = subprocess.run([sys.executable, "-c", code, str(3500 / 2**20)], cwd=ROOT, env=_env(tmp_path),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  said = [s for s in json.loads(proc.stdout.strip().splitlines()[-1]) if "removed" in s]
+  assert len(said) == 1 and "1 least recently used" in said[0] and "compile.max_mb" in said[0]  # once a process
+  assert os.path.exists(os.path.join(folder, "new-cache")) and not os.path.exists(os.path.join(folder, "old-cache"))
+  with pytest.raises(ValueError, match="compile.max_mb"):
+    compile_cache.enable("", max_mb=-1)
+
+  other = str(tmp_path / "home_cache" / "xla" / "cpu-Other-1-1-00000000-jax0")
+  _fill(other, [("x-cache", 2 * 2**20, 1.6e9), ("ab" * 32, 2**20, 1.7e9)])
+  root = str(tmp_path / "home_cache" / "xla")
+  assert compile_cache._main(["--root", root]) == 0
+  out = capsys.readouterr().out
+  assert "2 machine folder(s)" in out and "cpu-Other-1-1-00000000-jax0: 2 entries, 3.0 MiB" in out
+  assert f"{compile_cache.machine_key()}: 1 entries" in out
+  assert compile_cache._main(["--root", root, "--prune_mb", "1.5"]) == 0
+  out = capsys.readouterr().out
+  assert "cpu-Other-1-1-00000000-jax0: removed 1 entries (2.0 MiB)" in out and "1 entries, 1.0 MiB" in out
+  assert os.listdir(compile_cache.programs_dir(other)) == ["ab" * 32]
+  for bad, says in ((["--root", root, "--prune_mb", "-1"], "--prune_mb=-1; valid: a number of MiB >= 0"),
+                    (["--root", str(tmp_path / "none")], "no such folder")):
+    with pytest.raises(SystemExit):
+      compile_cache._main(bad)
+    assert says in capsys.readouterr().err
+  assert os.listdir(compile_cache.programs_dir(other)) == ["ab" * 32]  # nothing more removed
 
 
 @pytest.mark.slow

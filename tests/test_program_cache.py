@@ -167,7 +167,8 @@ def test_the_seed_axis_decision_is_kept_with_the_programs(cache, monkeypatch):
                                                                           else "vmap")
   if jax.default_backend() != "cpu":
     return
-  assert [f for f in os.listdir(folder) if f.endswith(".has_convolution.json")]
+  decisions = [f for f in os.listdir(folder) if f.endswith(".has_convolution.json")]
+  assert decisions and all(program_cache.ENTRY_NAME.fullmatch(f) for f in decisions)
   clear_compiled_chunks()  # forgets the process's decisions too
   monkeypatch.setattr(jax, "make_jaxpr", lambda *a, **k: pytest.fail("traced again"))
   assert resolve_seed_axis("auto", _step(method), state, _data(), keys) == "unroll"
@@ -186,9 +187,13 @@ def test_an_unreadable_entry_is_traced_again_and_rewritten(cache):
   assert counts()["failed"] == 1 and counts()["written"] == 2
   for a, b in zip(_leaves(first), _leaves(again)):
     np.testing.assert_array_equal(a, b)
+  assert program_cache.ENTRY_NAME.fullmatch(name)  # what gmcl.compile_cache.prune may remove
+  path = os.path.join(folder, name)
+  os.utime(path, (1e9, 1e9))  # last used in 2001
   clear_compiled_chunks()
   _run(method, state, data)
   assert counts()["read"] == 1  # the rewritten entry reads back
+  assert os.stat(path).st_mtime > 1e9 + 1  # and is marked used, for the least-recently-used pruning
 
 
 def test_nothing_is_kept_while_off(tmp_path):

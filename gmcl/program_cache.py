@@ -38,7 +38,9 @@ warm multi-seed process does not trace its steps to decide.
 
 An entry is a pickle (the result's pytree structure is stored as a template of it); like the
 compilation cache, the folder is the user's own and is trusted. On by default with the
-compilation cache (``compile.programs``; off: ``False``, or ``compile.cache_dir = ""``).
+compilation cache (``compile.programs``; off: ``False``, or ``compile.cache_dir = ""``). A read
+marks the entry used (its modification time): :func:`gmcl.compile_cache.prune` holds the folder
+and the compilation cache's to ``compile.max_mb`` together, least recently used first.
 """
 
 from __future__ import annotations

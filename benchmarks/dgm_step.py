@@ -3,7 +3,8 @@ data (t past tasks replayed by the masked generator), one WGAN-GP critic step an
 step. One JSON line per (variant, task) case.
 
   python -m benchmarks.dgm_step                    # official: conv generator, batch-norm critic
-  python -m benchmarks.dgm_step --cpu              # the README's CPU schedule (dense generator, conv critic)
+  python -m benchmarks.dgm_step --cpu              # the README's CPU schedule (DGMw: conv generator and critic;
+                                                   # DGMa: dense generator, conv critic)
   python -m benchmarks.dgm_step --tasks 0 4 9      # at tasks 1, 5 and 10
   python -m benchmarks.dgm_step --cpu --critic mlp     # the CPU schedule with its earlier MLP critic
 

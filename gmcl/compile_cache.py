@@ -251,40 +251,36 @@ def entries(folder: str) -> list:
   program or a kept decision (gmcl.program_cache). ``machine.json``, JAX's lock file and files
   that are not entries are not listed, so :func:`prune` never removes them."""
   out = []
+  for name, path, is_programs in _files(folder):
+    if not (program_cache.ENTRY_NAME.fullmatch(name) if is_programs else name.endswith(_XLA_ENTRY)):
+      continue
+    try:
+      st = os.stat(path)
+    except OSError:
+      continue
+    paths = [path] + ([path[:-len(_XLA_ENTRY)] + _XLA_ATIME] if not is_programs else [])
+    out.append((_last_use(path, st), st.st_size, paths))
+  return out
+
+
+def _files(folder: str):
+  """``(name, path, is_programs)`` of every file in machine folder ``folder`` and its programs folder."""
   for root, is_programs in ((folder, False), (programs_dir(folder), True)):
     try:
       names = os.listdir(root)
     except OSError:
       continue
     for name in names:
-      path = os.path.join(root, name)
-      if is_programs:
-        if not program_cache.ENTRY_NAME.fullmatch(name):
-          continue
-      elif not name.endswith(_XLA_ENTRY):
-        continue
-      try:
-        st = os.stat(path)
-      except OSError:
-        continue
-      paths = [path] + ([path[:-len(_XLA_ENTRY)] + _XLA_ATIME] if not is_programs else [])
-      out.append((_last_use(path, st), st.st_size, paths))
-  return out
+      yield name, os.path.join(root, name), is_programs
 
 
 def _remove_stale_tmp(folder: str, now: float) -> None:
-  for root in (folder, programs_dir(folder)):
+  for name, path, _ in _files(folder):
     try:
-      names = os.listdir(root)
+      if name.endswith(".tmp") and now - os.stat(path).st_mtime > _STALE_TMP_SECS:
+        os.remove(path)
     except OSError:
-      continue
-    for name in names:
-      path = os.path.join(root, name)
-      try:
-        if name.endswith(".tmp") and now - os.stat(path).st_mtime > _STALE_TMP_SECS:
-          os.remove(path)
-      except OSError:
-        pass
+      pass
 
 
 def prune(folder: str, max_bytes: int) -> dict:

@@ -146,6 +146,10 @@ def base_config() -> ml_collections.ConfigDict:
   # not restored; A stays the task's last). 0.0 = off: every training image trains.
   c.eval.validation_fraction = 0.0
   c.eval.validation_every_steps = 0
+  # How A_t averages over the classes seen (class-incremental; gmcl.evaluation.metrics): "examples"
+  # pools their test images; "tasks" is the mean of the tasks' accuracies, every task weighing alike
+  # (the DGM code's; its configs set it). Both the test and the validation A_t.
+  c.eval.accuracy_average = "examples"
   # MeRGAN's oracle protocol for any method with a conditional generator (DGR with
   # model.conditional, DGM, ...): "mlp" or "cnn" trains (once, cached) a classifier on all real
   # training images, and scores.A_oracle is its accuracy on the generator's samples of each seen
@@ -244,7 +248,8 @@ ADDED_KEYS = {"model.conv_plan": "native", "train.xla_cpu_fusions": "xla", "num_
               "train.seed_axis": "auto", "data.arrays": "", "eval.reverse": "",
               "eval.reverse_every_task": False, "eval.reverse_steps": 2000,
               "eval.reverse_samples_per_class": 6000, "eval.validation_fraction": 0.0,
-              "eval.validation_every_steps": 0, "eval.oracle": "", "eval.oracle_hidden": (512, 256, 128),
+              "eval.validation_every_steps": 0, "eval.accuracy_average": "examples",
+              "eval.oracle": "", "eval.oracle_hidden": (512, 256, 128),
               "eval.oracle_steps": 2000, "eval.oracle_samples_per_class": 6400,
               "eval.oracle_seed": -1, "eval.joint_results": "", "data.imagenet50_classes": "",
               "dgr.replay_source": "generator",  # in the dgr section of dgr, ogm and lsa
@@ -359,6 +364,9 @@ def validate_config(config) -> None:
           "eval.validation_every_steps", e.validation_every_steps, "an integer >= 0 (0: each task's end)")
   require(e.validation_every_steps == 0 or e.validation_fraction > 0, "eval.validation_every_steps",
           e.validation_every_steps, "0 unless eval.validation_fraction > 0 (nothing is held out to select on)")
+  require(e.get("accuracy_average", "examples") in ("examples", "tasks"), "eval.accuracy_average",
+          e.get("accuracy_average"), '"examples" (the test images of the classes seen, pooled) or "tasks" '
+          "(the mean of the tasks' accuracies)")
   require(d.test_limit >= 0, "data.test_limit", d.test_limit, ">= 0")
   cc = config.compile
   require(isinstance(cc.cache_dir, str), "compile.cache_dir", cc.cache_dir, '"auto", "" (off) or a folder')

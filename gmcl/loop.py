@@ -255,6 +255,7 @@ def merge_seed_results(runs: Sequence[dict]) -> dict:
                        "tasks): merge finished runs only.")
   configs = [res["config"] for res in runs]
   def neutral(c):  # the keys that must agree (the oracle's seed is compared as the seed it means)
+    c = with_added_keys(c, added_keys(c.get("method", "")))  # a run from before a key: its old value
     out = {k: v for k, v in c.items() if k not in ("seed", "num_seeds", "checkpoint", "log")}
     out["eval"] = {k: v for k, v in c.get("eval", {}).items() if k != "oracle_seed"}
     return out
@@ -437,6 +438,24 @@ def _config_differences(saved: dict, current: dict, added: dict, prefix="",
   return out
 
 
+def with_added_keys(saved: dict, added: dict) -> dict:
+  """``saved`` (a recorded run's config) with each key of ``added`` it lacks set to the value that
+  reproduces the code it was written with (keys without effect under that config, and sections it
+  does not have, stay absent). Two records compare alike so, whichever of them predates a key."""
+  out = json.loads(json.dumps(saved))
+  for name, before in added.items():
+    section, _, key = name.rpartition(".")
+    node = out
+    for part in section.split(".") if section else []:
+      node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or key in node:
+      continue
+    value = before(saved) if callable(before) else before
+    if value is not None:
+      node[key] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
 def config_differences(saved: dict, config) -> list[str]:
   """What differs between a recorded run's config (``saved``, a results.json's or a checkpoint's
   ``config``) and ``config``, one line per key; keys added to gmcl since the record count as
@@ -607,7 +626,8 @@ def _run(config, workdir, *, data, progress, log, resume, overwrite, stop_after_
       return evaluation.evaluate_task_incremental(
           lambda xb, k: predict_task(s_state, xb, jnp.asarray(k, jnp.int32)), x, y, seq, t,
           config.eval.batch_size)
-    return evaluation.evaluate_after_task(lambda xb: predict(s_state, xb), x, y, seq, t, config.eval.batch_size)
+    return evaluation.evaluate_after_task(lambda xb: predict(s_state, xb), x, y, seq, t, config.eval.batch_size,
+                                          average=config.eval.get("accuracy_average", "examples"))
 
   def select(t, group, state, step):
     """A selection point (eval.validation_fraction): each seed's validation A_t, and its test A_t

@@ -319,3 +319,10 @@ def test_validation_cadence_is_in_epochs_and_follows_an_override_of_the_steps(ar
   # The docstring's "no hold-out": both keys, and the config is valid.
   c.eval.validation_fraction, c.eval.validation_every_steps = 0.0, 0
   validate_config(c)
+  # A_t as the DGM code's valid(): the mean of the tasks' accuracies; gmcl's pooled average is a value
+  assert c.eval.accuracy_average == "tasks"
+  c.eval.accuracy_average = "examples"
+  validate_config(c)
+  c.eval.accuracy_average = "classes"
+  with pytest.raises(ValueError, match=r"config\.eval\.accuracy_average='classes' is invalid; valid: \"examples\""):
+    validate_config(c)

@@ -1,5 +1,6 @@
 import numpy as np
 import jax.numpy as jnp
+import pytest
 
 from gmcl import evaluation
 from gmcl.data import tasks
@@ -31,6 +32,25 @@ def test_class_incremental_row_and_A_t():
   np.testing.assert_allclose(out["A"], 3 / 8)  # weighted by examples, not by tasks
   out0 = evaluation.evaluate_after_task(predictor, x, y, seq, 0, batch_size=100)
   np.testing.assert_allclose(out0["A"], 2 / 5)
+  # the DGM code's average: each task's accuracy weighs alike, (2/5 + 1/3) / 2, whatever the tasks' sizes
+  tasks_mean = evaluation.evaluate_after_task(predictor, x, y, seq, 1, batch_size=3, average="tasks")
+  np.testing.assert_allclose(tasks_mean["A"], (2 / 5 + 1 / 3) / 2)
+  np.testing.assert_allclose(tasks_mean["row"], out["row"])  # the row is the same either way
+  np.testing.assert_allclose(evaluation.evaluate_after_task(predictor, x, y, seq, 0, average="tasks")["A"], 2 / 5)
+
+
+def test_A_t_per_class_average_is_the_mean_of_the_classes_accuracies():
+  # one class per task, unequal test sets: class 0 has 4 images (3 right), class 1 has 1 (wrong)
+  y = np.array([0, 0, 0, 0, 1], np.int32)
+  x = np.array([0, 0, 0, 5, 1], np.float32).reshape(-1, 1, 1, 1)
+  seq = tasks.split_tasks(2, 1)
+  predictor = lambda xb: jnp.stack([xb[:, 0, 0, 0] == 0, xb[:, 0, 0, 0] == 5], -1).astype(jnp.float32)
+  pooled = evaluation.evaluate_after_task(predictor, x, y, seq, 1)
+  classes = evaluation.evaluate_after_task(predictor, x, y, seq, 1, average="tasks")
+  assert pooled["A"] == 3 / 5 and classes["A"] == (3 / 4 + 0) / 2
+  assert pooled["per_class"] == classes["per_class"] == {0: 0.75, 1: 0.0}
+  with pytest.raises(ValueError, match=r"average='classes'; valid: \['examples', 'tasks'\]"):
+    evaluation.evaluate_after_task(predictor, x, y, seq, 1, average="classes")
 
 
 def test_per_class_accuracy_and_confusion_by_hand():

@@ -202,6 +202,26 @@ def test_best_validation_is_the_test_score_where_validation_peaked(mnist_data, t
   assert r["A"][0] == pytest.approx(points[20][1], abs=1e-6)  # A stays the task's last
 
 
+def test_tasks_average_is_the_mean_of_the_accuracy_matrix_row(mnist_data, tmp_path):
+  """eval.accuracy_average="tasks" (the DGM code's A_t) scores the same training: the same accuracy
+  matrix, A_t the mean of row t's entries 0..t where "examples" pools the images; the validation A_t
+  averages alike (its points are the same steps)."""
+  runs = {}
+  for average in ("examples", "tasks"):
+    c = _selection_config(6, 3)
+    c.data.max_tasks = 2
+    c.eval.accuracy_average = average
+    runs[average] = loop.run(c, str(tmp_path / average), data=mnist_data, progress=False, log=lambda s: None)
+  pooled, tasks = runs["examples"], runs["tasks"]
+  assert tasks["accuracy_matrix"] == pooled["accuracy_matrix"]
+  R = np.array([[np.nan if v is None else v for v in row] for row in tasks["accuracy_matrix"]])
+  np.testing.assert_allclose(tasks["A"], [R[0, 0], np.mean(R[1, :2])], rtol=1e-12)
+  # pooled over the test images of classes 0-3: the tasks' accuracies weighted by their test sizes
+  sizes = [np.sum(np.isin(mnist_data.y_test, [0, 1])), np.sum(np.isin(mnist_data.y_test, [2, 3]))]
+  np.testing.assert_allclose(pooled["A"][1], np.dot(R[1, :2], sizes) / np.sum(sizes), rtol=1e-9)
+  assert tasks["A"][1] != pooled["A"][1] and tasks["scores"]["A_validation"] != pooled["scores"]["A_validation"]
+
+
 def test_selection_survives_a_stop_and_resume(mnist_data, tmp_path):
   c = _selection_config(20, 5)
   c.data.max_tasks = 2

@@ -78,6 +78,22 @@ def test_merging_refuses_what_one_run_of_all_seeds_would_not_be():
   assert loop.merge_seed_results([r0, _result(ckpt, 0.6)[0]])["seeds"] == [0, 1]
 
 
+def test_a_run_from_before_a_key_merges_with_runs_at_the_key_s_old_value_only():
+  """eval.accuracy_average did not exist when some seeds ran: such a run is a run at "examples"
+  (what the code did then), in either order, and not one at "tasks"."""
+  old = _result(_config(0), 0.6)[0]
+  del old["config"]["eval"]["accuracy_average"]
+  same = _result(_config(1, accuracy_average="examples"), 0.8)[0]
+  for runs in ([old, same], [same, old]):
+    assert loop.merge_seed_results(runs)["seeds"] == [0, 1]
+  other = _result(_config(1, accuracy_average="tasks"), 0.8)[0]
+  with pytest.raises(ValueError, match=r"eval\.accuracy_average: 'examples' in run 0, 'tasks' in run 1"):
+    loop.merge_seed_results([old, other])
+  assert "accuracy_average" not in loop.merge_seed_results([old, same])["config"]["eval"]  # run 0's config
+  assert loop.with_added_keys(old["config"], {"eval.accuracy_average": "examples", "nosection.key": 1,
+                                              "eval.batch_size": 7}) == same["config"] | {"seed": 0}
+
+
 def test_runs_scored_by_an_oracle_merge_only_with_one_oracle_seed():
   judged = lambda s, **k: _result(_config(s, oracle="mlp", **k), 0.6)[0]
   with pytest.raises(ValueError, match=r"oracles trained with seeds \[0, 1\].*--config.eval.oracle_seed=0"):

@@ -94,6 +94,9 @@ def get_config(arg=None):
   # (--config.train.generator_steps=3000) keeps "every 2 (5) epochs"; an override of the cadence itself wins.
   # --config.eval.validation_fraction=0 --config.eval.validation_every_steps=0 trains on every image and
   # reports the last step only.
+  # A_t as the DGM code's valid(): the mean of the tasks' (here the classes') accuracies, test and validation
+  # alike; "examples" (gmcl's default elsewhere) pools the images, as the records before this key did.
+  c.eval.accuracy_average = "tasks"
   c.eval.validation_fraction = 0.10 if c.data.dataset == "svhn_cropped" else 0.15
   steps, epochs = c.train.get_ref("generator_steps"), c.dgm.get_ref("epochs")
   c.eval.validation_every_steps = (2 if variant == "dgmw" else 5) * -(-steps // epochs)  # ceil(steps/epochs)

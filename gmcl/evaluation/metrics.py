@@ -4,7 +4,10 @@ Notation (Lopez-Paz & Ranzato, 2017; Chaudhry et al., 2018): ``R[i, j]`` is the
 accuracy on the test data of task j after training task i (0-based here).
 
 * ``A_t`` (MeRGAN, DGM): accuracy on the test examples of every class seen after
-  task t, with one head over all seen classes. It weights examples, not tasks.
+  task t, with one head over all seen classes. ``average="examples"`` (the default) pools
+  the test examples of the classes seen; ``"tasks"`` is the mean over tasks 0..t of each
+  task's accuracy (the DGM code's ``valid()``: one class per task, the mean of the classes'
+  accuracies), which weighs a class by 1 / (t + 1) however many test images it has.
 * average forgetting after the last task T: ``mean_{j<T} max_{j<=i<T} R[i, j] - R[T, j]``.
 * backward transfer: ``mean_{j<T} R[T, j] - R[j, j]``.
 * forward transfer (Lopez-Paz & Ranzato, 2017, Eq. 5): ``mean_{0<j<=T} R[j-1, j] - b_j``, with ``b_j`` a
@@ -49,22 +52,32 @@ def task_accuracies(predictions: np.ndarray, labels: np.ndarray, x_index: list[n
                    for idx in x_index])
 
 
+AVERAGES = ("examples", "tasks")
+
+
 def evaluate_after_task(predict_fn, x_test: np.ndarray, y_test: np.ndarray,
-                        sequence: TaskSequence, t: int, batch_size: int = 1000) -> dict:
+                        sequence: TaskSequence, t: int, batch_size: int = 1000,
+                        average: str = "examples") -> dict:
   """Row t of the accuracy matrix and A_t.
 
   For class-incremental sequences, one pass predicts every test image once; row
-  t holds the accuracy on each task's classes and ``A_t`` the accuracy over all
-  images of classes seen so far. For permuted sequences each task's test set is
-  its own permuted copy, and ``A_t`` is the mean over tasks 0..t (equal sizes).
+  t holds the accuracy on each task's classes and ``A_t`` is, with ``average="examples"``,
+  the accuracy over all images of classes seen so far, with ``"tasks"`` the mean of row
+  t's entries 0..t. For permuted sequences each task's test set is its own permuted
+  copy, and ``A_t`` is the mean over tasks 0..t either way (equal sizes).
   """
+  if average not in AVERAGES:
+    raise ValueError(f"evaluate_after_task: average={average!r}; valid: {list(AVERAGES)}.")
   num_tasks = len(sequence)
   if sequence.scenario == "class_incremental":
     pred = predict_labels(predict_fn, x_test, batch_size)
     index = [np.flatnonzero(np.isin(y_test, task.classes)) for task in sequence]
     row = task_accuracies(pred, y_test, index)
     seen = np.flatnonzero(np.isin(y_test, sequence.seen_classes(t)))
-    a_t = float(np.mean(pred[seen] == y_test[seen]))
+    if average == "examples":
+      a_t = float(np.mean(pred[seen] == y_test[seen]))
+    else:  # each task's accuracy weighs alike
+      a_t = float(np.mean(row[:t + 1]))
     labels, preds = y_test[seen], pred[seen]
   else:
     row = np.zeros(num_tasks)

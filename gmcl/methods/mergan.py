@@ -444,14 +444,15 @@ class MeRGAN(ClassifierMethod):
     real test images, and MeRGAN's oracle accuracy on generated samples of seen classes."""
     out = {}
     aux = self._auxiliary_logits
+    average = self.config.eval.get("accuracy_average", "examples")
     out["A_auxiliary_head"] = evaluation.evaluate_after_task(
         lambda xb: aux(state, xb), data.x_test, data.y_test, sequence, task_index,
-        self.config.eval.batch_size)["A"]
+        self.config.eval.batch_size, average=average)["A"]
     if self.mg.classifier == "replay":
       solver = self._solver_logits
       out["A_replay_classifier"] = evaluation.evaluate_after_task(
           lambda xb: solver(state, xb), data.x_test, data.y_test, sequence, task_index,
-          self.config.eval.batch_size)["A"]
+          self.config.eval.batch_size, average=average)["A"]
     if self.oracle is not None:
       predict = self.oracle.predict
       per_class = oracle.generated_accuracy(

@@ -64,7 +64,9 @@ METHODS = {  # name -> (config module, variant or None)
 }
 # --config.KEY=VALUE; "-G": a generative memory of the inputs (DGR's generator)
 OVERRIDES = {**{m: {"ogm.memory": "generator"} for m in METHODS if m.startswith("ogm/") and m.endswith("-G")},
-             "lsa/sequential-G": {"lsa.replay": "generator"}}
+             "lsa/sequential-G": {"lsa.replay": "generator"},
+             # one A_t for every row: the images pooled (DGM's configs average the classes, as its code)
+             "dgm/dgmw": {"eval.accuracy_average": "examples"}}
 SCHEDULES = ("smoke", "demo", "cpu")
 
 README_BEGIN, README_END = "<!-- compare:begin -->", "<!-- compare:end -->"
